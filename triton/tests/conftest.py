@@ -1,0 +1,250 @@
+"""Shared pytest fixtures and helpers for the mdn tests.
+
+Everything here is offered two ways: as a plain function (``from conftest import rel_rms``; pytest puts this
+directory on sys.path when it imports this file) and as a fixture of the same name (``def test_x(rel_rms): ...``).
+Fixtures are the robust way; the functions are handy in parametrisation and module-level helpers.
+
+Offered:
+* seeding: every test starts from ``torch.manual_seed(0)`` (autouse), ``seed_all(n)`` to reseed;
+* ``device`` fixture: "cuda" when available, else "cpu" (the Triton kernels then run under TRITON_INTERPRET=1);
+* ``rel_rms(ref, out)``: RMS(ref - out) / RMS(ref) in float64 (NaN/inf in ``out`` give NaN, so ``< tol`` fails);
+  ``assert_rel(name, ref, out, tol)`` asserts it with a readable message;
+* gate generators (all [B, T, H], fp32 unless ``dtype`` given): ``spec_gates`` (the official test's gates,
+  spec §8), ``layer_gates`` (the layer's parametrisation at init, spec §5.1: alpha + beta <= 1, log_mu >=
+  min_log_mu), ``constant_gates`` (stress: fixed log_alpha / log_mu / beta / eta), ``gap_gates`` (constant gates
+  with a per-step gap log_alpha - log_mu, as in the spec §2.5 stress table);
+* ``make_inputs(B, T, H, K, V, ...)``: a dict of keyword arguments for any of the ops (q, k, v, log_alpha, beta,
+  log_mu, eta, initial_state, cu_seqlens), random and never zero;
+  ``to_fp64(inputs)``: the same values as detached float64 leaves (for the oracle);
+  ``cu_seqlens_of(lengths)``: int32 cumulative lengths;
+* ``run_op(op, inputs, grads=..., do=..., dht=...)``: calls an op, back-propagates sum(o*do) + sum(ht*dht) and
+  returns (o, ht, {name: grad});
+* ``INTERPRET``: True when TRITON_INTERPRET=1;
+* markers: ``@pytest.mark.gpu`` is skipped without CUDA; ``@pytest.mark.slow`` is skipped unless MDN_SLOW=1.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_CUDA = torch.cuda.is_available()
+SLOW = os.environ.get("MDN_SLOW", "0") == "1"
+
+GATE_NAMES = ("log_alpha", "beta", "log_mu", "eta")
+ALL_GRAD_NAMES = ("q", "k", "v", "log_alpha", "beta", "log_mu", "eta", "initial_state")
+
+
+# ----------------------------------------------------------------------------------------------- markers
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_slow = pytest.mark.skip(reason="slow; set MDN_SLOW=1 to run")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not SLOW:
+            item.add_marker(skip_slow)
+
+
+# ----------------------------------------------------------------------------------------------- seeding
+def seed_all(seed: int = 0) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    seed_all(0)
+    yield
+
+
+@pytest.fixture
+def device() -> str:
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def rel_rms(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """RMS(ref - out) / RMS(ref), computed in float64. Non-finite values in either give NaN (never passes).
+
+    If ref is exactly zero the absolute RMS of the difference is returned instead.
+    """
+    if ref.shape != out.shape:
+        raise AssertionError(f"shape mismatch: ref {tuple(ref.shape)} vs out {tuple(out.shape)}")
+    r = ref.detach().to(torch.float64).cpu()
+    o = out.detach().to(torch.float64).cpu()
+    if not (torch.isfinite(r).all() and torch.isfinite(o).all()):
+        return float("nan")
+    if r.numel() == 0:
+        return 0.0
+    diff = (r - o).pow(2).mean().sqrt().item()
+    base = r.pow(2).mean().sqrt().item()
+    return diff / base if base > 0 else diff
+
+
+def assert_rel(name: str, ref: torch.Tensor, out: torch.Tensor, tol: float) -> float:
+    err = rel_rms(ref, out)
+    assert err <= tol, f"{name}: rel RMS error {err:.3e} > {tol:.1e} (not finite if nan)"
+    return err
+
+
+# ----------------------------------------------------------------------------------------------- gates
+def spec_gates(B, T, H, *, normaliser: float = 1.0, beta_max: float = 0.5, device="cpu",
+               dtype=torch.float32):
+    """The official test's gates (spec §8): log_alpha, log_mu = logsigmoid(U(0,1)) / normaliser,
+    beta = beta_max * sigmoid(randn), eta = sigmoid(randn)."""
+    log_alpha = F.logsigmoid(torch.rand(B, T, H, dtype=torch.float64)) / normaliser
+    log_mu = F.logsigmoid(torch.rand(B, T, H, dtype=torch.float64)) / normaliser
+    beta = beta_max * torch.sigmoid(torch.randn(B, T, H, dtype=torch.float64))
+    eta = torch.sigmoid(torch.randn(B, T, H, dtype=torch.float64))
+    return {n: x.to(device=device, dtype=dtype) for n, x in
+            zip(GATE_NAMES, (log_alpha, beta, log_mu, eta))}
+
+
+def layer_gates(B, T, H, *, min_log_mu: float = -2.0, e_scale: float = 0.5, device="cpu", dtype=torch.float32):
+    """Gates as the layer produces them at init (spec §5.1), with the projections a, b, m ~ N(0, 1) and
+    e ~ N(0, e_scale²). Guarantees alpha + beta <= 1 and log_mu >= min_log_mu.
+    Mean log_alpha is about -1.4 and mean log_mu about -0.13 (the benign mu >= alpha regime)."""
+    f64 = torch.float64
+    A_log = torch.empty(H, dtype=f64).uniform_(0, 16).clamp_min(1e-4).log()
+    Mu_log = torch.empty(H, dtype=f64).uniform_(0, 16).clamp_min(1e-4).log()
+    dt = torch.exp(torch.empty(H, dtype=f64).uniform_(math.log(1e-3), math.log(0.1))).clamp_min(1e-4)
+    dt_bias = dt + torch.log(-torch.expm1(-dt))  # softplus^-1(dt)
+    log_factor = torch.empty(H, dtype=f64).uniform_(0, 4).clamp_min(1e-4).log()
+    a, b, m = (torch.randn(B, T, H, dtype=f64) for _ in range(3))
+    e = e_scale * torch.randn(B, T, H, dtype=f64)
+    log_alpha_raw = -A_log.exp() * F.softplus(a + dt_bias)
+    log_mu = (-Mu_log.exp() * F.softplus(m + dt_bias)).clamp_min(min_log_mu)
+    eta = torch.tanh(e) + 1
+    theta = torch.atan(eta * log_factor.exp())
+    beta = torch.sin(theta) ** 2 * torch.sigmoid(b)
+    log_alpha = torch.log(torch.cos(theta) ** 2) + log_alpha_raw
+    return {n: x.to(device=device, dtype=dtype) for n, x in
+            zip(GATE_NAMES, (log_alpha, beta, log_mu, eta))}
+
+
+def constant_gates(B, T, H, *, log_alpha: float, log_mu: float, beta: float, eta: float = 1.0, device="cpu",
+                   dtype=torch.float32):
+    vals = (log_alpha, beta, log_mu, eta)
+    return {n: torch.full((B, T, H), float(x), device=device, dtype=dtype) for n, x in zip(GATE_NAMES, vals)}
+
+
+def gap_gates(B, T, H, *, gap: float, alpha: float = 0.99, beta: float = 0.005, eta: float = 1.0,
+              device="cpu", dtype=torch.float32):
+    """Constant gates inside the feasible set with log_alpha - log_mu = gap per step (spec §2.5 table)."""
+    la = math.log(alpha)
+    return constant_gates(B, T, H, log_alpha=la, log_mu=la - gap, beta=beta, eta=eta, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def cu_seqlens_of(lengths, device="cpu") -> torch.Tensor:
+    cs = [0]
+    for n in lengths:
+        cs.append(cs[-1] + int(n))
+    return torch.tensor(cs, dtype=torch.int32, device=device)
+
+
+def make_inputs(B, T, H, K, V, *, dtype=torch.float32, device="cpu", gates="spec", gate_kwargs=None,
+                initial_state=False, lengths=None, state_scale: float = 1.0, requires_grad=False):
+    """Random op inputs as a dict of keyword arguments.
+
+    q, k, v ~ randn in ``dtype``; gates from ``gates`` ("spec", "layer", or a dict of [B,T,H] tensors) in fp32
+    (fp64 when dtype is fp64); ``initial_state`` ~ state_scale * randn [2, N, H, K, V] in fp32 (fp64 likewise)
+    when True. ``lengths`` (a list) makes a varlen batch: B must be 1 and sum(lengths) == T.
+    """
+    gdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if lengths is not None:
+        if B != 1 or sum(lengths) != T:
+            raise ValueError(f"lengths {lengths} need B == 1 and sum == T={T}")
+    N = B if lengths is None else len(lengths)
+    x = {
+        "q": torch.randn(B, T, H, K, dtype=dtype, device=device),
+        "k": torch.randn(B, T, H, K, dtype=dtype, device=device),
+        "v": torch.randn(B, T, H, V, dtype=dtype, device=device),
+    }
+    gate_kwargs = gate_kwargs or {}
+    if isinstance(gates, dict):
+        g = {n: gates[n].to(device=device, dtype=gdtype) for n in GATE_NAMES}
+    elif gates == "spec":
+        g = spec_gates(B, T, H, device=device, dtype=gdtype, **gate_kwargs)
+    elif gates == "layer":
+        g = layer_gates(B, T, H, device=device, dtype=gdtype, **gate_kwargs)
+    else:
+        raise ValueError(f"gates={gates!r}: expected 'spec', 'layer' or a dict")
+    x.update(g)
+    if initial_state:
+        x["initial_state"] = state_scale * torch.randn(2, N, H, K, V, dtype=gdtype, device=device)
+    if lengths is not None:
+        x["cu_seqlens"] = cu_seqlens_of(lengths, device=device)
+    if requires_grad:
+        for n, t in x.items():
+            if t.is_floating_point():
+                t.requires_grad_(True)
+    return x
+
+
+def to_fp64(inputs: dict, requires_grad=False, device=None) -> dict:
+    """Detached float64 copies of the floating tensors (integers such as cu_seqlens are copied as they are)."""
+    out = {}
+    for n, t in inputs.items():
+        if isinstance(t, torch.Tensor):
+            t = t.detach().to(device=device or t.device)
+            if t.is_floating_point():
+                t = t.to(torch.float64).requires_grad_(requires_grad)
+            out[n] = t
+        else:
+            out[n] = t
+    return out
+
+
+def run_op(op, inputs: dict, *, grads=(), do=None, dht=None, **kwargs):
+    """Call ``op(**inputs, **kwargs)``; if ``grads`` names inputs, back-propagate sum(o*do) [+ sum(ht*dht)].
+
+    The named inputs are replaced by fresh leaves (so the same dict can be reused). Returns
+    (o, final_state, {name: grad}).
+    """
+    args = dict(inputs)
+    for n in grads:
+        args[n] = inputs[n].detach().clone().requires_grad_(True)
+    if dht is not None:
+        kwargs.setdefault("output_final_state", True)
+    o, ht = op(**args, **kwargs)
+    g = {}
+    if grads:
+        loss = (o * (do if do is not None else torch.ones_like(o)).to(o.dtype)).sum()
+        if dht is not None:
+            loss = loss + (ht * dht.to(ht.dtype)).sum()
+        loss.backward()
+        g = {n: args[n].grad for n in grads}
+    return o, ht, g
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+def _fixture_of(fn):
+    @pytest.fixture(name=fn.__name__)
+    def _f():
+        return fn
+    return _f
+
+
+rel_rms_fixture = _fixture_of(rel_rms)
+assert_rel_fixture = _fixture_of(assert_rel)
+spec_gates_fixture = _fixture_of(spec_gates)
+layer_gates_fixture = _fixture_of(layer_gates)
+constant_gates_fixture = _fixture_of(constant_gates)
+gap_gates_fixture = _fixture_of(gap_gates)
+make_inputs_fixture = _fixture_of(make_inputs)
+to_fp64_fixture = _fixture_of(to_fp64)
+cu_seqlens_of_fixture = _fixture_of(cu_seqlens_of)
+run_op_fixture = _fixture_of(run_op)
