@@ -20,6 +20,8 @@ Offered:
 * ``run_op(op, inputs, grads=..., do=..., dht=...)``: calls an op, back-propagates sum(o*do) + sum(ht*dht) and
   returns (o, ht, {name: grad});
 * ``INTERPRET``: True when TRITON_INTERPRET=1;
+* poisoning (autouse): MDN_POISON_OUTPUTS=1, so ``mdn.ops.momentum_delta_rule.alloc.empty`` NaN-fills every
+  kernel output buffer (use it for your outputs; then assert torch.isfinite);
 * markers: ``@pytest.mark.gpu`` is skipped without CUDA; ``@pytest.mark.slow`` is skipped unless MDN_SLOW=1.
 """
 from __future__ import annotations
@@ -66,6 +68,14 @@ def seed_all(seed: int = 0) -> None:
 @pytest.fixture(autouse=True)
 def _seed_every_test():
     seed_all(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    """Kernels allocate their outputs through mdn.ops.momentum_delta_rule.alloc.empty, which NaN-fills them
+    while MDN_POISON_OUTPUTS=1: an element a kernel forgets to write then fails the test."""
+    monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
     yield
 
 
