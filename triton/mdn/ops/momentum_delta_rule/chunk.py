@@ -1,0 +1,173 @@
+"""Chunkwise-parallel momentum delta rule (forward and backward).
+
+Pipeline (see README.md in this folder for the math):
+1. pack: pad every sequence to a multiple of the chunk size with identity gates and zero q/k/v, and lay all
+   chunks out back to back as [NC, H, C, D] (varlen sequences are chunk-aligned, so no chunk straddles two);
+2. intra-chunk coefficients, triangular solve and operands in differentiable torch (chunk_intra.py);
+3. inter-chunk scan in Triton, a torch custom op with its own backward (chunk_scan.py);
+4. unpack the output.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .chunk_intra import chunk_mdn_intra
+from .chunk_scan import chunk_scan
+from .validation import check_inputs
+
+# ---------------------------------------------------------------------------------------------------------------
+# packing: [B, T, H, D] <-> chunks [NC, H, C, D]
+# ---------------------------------------------------------------------------------------------------------------
+
+def _pack_dense(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, *D] -> [B * NT, H, C, *D], zero padded at the end of T."""
+    B, T = x.shape[:2]
+    NT = -(-T // C)
+    pad = NT * C - T
+    if pad:
+        x = F.pad(x, [0, 0] * (x.dim() - 2) + [0, pad])
+    x = x.reshape(B * NT, C, *x.shape[2:])
+    return x.transpose(1, 2).contiguous()
+
+
+def _unpack_dense(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """[B * NT, H, C, D] -> [B, T, H, D]."""
+    NC, H, C = x.shape[:3]
+    x = x.transpose(1, 2).reshape(B, NC // B * C, H, *x.shape[3:])
+    return x[:, :T]
+
+
+def _varlen_positions(cu_seqlens: torch.Tensor, T: int, C: int):
+    """Padded position of every token, and chunk offsets, for chunk-aligned packing of varlen sequences."""
+    cu = cu_seqlens.to(torch.int64)
+    lens = cu[1:] - cu[:-1]
+    nchunks = (lens + C - 1) // C
+    chunk_offsets = F.pad(nchunks.cumsum(0), [1, 0])  # [N + 1]
+    N = lens.numel()
+    seq = torch.repeat_interleave(torch.arange(N, device=cu.device), lens, output_size=T)  # [T]
+    pos = chunk_offsets[seq] * C + torch.arange(T, device=cu.device) - cu[seq]
+    NC = int(chunk_offsets[-1].item())
+    return pos, chunk_offsets.to(torch.int32), NC
+
+
+def _pack_varlen(x: torch.Tensor, pos: torch.Tensor, NC: int, C: int) -> torch.Tensor:
+    """[1, T, H, *D] -> [NC, H, C, *D] (differentiable; padding is zero)."""
+    x = x[0]
+    out = x.new_zeros(NC * C, *x.shape[1:]).index_copy(0, pos, x)
+    return out.reshape(NC, C, *x.shape[1:]).transpose(1, 2).contiguous()
+
+
+def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """[NC, H, C, D] -> [1, T, H, D]."""
+    NC, H, C = x.shape[:3]
+    x = x.transpose(1, 2).reshape(NC * C, H, *x.shape[3:])
+    return x.index_select(0, pos).unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public op
+# ---------------------------------------------------------------------------------------------------------------
+
+def chunk_momentum_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    log_mu: torch.Tensor,
+    eta: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    use_qk_l2norm_in_kernel: bool = True,
+    use_p_times_alpha: bool = True,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    r"""
+    Chunkwise momentum delta rule (MDN). Per sequence and head, with states S, M of shape [K, V]:
+
+        r_t = S_{t-1}^T p_t - v_t
+        M_t = mu_t M_{t-1} + (eta_t k_t) r_t^T
+        S_t = alpha_t S_{t-1} - beta_t M_t
+        o_t = scale * S_t^T q_t
+
+    Args:
+        q (torch.Tensor):
+            queries of shape `[B, T, H, K]`.
+        k (torch.Tensor):
+            keys of shape `[B, T, H, K]`.
+        v (torch.Tensor):
+            values of shape `[B, T, H, V]`.
+        log_alpha (torch.Tensor):
+            log of the state decay alpha in (0, 1], shape `[B, T, H]`.
+        beta (torch.Tensor):
+            step size applied to the momentum when updating S, shape `[B, T, H]`.
+        log_mu (torch.Tensor):
+            log of the momentum decay mu in (0, 1], shape `[B, T, H]`. Any value is accurate (overflow-free
+            coefficients), including log_mu far below log_alpha.
+        eta (torch.Tensor):
+            gain on the gradient written into the momentum, shape `[B, T, H]`.
+        scale (Optional[float]):
+            scale of the output. Default: `K ** -0.5`.
+        initial_state (Optional[torch.Tensor]):
+            initial states `[2, N, H, K, V]` (0 = S, 1 = M); promoted to fp32. Default: zeros.
+        output_final_state (Optional[bool]):
+            whether to return the final states `[2, N, H, K, V]` (fp32). Default: `False`.
+        cu_seqlens (torch.LongTensor):
+            cumulative sequence lengths `[N + 1]` for variable-length inputs packed along T (requires B = 1).
+        use_qk_l2norm_in_kernel (bool):
+            L2-normalise q and k (hence the read key) inside the op. Default: `True`.
+        use_p_times_alpha (bool):
+            read key p_t = alpha_t k_t (else p_t = k_t). Default: `True`.
+        chunk_size (int):
+            one of 16, 32, 64, 128. Default: 64.
+
+    Returns:
+        o (torch.Tensor):
+            outputs of shape `[B, T, H, V]`, in q's dtype.
+        final_state (Optional[torch.Tensor]):
+            final states `[2, N, H, K, V]` in fp32 if `output_final_state=True`, else `None`.
+
+    Raises:
+        ValueError: for a wrong rank, shape, dtype, device, chunk size, head dimension, `cu_seqlens` or state
+            shape, before anything runs.
+
+    Examples::
+        >>> B, T, H, K, V = 2, 300, 4, 64, 128
+        >>> q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+        >>> v = torch.randn(B, T, H, V)
+        >>> log_alpha = F.logsigmoid(torch.randn(B, T, H))
+        >>> log_mu = F.logsigmoid(torch.randn(B, T, H) + 2)
+        >>> beta, eta = torch.rand(B, T, H) * 0.1, torch.rand(B, T, H)
+        >>> o, ht = chunk_momentum_delta_rule(q, k, v, log_alpha, beta, log_mu, eta, output_final_state=True)
+    """
+    _, scale = check_inputs(q, k, v, log_alpha, beta, log_mu, eta, scale=scale, initial_state=initial_state,
+                            cu_seqlens=cu_seqlens, chunk_size=chunk_size,
+                            check_values=not torch.compiler.is_compiling())
+    B, T, H, K = q.shape
+    C = int(chunk_size)
+    # operands of the scan (and its stored states): bf16 for 16-bit inputs, fp32 for fp32 inputs
+    op_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
+
+    if cu_seqlens is None:
+        NT = -(-T // C)
+        chunk_offsets = torch.arange(B + 1, device=q.device, dtype=torch.int32) * NT
+        pack = lambda x: _pack_dense(x, C)  # noqa: E731
+    else:
+        pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
+        pack = lambda x: _pack_varlen(x, pos, NC, C)  # noqa: E731
+
+    # [NC, H, C, D] and gates [NC, H, C]
+    qc, kc, vc = pack(q), pack(k), pack(v)
+    gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
+    intra = chunk_mdn_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                            use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    oc, ht = chunk_scan(*intra, h0, chunk_offsets)
+
+    o = _unpack_dense(oc, B, T) if cu_seqlens is None else _unpack_varlen(oc, pos)
+    return o.to(q.dtype), (ht if output_final_state else None)

@@ -1,0 +1,113 @@
+"""Intra-chunk part of the chunked momentum delta rule, in plain (differentiable) torch.
+
+Everything here is batched over all chunks: tensors are laid out [NC, H, C, D] (NC = number of chunks over all
+sequences, C = chunk size) and gates [NC, H, C]. Padded positions carry identity gates (log_alpha = log_mu = 0,
+beta = eta = 0) and zero q/k/v, so they change nothing.
+
+The coefficients use the overflow-free form of spec §2.6: every exponential is of a masked, non-positive
+segment sum, so all of L_a, L_m, Gamma, b lie in [0, C] and no exp ever sees garbage.
+See README.md in this folder for the derivation of the outputs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+L2NORM_EPS = 1e-6
+
+
+class IntraChunk(NamedTuple):
+    """Per-chunk operands of the inter-chunk scan (see chunk_scan.py)."""
+
+    u: torch.Tensor    # [NC, H, C, V]  U0 = A V
+    y: torch.Tensor    # [NC, H, C, K]  Y  = A D(a-) P
+    z: torch.Tensor    # [NC, H, C, K]  Z  = A D(b-) P
+    qa: torch.Tensor   # [NC, H, C, K]  s D(a) Q
+    qb: torch.Tensor   # [NC, H, C, K]  s D(b) Q
+    aqk: torch.Tensor  # [NC, H, C, C]  s (Q K_w^T) * Gamma   (lower incl. diagonal)
+    ks: torch.Tensor   # [NC, H, C, K]  D(d_s) K_w
+    km: torch.Tensor   # [NC, H, C, K]  D(d_m) K_w
+    g: torch.Tensor    # [NC, H, 3]     (a_last, b_last, mu_last)   fp32
+
+
+def l2norm(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def segsum(x: torch.Tensor) -> torch.Tensor:
+    """out[..., t, i] = sum_{i < l <= t} x[..., l] for t >= i, and -inf above the diagonal.
+
+    Computed as a masked cumulative sum (not as a difference of two cumsums), so it is exact for the short
+    segments near the diagonal and never sees positive garbage above it.
+    """
+    C = x.shape[-1]
+    strict = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(-1)
+    xx = x.unsqueeze(-1).expand(*x.shape, C)  # [..., C(l), C(i)] = x_l
+    xx = xx.masked_fill(~strict, 0)
+    out = xx.cumsum(-2)  # [..., t, i] = sum_{i < l <= t} x_l
+    lower = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+    return out.masked_fill(~lower, float('-inf'))
+
+
+def chunk_mdn_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    log_mu: torch.Tensor,
+    eta: torch.Tensor,
+    scale: float,
+    use_qk_l2norm_in_kernel: bool = True,
+    use_p_times_alpha: bool = True,
+    out_dtype: torch.dtype | None = None,
+) -> IntraChunk:
+    """Intra-chunk coefficients and the triangular solve, all chunks at once.
+
+    q, k: [NC, H, C, K]; v: [NC, H, C, V]; gates: [NC, H, C]. Computes in fp32 (fp64 for fp64 inputs) and returns
+    the scan operands in ``out_dtype`` (default: the compute dtype); ``g`` stays in the compute dtype.
+    """
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out_dtype = out_dtype or cd
+    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
+    C = q.shape[-2]
+
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    kw = eta.unsqueeze(-1) * k  # [NC, H, C, K] write key
+    p = log_alpha.exp().unsqueeze(-1) * k if use_p_times_alpha else k  # [NC, H, C, K] read key
+
+    la = log_alpha.cumsum(-1)  # [NC, H, C]
+    lm = log_mu.cumsum(-1)
+    abar, mbar = la.exp(), lm.exp()
+    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
+    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
+    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
+    b = (La @ (beta * mbar).unsqueeze(-1)).squeeze(-1)  # [NC, H, C]
+
+    # row-shifted ("previous token") versions
+    gam_prev = torch.cat([torch.zeros_like(gam[..., :1, :]), gam[..., :-1, :]], -2)  # strictly lower
+    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
+    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
+
+    lmat = (p @ kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
+    K = k.shape[-1]
+    rhs = torch.cat([v, a_prev.unsqueeze(-1) * p, b_prev.unsqueeze(-1) * p], -1)  # [NC, H, C, V + 2K]
+    x = torch.linalg.solve_triangular(lmat, rhs, upper=False, unitriangular=True)
+    V = v.shape[-1]
+    u, y, z = x[..., :V], x[..., V:V + K], x[..., V + K:]
+
+    qa = (scale * abar).unsqueeze(-1) * q
+    qb = (scale * b).unsqueeze(-1) * q
+    aqk = scale * (q @ kw.transpose(-1, -2)) * gam
+    ks = gam[..., C - 1, :].unsqueeze(-1) * kw
+    km = Lm[..., C - 1, :].unsqueeze(-1) * kw
+    g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)  # [NC, H, 3]
+
+    def cast(t):
+        return t.to(out_dtype).contiguous()
+
+    return IntraChunk(cast(u), cast(y), cast(z), cast(qa), cast(qb), cast(aqk), cast(ks), cast(km),
+                      g.contiguous())

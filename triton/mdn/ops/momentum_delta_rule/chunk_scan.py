@@ -1,0 +1,522 @@
+"""Inter-chunk scan of the chunked momentum delta rule (Triton), registered as torch custom ops.
+
+Per sequence and head, with chunk-start states S, M ([K, V], fp32) and the intra-chunk operands of
+chunk_intra.py, for every chunk in order:
+
+    Vt = U0 - Y S + Z M                       # [C, V]  pseudo-values
+    O  = Qa S - Qb M + Aqk Vt                 # [C, V]
+    S' = gS S - gSM M + Ks^T Vt               # [K, V]
+    M' = gM M - Km^T Vt
+
+The backward runs the reverse scan in Triton (dVt and the per-chunk end-state gradients), re-computes the
+chunk-start states from the saved Vt, and does every reduction over V with batched torch matmuls.
+
+Chunks of all sequences are stored back to back: tensors are [NC, H, C, D] and `chunk_offsets` [N + 1] (int32)
+gives the chunk range of each sequence. States are [2, N, H, K, V] (0 = S, 1 = M).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .alloc import poisoning
+
+
+def _fix_interpreter_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into a 1-element numpy array and converts it with int(), which
+    NumPy >= 2.4 rejects for ndim > 0 ("only 0-dimensional arrays can be converted"): every loop with a
+    runtime bound then fails under TRITON_INTERPRET=1. Patch that one conversion (interpreter only)."""
+    try:
+        import numpy as np
+        from triton.runtime import interpreter as _interp
+    except ImportError:  # pragma: no cover
+        return
+    orig = getattr(_interp, '_patch_lang_tensor', None)
+    if orig is None or getattr(orig, '_mdn_fixed', False):
+        return
+    try:
+        int(np.ones(1, dtype=np.int32))
+        return  # this NumPy still converts 1-element arrays
+    except TypeError:
+        pass
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    patched._mdn_fixed = True
+    _interp._patch_lang_tensor = patched
+
+
+if os.environ.get('TRITON_INTERPRET', '0') == '1':
+    _fix_interpreter_index()
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def _poison() -> bool:
+    return poisoning() or os.environ.get('MDN_DEBUG_POISON', '0') == '1'
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """torch.empty, or NaN-filled when MDN_POISON_OUTPUTS=1 / MDN_DEBUG_POISON=1 (unwritten elements show up)."""
+    if _poison():
+        return torch.full(shape, float('nan'), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _dot_mode(dtype: torch.dtype) -> int:
+    if dtype == torch.float32:
+        return 0
+    return 2 if os.environ.get('TRITON_INTERPRET', '0') == '1' else 1
+
+
+def _block_k(K: int) -> int:
+    return max(16, triton.next_power_of_2(K))
+
+
+def _block_v(V: int, K: int) -> int:
+    # keep S and M (2 x BK x BV fp32) in registers
+    bv = 64 if K <= 64 else 32
+    return max(16, min(bv, triton.next_power_of_2(V)))
+
+
+def _num_warps(BK: int, BV: int) -> int:
+    return 8 if BK * BV >= 128 * 64 else 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _rne_bf16(x):
+    """fp32 -> nearest bf16 value (ties to even), kept in fp32. The interpreter's fp32->bf16 cast truncates."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, DOT_MODE: tl.constexpr):
+    """x.to(dtype), rounding to nearest in the interpreter too (DOT_MODE 2)."""
+    if DOT_MODE == 2:
+        return _rne_bf16(x.to(tl.float32)).to(dtype)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
+def _dot(a, b, DOT_MODE: tl.constexpr):
+    """a @ b with fp32 accumulation. DOT_MODE 0: fp32 operands (ieee); 1: bf16 operands (tensor cores);
+    2: bf16-rounded operands multiplied in fp32 (same numbers as 1; for the interpreter, whose bf16 dot is wrong)."""
+    if DOT_MODE == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT_MODE == 2:
+        return tl.dot(_rne_bf16(a.to(tl.float32)), _rne_bf16(b.to(tl.float32)), input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit(do_not_specialize=['H'])
+def momentum_delta_rule_fwd_kernel_scan(
+    u, y, z, qa, qb, aqk, ks, km, g,
+    h0, o, vt, ht, hc,
+    chunk_offsets,
+    H,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_H0: tl.constexpr,
+    RECOMPUTE: tl.constexpr,
+    STORE_STATES: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    """Forward scan over the chunks of one (sequence, head, V-block).
+
+    RECOMPUTE=False: computes Vt and O, stores them and the final state ht [2, N, H, K, V].
+    RECOMPUTE=True: reads the saved Vt instead and only advances the states.
+    STORE_STATES: stores the chunk-start states into hc [2, NC, H, K, V].
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
+    c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+    NC = tl.load(chunk_offsets + tl.num_programs(1) // H).to(tl.int64)  # total chunks = chunk_offsets[N]
+    N = tl.num_programs(1) // H
+
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, C)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    st_off = (i_n.to(tl.int64) * H + i_h) * K * V  # offset of [n, h] in [N, H, K, V]
+    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV]
+
+    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_s += tl.load(h0 + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+        b_m += tl.load(h0 + N.to(tl.int64) * H * K * V + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+
+    for i_c in range(c_start, c_end):  # int64: c_start is int64
+        base = i_c * H + i_h                  # index of [c, h]
+        p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
+        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]   # [C, BV]
+        m_ck = m_k[None, :]
+        m_cv = m_v[None, :]
+        if STORE_STATES:
+            p_hc = (i_c * H + i_h) * K * V + p_st
+            tl.store(hc + p_hc, _cast(b_s, hc.dtype.element_ty, DOT_MODE), mask=m_kv)
+            tl.store(hc + NC * H * K * V + p_hc, _cast(b_m, hc.dtype.element_ty, DOT_MODE), mask=m_kv)
+        if RECOMPUTE:
+            b_vt = tl.load(vt + p_cv, mask=m_cv, other=0.)
+        else:
+            b_u = tl.load(u + p_cv, mask=m_cv, other=0.)
+            b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
+            b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
+            # [C, BV]
+            b_vt = b_u.to(tl.float32) - _dot(b_y, b_s, DOT_MODE) + _dot(b_z, b_m, DOT_MODE)
+            b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
+            tl.store(vt + p_cv, b_vt, mask=m_cv)
+            b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
+            b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
+            b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
+            b_o = _dot(b_qa, b_s, DOT_MODE) - _dot(b_qb, b_m, DOT_MODE) + _dot(b_a, b_vt, DOT_MODE)
+            tl.store(o + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
+        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
+        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
+        b_g0 = tl.load(g + base * 3).to(tl.float32)
+        b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
+        b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
+        b_s_new = b_g0 * b_s - b_g1 * b_m + _dot(tl.trans(b_ks), b_vt, DOT_MODE)
+        b_m = b_g2 * b_m - _dot(tl.trans(b_km), b_vt, DOT_MODE)
+        b_s = b_s_new
+
+    if not RECOMPUTE:
+        tl.store(ht + st_off + p_st, b_s, mask=m_kv)
+        tl.store(ht + N.to(tl.int64) * H * K * V + st_off + p_st, b_m, mask=m_kv)
+
+
+@triton.jit(do_not_specialize=['H'])
+def momentum_delta_rule_bwd_kernel_scan(
+    y, z, qa, qb, aqk, ks, km, g,
+    do, dht, dh0, dvt, dhc,
+    chunk_offsets,
+    H,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_DHT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    """Reverse scan: per chunk (last to first) stores the end-state grads dhc [2, NC, H, K, V] and dVt, then
+
+        dVt = Aqk^T dO + Ks dS' - Km dM'
+        dS  = gS dS' + Qa^T dO - Y^T dVt
+        dM  = -gSM dS' + gM dM' - Qb^T dO + Z^T dVt
+
+    and finally the initial-state grads dh0 [2, N, H, K, V] (fp32).
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
+    c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+    NC = tl.load(chunk_offsets + tl.num_programs(1) // H).to(tl.int64)
+    N = tl.num_programs(1) // H
+
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, C)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    st_off = (i_n.to(tl.int64) * H + i_h) * K * V
+    p_st = o_k[:, None] * V + o_v[None, :]
+
+    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dm = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_ds += tl.load(dht + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+        b_dm += tl.load(dht + N.to(tl.int64) * H * K * V + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+
+    for i in range(0, c_end - c_start):
+        i_c = c_end - 1 - i  # int64
+        base = i_c * H + i_h
+        p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]
+        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]
+        m_ck = m_k[None, :]
+        m_cv = m_v[None, :]
+        p_hc = (i_c * H + i_h) * K * V + p_st
+        tl.store(dhc + p_hc, _cast(b_ds, dhc.dtype.element_ty, DOT_MODE), mask=m_kv)
+        tl.store(dhc + NC * H * K * V + p_hc, _cast(b_dm, dhc.dtype.element_ty, DOT_MODE), mask=m_kv)
+
+        b_do = tl.load(do + p_cv, mask=m_cv, other=0.)
+        b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])
+        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
+        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
+        # [C, BV]
+        b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE) + _dot(b_ks, b_ds, DOT_MODE) - _dot(b_km, b_dm, DOT_MODE)
+        b_dvt = _cast(b_dvt, dvt.dtype.element_ty, DOT_MODE)
+        tl.store(dvt + p_cv, b_dvt, mask=m_cv)
+
+        b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
+        b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
+        b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
+        b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
+        b_g0 = tl.load(g + base * 3).to(tl.float32)
+        b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
+        b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
+        b_ds_new = b_g0 * b_ds + _dot(tl.trans(b_qa), b_do, DOT_MODE) - _dot(tl.trans(b_y), b_dvt, DOT_MODE)
+        b_dm = (b_g2 * b_dm - b_g1 * b_ds - _dot(tl.trans(b_qb), b_do, DOT_MODE)
+                + _dot(tl.trans(b_z), b_dvt, DOT_MODE))
+        b_ds = b_ds_new
+
+    tl.store(dh0 + st_off + p_st, b_ds, mask=m_kv)
+    tl.store(dh0 + N.to(tl.int64) * H * K * V + st_off + p_st, b_dm, mask=m_kv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers (Triton) and torch fallbacks (CPU without the interpreter; also the kernels' test reference)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _dims(u, y, chunk_offsets):
+    NC, H, C, V = u.shape
+    K = y.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    return NC, H, C, K, V, N
+
+
+def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False,
+                    block_v=None, num_warps=None):
+    NC, H, C, K, V, N = _dims(u, y, chunk_offsets)
+    recompute = vt is not None
+    dev = u.device
+    BK = _block_k(K)
+    BV = block_v or _block_v(V, K)
+    o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
+    if not recompute:
+        vt = _empty((NC, H, C, V), u.dtype, dev)
+    ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
+    hc = _empty((2, NC, H, K, V), u.dtype, dev) if store_states else None
+    grid = (triton.cdiv(V, BV), N * H)
+    momentum_delta_rule_fwd_kernel_scan[grid](
+        u, y, z, qa, qb, aqk, ks, km, g,
+        h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
+        chunk_offsets, H,
+        K=K, V=V, C=C, BK=BK, BV=BV,
+        USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
+        DOT_MODE=_dot_mode(u.dtype),
+        num_warps=num_warps or _num_warps(BK, BV),
+    )
+    return o, vt, ht, hc
+
+
+def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets, *, block_v=None, num_warps=None):
+    NC, H, C, V = do.shape
+    K = y.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    dev = do.device
+    BK = _block_k(K)
+    BV = block_v or _block_v(V, K)
+    dvt = _empty((NC, H, C, V), y.dtype, dev)
+    dhc = _empty((2, NC, H, K, V), y.dtype, dev)
+    dh0 = _empty((2, N, H, K, V), torch.float32, dev)
+    grid = (triton.cdiv(V, BV), N * H)
+    momentum_delta_rule_bwd_kernel_scan[grid](
+        y, z, qa, qb, aqk, ks, km, g,
+        do, dht, dh0, dvt, dhc,
+        chunk_offsets, H,
+        K=K, V=V, C=C, BK=BK, BV=BV,
+        USE_DHT=dht is not None,
+        DOT_MODE=_dot_mode(y.dtype),
+        num_warps=num_warps or _num_warps(BK, BV),
+    )
+    return dvt, dhc, dh0
+
+
+def _mm(a, b, dot_bf16):
+    """a @ b with the kernels' rounding: bf16 operands (fp32 accumulation) or fp32."""
+    if dot_bf16:
+        return (a.to(torch.bfloat16).float() @ b.to(torch.bfloat16).float())
+    return a.float() @ b.float()
+
+
+def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False):
+    NC, H, C, K, V, N = _dims(u, y, chunk_offsets)
+    bf = u.dtype != torch.float32
+    recompute = vt is not None
+    offs = chunk_offsets.tolist()
+    o = None if recompute else u.new_empty(NC, H, C, V)
+    if not recompute:
+        vt = u.new_empty(NC, H, C, V)
+    ht = u.new_empty(2, N, H, K, V, dtype=torch.float32)
+    hc = u.new_empty(2, NC, H, K, V) if store_states else None
+    gf = g.float()
+    for n in range(N):
+        if h0 is not None:
+            S, M = h0[0, n].float(), h0[1, n].float()  # [H, K, V]
+        else:
+            S = u.new_zeros(H, K, V, dtype=torch.float32)
+            M = torch.zeros_like(S)
+        for c in range(offs[n], offs[n + 1]):
+            if store_states:
+                hc[0, c], hc[1, c] = S, M
+            if recompute:
+                b_vt = vt[c]
+            else:
+                b_vt = (u[c].float() - _mm(y[c], S, bf) + _mm(z[c], M, bf)).to(vt.dtype)
+                vt[c] = b_vt
+                o[c] = _mm(qa[c], S, bf) - _mm(qb[c], M, bf) + _mm(aqk[c], b_vt, bf)
+            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+            S, M = (g0 * S - g1 * M + _mm(ks[c].transpose(-1, -2), b_vt, bf),
+                    g2 * M - _mm(km[c].transpose(-1, -2), b_vt, bf))
+        ht[0, n], ht[1, n] = S, M
+    return o, vt, (None if recompute else ht), hc
+
+
+def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets):
+    NC, H, C, V = do.shape
+    K = y.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    bf = y.dtype != torch.float32
+    offs = chunk_offsets.tolist()
+    dvt = y.new_empty(NC, H, C, V)
+    dhc = y.new_empty(2, NC, H, K, V)
+    dh0 = y.new_empty(2, N, H, K, V, dtype=torch.float32)
+    gf = g.float()
+    for n in range(N):
+        if dht is not None:
+            dS, dM = dht[0, n].float(), dht[1, n].float()
+        else:
+            dS = y.new_zeros(H, K, V, dtype=torch.float32)
+            dM = torch.zeros_like(dS)
+        for c in range(offs[n + 1] - 1, offs[n] - 1, -1):
+            dhc[0, c], dhc[1, c] = dS, dM
+            t = lambda x: x.transpose(-1, -2)  # noqa: E731
+            b_dvt = (_mm(t(aqk[c]), do[c], bf) + _mm(ks[c], dS, bf) - _mm(km[c], dM, bf)).to(dvt.dtype)
+            dvt[c] = b_dvt
+            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+            dS, dM = (g0 * dS + _mm(t(qa[c]), do[c], bf) - _mm(t(y[c]), b_dvt, bf),
+                      g2 * dM - g1 * dS - _mm(t(qb[c]), do[c], bf) + _mm(t(z[c]), b_dvt, bf))
+        dh0[0, n], dh0[1, n] = dS, dM
+    return dvt, dhc, dh0
+
+
+def scan_fwd_impl(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw):
+    if _use_triton(u):
+        return scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw)
+    return scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw)
+
+
+def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets):
+    if _use_triton(y):
+        return scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets)
+    return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom ops
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mdn::scan_fwd", mutates_args=())
+def scan_fwd(
+    u: torch.Tensor, y: torch.Tensor, z: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor, aqk: torch.Tensor,
+    ks: torch.Tensor, km: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (o [NC, H, C, V], vt [NC, H, C, V], ht [2, N, H, K, V] fp32)."""
+    o, vt, ht, _ = scan_fwd_impl(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets)
+    return o, vt, ht
+
+
+@scan_fwd.register_fake
+def _(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets):
+    NC, H, C, V = u.shape
+    K = y.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    return u.new_empty(NC, H, C, V), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
+
+
+@torch.library.custom_op("mdn::scan_bwd", mutates_args=())
+def scan_bwd(
+    y: torch.Tensor, z: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor, aqk: torch.Tensor,
+    ks: torch.Tensor, km: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns the grads of (u, y, z, qa, qb, aqk, ks, km, g, h0); dh0 is fp32 [2, N, H, K, V]."""
+    NC, H, C, V = vt.shape
+    K = y.shape[-1]
+    u_dummy = vt  # only the shape/dtype of u are needed by the recompute
+    # chunk-start states S, M: [2, NC, H, K, V] (in the operands' dtype)
+    _, _, _, hc = scan_fwd_impl(u_dummy, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt=vt,
+                                store_states=True)
+    dvt, dhc, dh0 = scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets)
+    S, M = hc[0], hc[1]      # [NC, H, K, V]
+    dS, dM = dhc[0], dhc[1]  # end-state grads, [NC, H, K, V]
+    t = lambda x: x.transpose(-1, -2)  # noqa: E731
+    do = do.to(vt.dtype)
+    du = dvt
+    dy = -(dvt @ t(S))                     # [NC, H, C, K]
+    dz = dvt @ t(M)
+    dqa = do @ t(S)
+    dqb = -(do @ t(M))
+    dks = vt @ t(dS)
+    dkm = -(vt @ t(dM))
+    daqk = (do @ t(vt)).tril()            # [NC, H, C, C]
+
+    def vdot(a, b):  # sum over [K, V] with fp32 accumulation -> [NC, H]
+        return (a.flatten(2).unsqueeze(-2) @ b.flatten(2).unsqueeze(-1)).reshape(NC, H).float()
+
+    dg = torch.stack([vdot(dS, S), -vdot(dS, M), vdot(dM, M)], -1).to(g.dtype)  # [NC, H, 3]
+    if h0 is None:
+        dh0 = torch.zeros_like(dh0)
+    return du, dy, dz, dqa, dqb, daqk, dks, dkm, dg, dh0.to(h0.dtype if h0 is not None else torch.float32)
+
+
+@scan_bwd.register_fake
+def _(y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt, do, dht):
+    N = chunk_offsets.shape[0] - 1
+    NC, H, C, V = vt.shape
+    K = y.shape[-1]
+    dh0_dtype = h0.dtype if h0 is not None else torch.float32
+    return (vt.new_empty(vt.shape), y.new_empty(y.shape), z.new_empty(z.shape), qa.new_empty(qa.shape),
+            qb.new_empty(qb.shape), aqk.new_empty(aqk.shape), ks.new_empty(ks.shape), km.new_empty(km.shape),
+            g.new_empty(g.shape), vt.new_empty(2, N, H, K, V, dtype=dh0_dtype))
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets = inputs
+    _, vt, _ = output
+    ctx.has_h0 = h0 is not None
+    ctx.save_for_backward(y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt)
+
+
+def _scan_backward(ctx, do, dvt_unused, dht):
+    y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(vt)
+    grads = scan_bwd(y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt, do.contiguous(),
+                     dht.contiguous() if dht is not None else None)
+    du, dy, dz, dqa, dqb, daqk, dks, dkm, dg, dh0 = grads
+    return du, dy, dz, dqa, dqb, daqk, dks, dkm, dg, (dh0 if ctx.has_h0 else None), None
+
+
+scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+
+
+def chunk_scan(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets):
+    """Differentiable inter-chunk scan. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32)."""
+    o, _, ht = scan_fwd(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets)
+    return o, ht
