@@ -23,37 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import poisoning
-
-
-def _fix_interpreter_index() -> None:
-    """Triton 3.6's interpreter turns a scalar into a 1-element numpy array and converts it with int(), which
-    NumPy >= 2.4 rejects for ndim > 0 ("only 0-dimensional arrays can be converted"): every loop with a
-    runtime bound then fails under TRITON_INTERPRET=1. Patch that one conversion (interpreter only)."""
-    try:
-        import numpy as np
-        from triton.runtime import interpreter as _interp
-    except ImportError:  # pragma: no cover
-        return
-    orig = getattr(_interp, '_patch_lang_tensor', None)
-    if orig is None or getattr(orig, '_mdn_fixed', False):
-        return
-    try:
-        int(np.ones(1, dtype=np.int32))
-        return  # this NumPy still converts 1-element arrays
-    except TypeError:
-        pass
-
-    def patched(tensor, scope):
-        orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched._mdn_fixed = True
-    _interp._patch_lang_tensor = patched
-
-
-if os.environ.get('TRITON_INTERPRET', '0') == '1':
-    _fix_interpreter_index()
 
 
 def _use_triton(x: torch.Tensor) -> bool:
