@@ -151,6 +151,10 @@ def child(name, args):
         H, K, V = SHAPES[shape]
         if name == "sdpa" and shape != "h16k128v128":
             continue
+        if f"{name}:{shape}" in args.skip.split(","):
+            print(json.dumps({"impl": name, "kind": "timing", "shape": shape, "status": "skipped",
+                              "reason": "--skip (device-time budget)"}), flush=True)
+            continue
         for T in [int(t) for t in args.T.split(",")]:
             B = max(1, args.tokens // T)
             torch.manual_seed(0)
@@ -203,6 +207,7 @@ def main():
     ap.add_argument("--modes", default="fwd,fwdbwd")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--skip", default="", help="impl:shape pairs to leave out, e.g. official:h16k128v128")
     ap.add_argument("--child", default="")
     args = ap.parse_args()
     if args.child:
@@ -220,13 +225,15 @@ def main():
     print(json.dumps(meta), flush=True)
     for name in args.impls.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", name] + [a for a in sys.argv[1:] if a]
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        for line in p.stdout.splitlines():
+        # Stream the child's lines as they come: a run cut short by a timeout still shows what it measured.
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        for line in p.stdout:
             try:
                 rows.append(json.loads(line))
-                print(line, flush=True)
+                print(line.rstrip(), flush=True)
             except ValueError:
                 pass
+        p.wait()
         if p.returncode != 0:
             rows.append({"impl": name, "status": "failed", "reason": f"child exit {p.returncode}"})
     if args.out:
