@@ -43,7 +43,7 @@ INTERPRET = bool(triton.knobs.runtime.interpret)
 L2NORM_EPS = 1e-6
 
 
-@triton.jit(do_not_specialize=['T', 'BC'])
+@triton.jit(do_not_specialize=['T', 'BC', 'N'])
 def momentum_delta_rule_fwd_kernel_fused_recurrent(
     q, k, v, log_alpha, beta, log_mu, eta,
     o,  # [B, T, H, V]
@@ -129,7 +129,7 @@ def momentum_delta_rule_fwd_kernel_fused_recurrent(
         tl.store(p_ht + N * H * K * V, b_M.to(p_ht.dtype.element_ty), mask=m_h)
 
 
-@triton.jit(do_not_specialize=['T', 'BC'])
+@triton.jit(do_not_specialize=['T', 'BC', 'N', 'BTH'])
 def momentum_delta_rule_bwd_kernel_fused_recurrent(
     q, k, v, log_alpha, beta, log_mu, eta,
     do,  # [B, T, H, V]
