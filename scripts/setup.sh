@@ -45,7 +45,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c 'import torch
 else
   step "installing $TORCH_SPEC $TRITON_SPEC numpy pytest (first time: a large download)"
   "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip || die "pip upgrade failed (no network to the package index?)"
-  "$VPY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" "$TRITON_SPEC" "numpy<3" pytest \
+  "$VPY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" "$TRITON_SPEC" "numpy<2.4" pytest \
     || die "installing torch/triton failed (no network to the package index?)"
   step "installing the mdn package (editable) from triton/"
   "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation -e triton \
