@@ -346,13 +346,14 @@ def test_gpu_long_sequence_finite_and_accurate():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_v,num_warps", [(16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)])
-@pytest.mark.parametrize("K,V", [(64, 128), (128, 256), (256, 512)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_scan_tile_configs(block_v, num_warps, K, V, dtype):
-    """Every tile config the scan may run with, vs the torch scan (guards against per-config miscompiles)."""
-    if dtype == torch.float32 and K * block_v > 128 * 64:
-        pytest.skip("fp32 operands at this tile exceed the register budget; not shipped")
+@pytest.mark.parametrize("bk,is_fp32", sorted(cs.SCAN_CONFIGS))
+@pytest.mark.parametrize("k_off", [0, 3])
+def test_gpu_scan_tile_configs(bk, is_fp32, k_off):
+    """Every shipped scan tile config (SCAN_CONFIGS) vs the torch scan, with masked K and V edges."""
+    dtype = torch.float32 if is_fp32 else torch.bfloat16
+    block_v, num_warps = cs.SCAN_CONFIGS[(bk, is_fp32)]
+    K = max(bk - k_off, 1) if bk > 16 else 16 - k_off
+    V = 2 * block_v + 8
     NC, H, C = 6, 2, 64
     mk = lambda *s, sc=1.0: (sc * torch.randn(*s, device="cuda")).to(dtype)  # noqa: E731
     u, y, z = mk(NC, H, C, V), mk(NC, H, C, K, sc=0.05), mk(NC, H, C, K, sc=0.05)
@@ -361,14 +362,17 @@ def test_gpu_scan_tile_configs(block_v, num_warps, K, V, dtype):
     g = torch.rand(NC, H, 3, device="cuda")
     off = torch.tensor([0, 4, 6], dtype=torch.int32, device="cuda")
     h0 = torch.randn(2, 2, H, K, V, device="cuda")
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    kw = {"block_v": block_v, "num_warps": num_warps}
-    a = cs.scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, off, **kw)
+    tol = 1e-5 if is_fp32 else 1e-2
+    assert cs.scan_config(K, V, dtype) == (block_v, num_warps)
+    a = cs.scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, off)
     b = cs.scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, off)
     for name, x, w in zip(("o", "vt", "ht"), a[:3], b[:3]):
         assert rel_rms(w, x) <= tol, name
+    hc = cs.scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, off, vt=a[1], store_states=True)[3]
+    hc_ref = cs.scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, off, vt=a[1], store_states=True)[3]
+    assert rel_rms(hc_ref, hc) <= tol, "hc"
     do, dht = mk(NC, H, C, V), torch.randn(2, 2, H, K, V, device="cuda")
-    a = cs.scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, off, **kw)
+    a = cs.scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, off)
     b = cs.scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, off)
     for name, x, w in zip(("dvt", "dhc", "dh0"), a, b):
         assert rel_rms(w, x) <= tol, name

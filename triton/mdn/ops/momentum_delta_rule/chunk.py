@@ -9,6 +9,7 @@ Pipeline (see README.md in this folder for the math):
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -65,6 +66,21 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     NC, H, C = x.shape[:3]
     x = x.transpose(1, 2).reshape(NC * C, H, *x.shape[3:])
     return x.index_select(0, pos).unsqueeze(0)
+
+
+_compiled_intra = None
+
+
+def _intra_fn(q: torch.Tensor):
+    """chunk_mdn_intra, or its torch.compile'd version (CUDA, MDN_CHUNK_COMPILE=1, not already compiling)."""
+    global _compiled_intra
+    if torch.compiler.is_compiling() or not q.is_cuda:
+        return chunk_mdn_intra
+    if os.environ.get("MDN_CHUNK_COMPILE", "0") == "1":
+        if _compiled_intra is None:
+            _compiled_intra = torch.compile(chunk_mdn_intra, dynamic=None)
+        return _compiled_intra
+    return chunk_mdn_intra
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,7 +180,7 @@ def chunk_momentum_delta_rule(
     # [NC, H, C, D] and gates [NC, H, C]
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-    intra = chunk_mdn_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+    intra = _intra_fn(q)(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
                             use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     oc, ht = chunk_scan(*intra, h0, chunk_offsets)

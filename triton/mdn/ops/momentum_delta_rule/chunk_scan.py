@@ -52,14 +52,30 @@ def _block_k(K: int) -> int:
     return max(16, triton.next_power_of_2(K))
 
 
-def _block_v(V: int, K: int) -> int:
-    # keep S and M (2 x BK x BV fp32) in registers
-    bv = 64 if K <= 64 else 32
-    return max(16, min(bv, triton.next_power_of_2(V)))
+# Tile configs of the scan, (BV, num_warps), by (BK, operand dtype). S and M are 2 x BK x BV fp32 registers per
+# program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. Shipped configs are exactly the
+# ones in SCAN_CONFIGS (test_gpu_scan_tile_configs checks each on the GPU). Override for sweeps with
+# MDN_SCAN_CONFIG="BV,num_warps" (bench_op.py --scan-configs does that).
+SCAN_CONFIGS = {
+    # (BK, is_fp32): (BV, num_warps)
+    (16, False): (64, 4), (32, False): (64, 4), (64, False): (64, 4), (128, False): (64, 8), (256, False): (32, 8),
+    (16, True): (64, 4), (32, True): (64, 4), (64, True): (64, 4), (128, True): (32, 8), (256, True): (16, 8),
+}
 
 
-def _num_warps(BK: int, BV: int) -> int:
-    return 8 if BK * BV >= 128 * 64 else 4
+def scan_config(K: int, V: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(BV, num_warps) for the scan kernels."""
+    env = os.environ.get('MDN_SCAN_CONFIG')
+    if env:
+        try:
+            bv, nw = (int(x) for x in env.split(','))
+        except ValueError:
+            raise ValueError(f"MDN_SCAN_CONFIG={env!r}: expected 'BV,num_warps', e.g. '32,8'") from None
+        if bv not in (16, 32, 64, 128) or nw not in (1, 2, 4, 8, 16):
+            raise ValueError(f"MDN_SCAN_CONFIG={env!r}: BV must be 16/32/64/128 and num_warps 1/2/4/8/16")
+    else:
+        bv, nw = SCAN_CONFIGS[(_block_k(K), dtype == torch.float32)]
+    return max(16, min(bv, triton.next_power_of_2(V))), nw
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,7 +291,8 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     recompute = vt is not None
     dev = u.device
     BK = _block_k(K)
-    BV = block_v or _block_v(V, K)
+    cfg_bv, cfg_nw = scan_config(K, V, u.dtype)
+    BV = block_v or cfg_bv
     o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
     if not recompute:
         vt = _empty((NC, H, C, V), u.dtype, dev)
@@ -289,7 +306,7 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
         K=K, V=V, C=C, BK=BK, BV=BV,
         USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
         DOT_MODE=_dot_mode(u.dtype),
-        num_warps=num_warps or _num_warps(BK, BV),
+        num_warps=num_warps or cfg_nw,
     )
     return o, vt, ht, hc
 
@@ -300,7 +317,8 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets, *, blo
     N = chunk_offsets.shape[0] - 1
     dev = do.device
     BK = _block_k(K)
-    BV = block_v or _block_v(V, K)
+    cfg_bv, cfg_nw = scan_config(K, V, y.dtype)
+    BV = block_v or cfg_bv
     dvt = _empty((NC, H, C, V), y.dtype, dev)
     dhc = _empty((2, NC, H, K, V), y.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
@@ -312,7 +330,7 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, chunk_offsets, *, blo
         K=K, V=V, C=C, BK=BK, BV=BV,
         USE_DHT=dht is not None,
         DOT_MODE=_dot_mode(y.dtype),
-        num_warps=num_warps or _num_warps(BK, BV),
+        num_warps=num_warps or cfg_nw,
     )
     return dvt, dhc, dh0
 

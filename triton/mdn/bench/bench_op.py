@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Benchmark of chunk_momentum_delta_rule alone (GPU): fwd, fwd+bwd, peak memory and a phase breakdown.
+
+    python triton/mdn/bench/bench_op.py                               # target shapes, bf16, 32768 tokens
+    python triton/mdn/bench/bench_op.py --phases                      # + intra / scan fwd / scan bwd split
+    python triton/mdn/bench/bench_op.py --scan-configs "16,4 32,4 32,8 64,8"   # sweep scan tiles (BV,warps)
+    python triton/mdn/bench/bench_op.py --compile-intra               # intra part through torch.compile
+    python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
+
+Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
+layer at init. Timing: triton.testing.do_bench median (and p20/p80) after a warm-up call; fwd+bwd back-propagates
+sum(o * do) into q, k, v and the four gates. Peak memory: max_memory_allocated during one fwd+bwd minus what was
+allocated before it (inputs excluded). Prints JSON lines and then a Markdown table.
+For the side-by-side with the official kernel and fla, see scripts/bench_ops.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+SHAPES = {"h6k256v512": (6, 256, 512), "h16k128v128": (16, 128, 128)}
+
+
+def layer_gates(B, T, H, device, min_log_mu=-2.0, seed=0):
+    """Gates as the MDN layer makes them at init (spec §5.1): alpha + beta <= 1, log_mu >= min_log_mu."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    A_log, Mu_log = torch.log(u(H) * 16 + 1e-3), torch.log(u(H) * 16 + 1e-3)
+    dt = torch.exp(u(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
+    dt_bias = dt + torch.log(-torch.expm1(-dt))
+    log_factor = torch.log(u(H) * 4 + 1e-3)
+    a, b, m, e = r(B, T, H), r(B, T, H), r(B, T, H), r(B, T, H) / 16
+    eta = torch.tanh(e) + 1
+    theta = torch.atan(eta * log_factor.exp())
+    beta = torch.sin(theta) ** 2 * torch.sigmoid(b)
+    log_alpha = -A_log.exp() * F.softplus(a + dt_bias) + torch.log(torch.cos(theta) ** 2)
+    log_mu = (-Mu_log.exp() * F.softplus(m + dt_bias)).clamp_min(min_log_mu)
+    return [x.to(device=device, dtype=torch.float32) for x in (log_alpha, beta, log_mu, eta)]
+
+
+def make_inputs(B, T, H, K, V, dtype, device, requires_grad):
+    import torch
+    g = torch.Generator(device=device).manual_seed(1)
+    q = torch.randn(B, T, H, K, device=device, dtype=dtype, generator=g)
+    k = torch.randn(B, T, H, K, device=device, dtype=dtype, generator=g)
+    v = torch.randn(B, T, H, V, device=device, dtype=dtype, generator=g)
+    xs = [q, k, v] + layer_gates(B, T, H, device)
+    return [x.requires_grad_(requires_grad) for x in xs]
+
+
+def bench(fn, grad_to_none=None):
+    from triton.testing import do_bench
+    fn()
+    p20, p50, p80 = do_bench(fn, quantiles=[0.2, 0.5, 0.8], grad_to_none=grad_to_none, warmup=25, rep=100)
+    return {"ms": p50, "p20": p20, "p80": p80}
+
+
+def run_case(shape, T, tokens, dtype, chunk_size, phases):
+    import torch
+    from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
+    H, K, V = SHAPES[shape]
+    B = max(1, tokens // T)
+    dev = "cuda"
+    row = {"shape": shape, "B": B, "T": T, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""),
+           "chunk_size": chunk_size, "scan_config": os.environ.get("MDN_SCAN_CONFIG", "default"),
+           "compile_intra": os.environ.get("MDN_CHUNK_COMPILE", "0") == "1",
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    import triton
+    row["triton"] = triton.__version__
+
+    xs = make_inputs(B, T, H, K, V, dtype, dev, requires_grad=False)
+    with torch.no_grad():
+        row["fwd"] = bench(lambda: op(*xs, output_final_state=True, chunk_size=chunk_size))
+
+    leaves = make_inputs(B, T, H, K, V, dtype, dev, requires_grad=True)
+    do = torch.randn(B, T, H, V, device=dev, dtype=dtype)
+
+    def fwd_bwd():
+        o, _ = op(*leaves, output_final_state=True, chunk_size=chunk_size)
+        o.backward(do)
+
+    row["fwd_bwd"] = bench(fwd_bwd, grad_to_none=leaves)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    row["peak_mem_gib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    for x in leaves:
+        x.grad = None
+
+    if phases:
+        row.update(run_phases(xs, do, chunk_size))
+    return row
+
+
+def run_phases(xs, do, C):
+    """Times of the pieces: intra fwd (torch), intra fwd+bwd (autograd, scan grads random), scan fwd, scan bwd."""
+    import torch
+    from mdn.ops.momentum_delta_rule.chunk import _pack_dense
+    from mdn.ops.momentum_delta_rule.chunk_intra import chunk_mdn_intra
+    from mdn.ops.momentum_delta_rule.chunk_scan import scan_bwd, scan_fwd
+    q, k, v, la, beta, lm, eta = xs
+    B, T, H, K = q.shape
+    op_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
+    NT = -(-T // C)
+    off = torch.arange(B + 1, device=q.device, dtype=torch.int32) * NT
+    packed = [_pack_dense(x, C) for x in (q, k, v)]
+    gates = _pack_dense(torch.stack([la, beta, lm, eta], -1), C)
+    gl = [gates[..., i] for i in range(4)]
+    out = {}
+    with torch.no_grad():
+        out["intra_fwd"] = bench(lambda: chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype))
+        intra = chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype)
+        out["scan_fwd"] = bench(lambda: scan_fwd(*intra, None, off))
+        o, vt, ht = scan_fwd(*intra, None, off)
+        dO = torch.randn_like(o)
+        out["scan_bwd"] = bench(lambda: scan_bwd(*intra[1:], None, off, vt, dO, None))
+        grads = scan_bwd(*intra[1:], None, off, vt, dO, None)
+    leaves = [x.detach().requires_grad_() for x in packed + gl]
+
+    def intra_fb():
+        r = chunk_mdn_intra(*leaves[:3], *leaves[3:], K ** -0.5, out_dtype=op_dtype)
+        torch.autograd.backward(list(r), list(grads[:9]))
+
+    out["intra_fwd_bwd"] = bench(intra_fb, grad_to_none=leaves)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--T", default="2048,4096,8192")
+    p.add_argument("--tokens", type=int, default=32768)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--phases", action="store_true", help="also time intra / scan pieces")
+    p.add_argument("--scan-configs", default="", help='space-separated "BV,warps" list to sweep')
+    p.add_argument("--compile-intra", action="store_true", help="MDN_CHUNK_COMPILE=1 (torch.compile the intra)")
+    p.add_argument("--out", default="", help="append JSON lines here")
+    a = p.parse_args(argv)
+
+    import torch
+    if not torch.cuda.is_available():
+        print("bench_op.py needs a CUDA device", file=sys.stderr)
+        return 2
+    if a.compile_intra:
+        os.environ["MDN_CHUNK_COMPILE"] = "1"
+    dtype = getattr(torch, a.dtype)
+    configs = a.scan_configs.split() or [None]
+    rows = []
+    for shape in a.shapes.split(","):
+        for T in (int(t) for t in a.T.split(",")):
+            for cfg in configs:
+                if cfg:
+                    os.environ["MDN_SCAN_CONFIG"] = cfg
+                else:
+                    os.environ.pop("MDN_SCAN_CONFIG", None)
+                try:
+                    row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases)
+                except torch.cuda.OutOfMemoryError as e:
+                    row = {"shape": shape, "T": T, "scan_config": cfg or "default", "error": f"oom: {e}"}
+                    torch.cuda.empty_cache()
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                if a.out:
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+    print()
+    cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
+    print("| shape | T | B | scan cfg | " + " | ".join(c + " ms" for c in cols) + " | peak GiB |")
+    print("|---|---|---|---|" + "---|" * len(cols) + "---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['error'][:40]} |")
+            continue
+        vals = [f"{r[c]['ms']:.3f}" if c in r else "" for c in cols]
+        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | " + " | ".join(vals)
+              + f" | {r['peak_mem_gib']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
