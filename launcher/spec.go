@@ -58,19 +58,27 @@ func (o *Outcome) DecodeResult(v any) error {
 func ParseEvent(line []byte) (Event, error) {
 	var ev Event
 	if err := json.Unmarshal(line, &ev); err != nil {
-		return ev, &ProtocolError{Line: truncate(string(line), 400), Err: err}
+		return ev, &ProtocolError{Line: truncate(string(line), 400), Err: fmt.Errorf("not JSON: %w", err)}
 	}
 	if ev.V != ProtocolVersion {
 		return ev, &ProtocolError{Line: truncate(string(line), 400), Err: fmt.Errorf("protocol version %d, want %d", ev.V, ProtocolVersion)}
 	}
+	bad := func(format string, args ...any) (Event, error) {
+		return ev, &ProtocolError{Job: ev.Job, Line: truncate(string(line), 400), Err: fmt.Errorf(format, args...)}
+	}
 	switch ev.Event {
-	case "start", "progress", "metric", "result", "error", "end":
-	default:
-		// Unknown event kinds are ignored by consumers (forward compatible); only a missing name is an error.
-		if ev.Event == "" {
-			return ev, &ProtocolError{Line: truncate(string(line), 400), Err: fmt.Errorf("event without a name")}
+	case "":
+		return bad("event without a name")
+	case "end":
+		if ev.Status != "ok" && ev.Status != "error" {
+			return bad("end event with status %q, want \"ok\" or \"error\"", ev.Status)
+		}
+	case "error":
+		if ev.Kind == "" {
+			return bad("error event without a kind")
 		}
 	}
+	// Unknown event kinds are passed on and ignored by consumers (forward compatible).
 	return ev, nil
 }
 
@@ -78,5 +86,5 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return validPrefix(s[:n]) + "…"
 }
