@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-from .protocol import PROTOCOL_VERSION, EventWriter, JobContext, JobError, hostname, take_stdout
+from .protocol import PROTOCOL_VERSION, EventWriter, JobContext, JobError, hostname, take_stdin, take_stdout
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -65,18 +65,20 @@ def run_job(writer: EventWriter, spec: dict) -> bool:
 
 
 def main() -> int:
-    stream = take_stdout()
-    writer = EventWriter(stream)
+    events = take_stdout()
+    specs = take_stdin()
+    writer = EventWriter(events)
     bad = False
-    for line in sys.stdin:
+    for line in specs:
         line = line.strip()
         if not line:
             continue
         try:
             spec = json.loads(line)
             if not isinstance(spec, dict):
-                raise ValueError("not a JSON object")
+                raise ValueError(f"a job spec is a JSON object, got {type(spec).__name__}")
         except ValueError as exc:
+            # No job id to answer to: an error event with job "" (docs/protocol.md); go on with the next line.
             writer.emit("error", "", kind="protocol", message=f"bad job spec line: {exc}")
             bad = True
             continue
