@@ -176,6 +176,9 @@ func parseSqueueJSON(b []byte, want map[string]bool, out map[taskKey]TaskState) 
 			return err
 		}
 		st.ExitCode = nil // a record of several tasks that never ran
+		if !isActive(st.State) {
+			st.Reason = "never started"
+		}
 		for _, i := range idx {
 			st.Task = i
 			out[taskKey{job, i}] = st
