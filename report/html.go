@@ -70,8 +70,9 @@ func RunMetadata(rows []Row) []MetaItem {
 // body[data-images-loaded] to "ok/total" (the browser test reads it).
 func WriteHTML(w io.Writer, pg *Page) error {
 	type fig struct {
-		Title, Name, Src string
-		Notes            []string
+		Title, Name string
+		Img         template.HTML
+		Notes       []string
 	}
 	var figs []fig
 	for _, f := range pg.Figures {
@@ -79,8 +80,9 @@ func WriteHTML(w io.Writer, pg *Page) error {
 		if err != nil {
 			return err
 		}
-		figs = append(figs, fig{Title: f.Title, Name: f.Name, Notes: f.Notes,
-			Src: "data:image/png;base64," + base64.StdEncoding.EncodeToString(b)})
+		// built by hand: html/template would entity-escape every '+' of the base64 text
+		img := `<img src="data:image/png;base64,` + base64.StdEncoding.EncodeToString(b) + `" alt="` + template.HTMLEscapeString(f.Title) + `">`
+		figs = append(figs, fig{Title: f.Title, Name: f.Name, Notes: f.Notes, Img: template.HTML(img)})
 	}
 	data := map[string]any{"P": pg, "Figures": figs}
 	funcs := template.FuncMap{
@@ -96,7 +98,6 @@ func WriteHTML(w io.Writer, pg *Page) error {
 			return k
 		},
 		"cell": func(c *Cell) template.HTML { return cellHTML(pg.Report, c) },
-		"url":  func(s string) template.URL { return template.URL(s) },
 	}
 	t, err := template.New("page").Funcs(funcs).Parse(pageTemplate)
 	if err != nil {
@@ -207,7 +208,7 @@ figcaption { color: #555; font-size: .92em; }
 {{- if .Figures}}
 <h2>Plots</h2>
 {{- range .Figures}}
-<figure id="{{.Name}}"><img src="{{url .Src}}" alt="{{.Title}}"><figcaption>{{.Title}}{{range .Notes}}<br>{{.}}{{end}}</figcaption></figure>
+<figure id="{{.Name}}">{{.Img}}<figcaption>{{.Title}}{{range .Notes}}<br>{{.}}{{end}}</figcaption></figure>
 {{- end}}
 {{- end}}
 <script>

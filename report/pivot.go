@@ -30,6 +30,7 @@ type Report struct {
 	ColKeys   []string     `json:"col_keys"`
 	GroupKeys []string     `json:"group_keys"`
 	Baseline  *BaselineRef `json:"baseline,omitempty"`
+	Merged    []string     `json:"merged,omitempty"` // axes aggregated over inside cells (--merge)
 	Tables    []*Table     `json:"tables"`
 	Notes     []string     `json:"notes,omitempty"`
 }
@@ -167,6 +168,7 @@ func Pivot(rows []Row, o Options) (*Report, error) {
 	if len(split) > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("cells would mix variants that differ in %s: rows are split by %s (choose with --filter, or aggregate with --merge)", strings.Join(split, ", "), map[bool]string{true: "it", false: "them"}[len(split) == 1]))
 	}
+	rep.Merged = o.Merge
 	if len(o.Merge) > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("cells aggregate (%s) over variants that differ in %s (--merge)", o.Agg, strings.Join(o.Merge, ", ")))
 	}
@@ -331,7 +333,8 @@ func findPartner(lines []*Line, key []string, bi int, bval string, nUser int) *L
 		}
 		match := true
 		for i := 0; i < nUser; i++ {
-			if i != bi && l.Key[i] != key[i] {
+			// a field the baseline does not have (e.g. constraint for gdn) matches anything
+			if i != bi && l.Key[i] != "" && l.Key[i] != key[i] {
 				match = false
 			}
 		}

@@ -26,6 +26,7 @@ type Figure struct {
 	Title  string       `json:"title"` // also drawn on the plot
 	Notes  []string     `json:"notes,omitempty"`
 	Files  []string     `json:"files,omitempty"`
+	Series []Series     `json:"series,omitempty"` // the data drawn
 	Plot   *plot.Plot   `json:"-"`
 	Legend *plot.Legend `json:"-"`
 }
@@ -145,6 +146,37 @@ type point struct {
 type series struct {
 	label string
 	pts   []point
+}
+
+// Series is the data of one drawn line, sorted by x; Lo/Hi are set where an error bar is drawn.
+type Series struct {
+	Label  string      `json:"label"`
+	Points []DataPoint `json:"points"`
+}
+
+// DataPoint is one drawn point.
+type DataPoint struct {
+	X  float64  `json:"x"`
+	Y  float64  `json:"y"`
+	Lo *float64 `json:"lo,omitempty"`
+	Hi *float64 `json:"hi,omitempty"`
+}
+
+func exportSeries(ss []series) []Series {
+	var out []Series
+	for _, s := range ss {
+		e := Series{Label: s.label}
+		for _, p := range s.pts {
+			dp := DataPoint{X: p.x, Y: p.y}
+			if p.err {
+				lo, hi := p.lo, p.hi
+				dp.Lo, dp.Hi = &lo, &hi
+			}
+			e.Points = append(e.Points, dp)
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // addLines adds one line with markers (and error bars where known) per series.

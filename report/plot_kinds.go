@@ -48,9 +48,9 @@ func BuildPlots(rows []Row, o PlotOptions) ([]*Figure, error) {
 			return nil, fmt.Errorf("unknown plot kind %q (expected one of %s)", k, strings.Join(PlotKinds, ", "))
 		}
 	}
-	b := &plotBuilder{o: o, colors: map[string]int{}}
 	var figs []*Figure
 	for _, k := range kinds {
+		b := &plotBuilder{o: o, colors: map[string]int{}} // one colour per series label within a kind
 		var fs []*Figure
 		var err error
 		switch k {
@@ -295,7 +295,7 @@ func (b *plotBuilder) lines(rows []Row, s lineSpec) ([]*Figure, error) {
 		if len(notes) > 0 {
 			notes = []string{"not shown (no value): " + strings.Join(notes, "; ")}
 		}
-		figs = append(figs, &Figure{Kind: s.kind, Name: name, Title: strings.ReplaceAll(title, "\n", " — "), Notes: notes, Plot: p, Legend: leg})
+		figs = append(figs, &Figure{Kind: s.kind, Name: name, Title: strings.ReplaceAll(title, "\n", " — "), Notes: notes, Plot: p, Legend: leg, Series: exportSeries(ss)})
 	}
 	return figs, nil
 }
@@ -657,7 +657,11 @@ func (b *plotBuilder) tokens(rows []Row) ([]*Figure, error) {
 		if len(order) > 1 {
 			name += "_" + slug(shortDevice(splitKey(pk)[0]))
 		}
-		figs = append(figs, &Figure{Kind: "tokens", Name: name, Title: strings.ReplaceAll(title, "\n", " — "), Plot: p})
+		var ss []series
+		for i, l := range labels {
+			ss = append(ss, series{label: l, pts: []point{errs[i]}})
+		}
+		figs = append(figs, &Figure{Kind: "tokens", Name: name, Title: strings.ReplaceAll(title, "\n", " — "), Plot: p, Series: exportSeries(ss)})
 	}
 	return figs, nil
 }

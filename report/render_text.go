@@ -132,7 +132,11 @@ func Caption(rep *Report) string {
 	if len(unit) > 0 {
 		fmt.Fprintf(&b, " (%s)", strings.Join(unit, ", "))
 	}
-	fmt.Fprintf(&b, " · %s over repeats; [p20–p80] of a single run, [min–max] across repeats", rep.Agg)
+	over := "repeats"
+	if len(rep.Merged) > 0 {
+		over += " and " + strings.Join(rep.Merged, ", ")
+	}
+	fmt.Fprintf(&b, " · %s over %s; [p20–p80] of a single run, [min–max] across %s", rep.Agg, over, over)
 	if rep.Baseline != nil {
 		fmt.Fprintf(&b, " · ×: value ÷ %s=%s", rep.Baseline.Key, rep.Baseline.Value)
 	}
@@ -188,7 +192,11 @@ func colTitle(rep *Report, c []string) string {
 		}
 		parts = append(parts, k+"="+v)
 	}
-	return strings.Join(parts, " ")
+	s := strings.Join(parts, " ")
+	if b := rep.Baseline; b != nil && b.Axis == "cols" && c[indexOf(rep.ColKeys, b.Key)] == b.Value {
+		s += " (baseline)"
+	}
+	return s
 }
 
 func textRow(rep *Report, l *Line, color, markdown bool) []string {

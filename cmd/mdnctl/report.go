@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/mdnctl/mdnctl/report"
 )
@@ -59,7 +60,7 @@ and tokens/s, MQAR accuracy vs width, the stability region), each for the rows t
   mdnctl report 'results/*/results.jsonl' --filter device="NVIDIA H100 80GB HBM3" --format markdown
   mdnctl report runs/ --plot docs/plots --html out/report`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.cmdline = "mdnctl " + strings.Join(os.Args[1:], " ")
+			o.cmdline = commandLine(cmd, args)
 			return runReport(cmd, g, o, args)
 		},
 	}
@@ -97,6 +98,9 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 	if !slices.Contains(report.Formats, format) && format != "md" {
 		return userErrorf("unknown --format %q (expected one of %s)", format, strings.Join(report.Formats, ", "))
 	}
+	if len(o.Plots) > 0 && o.PlotDir == "" && o.HTMLDir == "" {
+		return userErrorf("--plots chooses figures for --plot DIR or --html DIR; give one of them")
+	}
 	ds, err := report.Load(args)
 	if err != nil {
 		return userErrorf("%v", err)
@@ -130,13 +134,6 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 		tableNote = err.Error()
 		rep = nil
 	}
-	if rep != nil {
-		color := g.IsTTY && format == "table" && os.Getenv("NO_COLOR") == ""
-		if err := report.Render(g.Stdout, rep, format, color); err != nil {
-			return err
-		}
-	}
-
 	var figs []*report.Figure
 	if o.PlotDir != "" || o.HTMLDir != "" {
 		figs, err = report.BuildPlots(rows, report.PlotOptions{Kinds: o.Plots, Metric: o.Metric, ChunkRef: o.ChunkRef, Group: o.Group})
@@ -147,6 +144,13 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 			fmt.Fprintln(g.Stderr, "note: no plots: "+err.Error())
 		}
 	}
+	if rep != nil {
+		color := g.IsTTY && format == "table" && os.Getenv("NO_COLOR") == ""
+		if err := report.Render(g.Stdout, rep, format, color); err != nil {
+			return err
+		}
+	}
+
 	if o.PlotDir != "" {
 		for _, f := range figs {
 			if err := f.Save(o.PlotDir); err != nil {
@@ -181,6 +185,35 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 		}
 	}
 	return nil
+}
+
+// commandLine rebuilds the command as typed (arguments and the flags that were set), for the HTML page.
+func commandLine(cmd *cobra.Command, args []string) string {
+	parts := []string{cmd.CommandPath()}
+	for _, a := range args {
+		parts = append(parts, shellQuote(a))
+	}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if sv, ok := f.Value.(pflag.SliceValue); ok && f.Value.Type() == "stringArray" {
+			for _, v := range sv.GetSlice() {
+				parts = append(parts, "--"+f.Name+"="+shellQuote(v))
+			}
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			parts = append(parts, "--"+f.Name+"="+shellQuote(strings.Join(sv.GetSlice(), ",")))
+			return
+		}
+		parts = append(parts, "--"+f.Name+"="+shellQuote(f.Value.String()))
+	})
+	return strings.Join(parts, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t'\"$*?[]{}()<>|&;`\\!#~") {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func tableCount(rep *report.Report) int {
