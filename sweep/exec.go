@@ -87,9 +87,9 @@ type Summary struct {
 
 // OverheadStats summarise where the wall time of points went.
 type OverheadStats struct {
-	SpawnS       float64 `json:"spawn_s_median"`        // per worker start
-	ImportS      float64 `json:"import_s_median"`       // per worker start
-	LauncherMS   float64 `json:"launcher_ms_median"`    // per warm point: wall minus the job's own time
+	SpawnS       float64 `json:"spawn_s_median"`     // per worker start
+	ImportS      float64 `json:"import_s_median"`    // per worker start
+	LauncherMS   float64 `json:"launcher_ms_median"` // per warm point: wall minus the job's own time
 	WarmWallS    float64 `json:"warm_point_wall_s_median"`
 	WarmTimedPct float64 `json:"warm_point_timed_pct_median"` // share of a warm point's wall in the timed loop
 }
