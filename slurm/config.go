@@ -40,10 +40,12 @@ type Config struct {
 const MaxArrayTasks = 1000
 
 var (
-	timeRE  = regexp.MustCompile(`^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|UNLIMITED|unlimited)$`)
-	wordRE  = regexp.MustCompile(`^[A-Za-z0-9_.,:+\-=/@%]+$`)
-	memRE   = regexp.MustCompile(`^\d+[KMGT]?B?$`)
-	extraRE = regexp.MustCompile(`^--[a-z][a-z0-9-]*(=.+)?$`)
+	timeRE = regexp.MustCompile(`^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|UNLIMITED|unlimited)$`)
+	wordRE = regexp.MustCompile(`^[A-Za-z0-9_.,:+\-=/@%]+$`)
+	memRE  = regexp.MustCompile(`^\d+[KMGT]?B?$`)
+	// decode type errors are plain errors: "toml: line 2 (last key \"slurm.gpus\"): incompatible types: ..."
+	tomlTypeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+	extraRE       = regexp.MustCompile(`^--[a-z][a-z0-9-]*(=.+)?$`)
 )
 
 // FieldError names the offending [slurm] key, its value and what was expected.
@@ -137,8 +139,19 @@ func ParseConfigTOML(filename string, data []byte) (Config, error) {
 	md, err := toml.Decode(string(data), &doc)
 	if err != nil {
 		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return Config{}, fmt.Errorf("%s:%d: %s", filename, pe.Position.Line, pe.Message)
+		var ppe *toml.ParseError
+		if errors.As(err, &ppe) {
+			pe = *ppe
+		}
+		if ppe != nil || errors.As(err, &pe) {
+			msg := pe.Message
+			if pe.LastKey != "" {
+				msg = pe.LastKey + ": " + msg
+			}
+			return Config{}, fmt.Errorf("%s:%d: %s", filename, pe.Position.Line, msg)
+		}
+		if m := tomlTypeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			return Config{}, fmt.Errorf("%s:%s: %s: %s", filename, m[1], m[2], m[3])
 		}
 		return Config{}, fmt.Errorf("%s: %w", filename, err)
 	}

@@ -3,7 +3,6 @@ package slurm
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -70,8 +69,8 @@ func squeueText(ctx context.Context, r Runner, ids []string, want map[string]boo
 	const format = "%F|%K|%i|%T|%r|%N"
 	b, err := r.Run(ctx, "squeue", "-h", "--states=all", "--jobs="+strings.Join(ids, ","), "-o", format)
 	if err != nil {
-		var ce *CommandError
-		if len(ids) > 1 && errors.As(err, &ce) && strings.Contains(ce.Stderr, "Invalid job id") {
+		invalid := strings.Contains(err.Error(), "Invalid job id")
+		if len(ids) > 1 && invalid {
 			// One unknown id fails the whole call: ask one by one and skip the forgotten ones.
 			for _, id := range ids {
 				if err := squeueText(ctx, r, []string{id}, want, out); err != nil {
@@ -80,7 +79,7 @@ func squeueText(ctx context.Context, r Runner, ids []string, want map[string]boo
 			}
 			return nil
 		}
-		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "Invalid job id") {
+		if invalid {
 			return nil // squeue has forgotten the job
 		}
 		return fmt.Errorf("query Slurm queue: %w", err)

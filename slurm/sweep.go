@@ -327,20 +327,27 @@ func LoadPoints(outDir string) ([]Point, error) {
 		if s.Kind != "sweep" {
 			continue
 		}
+		shards := make([][]Point, s.Tasks)
+		total := 0
 		for i := 0; i < s.Tasks; i++ {
 			b, err := os.ReadFile(ShardFile(s.Dir, i))
 			if err != nil {
 				return nil, fmt.Errorf("resume: %w", err)
 			}
-			shard, err := decodeShard(b, ShardFile(s.Dir, i))
-			if err != nil {
+			if shards[i], err = decodeShard(b, ShardFile(s.Dir, i)); err != nil {
 				return nil, err
 			}
-			for _, p := range shard {
-				if !seen[p.ID] {
-					seen[p.ID] = true
-					pts = append(pts, p)
-				}
+			total += len(shards[i])
+		}
+		// Undo ShardPoints (point k went to shard k mod n, position k div n) to get the submission order back.
+		for k := 0; k < total; k++ {
+			sh := shards[k%s.Tasks]
+			if k/s.Tasks >= len(sh) {
+				return nil, fmt.Errorf("resume: shards of %s are not as mdnctl wrote them", s.Dir)
+			}
+			if p := sh[k/s.Tasks]; !seen[p.ID] {
+				seen[p.ID] = true
+				pts = append(pts, p)
 			}
 		}
 	}
