@@ -93,11 +93,13 @@ def chunk_mdn_intra(
     b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
 
     lmat = (p @ kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
-    K = k.shape[-1]
-    rhs = torch.cat([v, a_prev.unsqueeze(-1) * p, b_prev.unsqueeze(-1) * p], -1)  # [NC, H, C, V + 2K]
-    x = torch.linalg.solve_triangular(lmat, rhs, upper=False, unitriangular=True)
-    V = v.shape[-1]
-    u, y, z = x[..., :V], x[..., V:V + K], x[..., V + K:]
+    # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then U0, Y, Z as batched GEMMs: cheaper than one
+    # solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
+    eye = torch.eye(C, dtype=cd, device=q.device)
+    A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
+    u = A @ v                                   # [NC, H, C, V]
+    y = A @ (a_prev.unsqueeze(-1) * p)          # [NC, H, C, K]
+    z = A @ (b_prev.unsqueeze(-1) * p)          # [NC, H, C, K]
 
     qa = (scale * abar).unsqueeze(-1) * q
     qb = (scale * b).unsqueeze(-1) * q
