@@ -89,27 +89,24 @@ func DefaultRow(p Point, out *launcher.Outcome, err error) (map[string]any, erro
 		}
 	}
 	if err != nil {
-		row["error"] = err.Error()
+		row["error"] = err.Error() // one line (launcher errors quote the last stderr line)
 		var je *launcher.JobError
 		var xe *launcher.ExitError
-		var te *launcher.TimeoutError
 		var me *launcher.MissingEndError
 		switch {
 		case errors.As(err, &je):
 			row["error"] = je.Message
 			row["error_kind"] = je.Kind
-		case errors.As(err, &te):
+		case StatusOf(err) == "timeout":
 			row["error_kind"] = "timeout"
-			row["stderr_tail"] = te.StderrTail
-			row["error"] = fmt.Sprintf("timed out after %s", te.After)
-		case errors.As(err, &xe):
+		case errors.As(err, &xe), errors.As(err, &me):
 			row["error_kind"] = "crash"
-			row["stderr_tail"] = xe.StderrTail
-			row["error"] = strings.SplitN(xe.Error(), "\n", 2)[0]
-		case errors.As(err, &me):
-			row["error_kind"] = "crash"
-			row["stderr_tail"] = me.StderrTail
-			row["error"] = strings.SplitN(me.Error(), "\n", 2)[0]
+		default:
+			row["error_kind"] = "internal"
+		}
+		var tl launcher.Tailer
+		if errors.As(err, &tl) && len(tl.Tail()) > 0 {
+			row["stderr_tail"] = tl.Tail()
 		}
 	}
 	if job := os.Getenv("SLURM_ARRAY_JOB_ID"); job != "" {
@@ -253,12 +250,11 @@ func RunShard(ctx context.Context, o ShardOptions) (ShardSummary, error) {
 				t0 := time.Now()
 				res, jerr := w.Do(ctx, p.Spec)
 				if ctx.Err() != nil {
-					w = nil // killed by Do
-					return
+					return // Do tore the runner down; the deferred Close reaps it
 				}
-				var je *launcher.JobError
-				if jerr != nil && !errors.As(jerr, &je) {
-					w = nil // a dead worker: the next point gets a fresh one
+				if !w.Alive() {
+					_ = w.Close()
+					w = nil // a dead worker (crash, timeout, protocol error): the next point gets a fresh one
 				}
 				row, berr := o.BuildRow(p, res, jerr)
 				if berr == nil {
@@ -272,7 +268,7 @@ func RunShard(ctx context.Context, o ShardOptions) (ShardSummary, error) {
 				sum.Status[status]++
 				msg := ""
 				if jerr != nil {
-					msg = ": " + strings.SplitN(jerr.Error(), "\n", 2)[0]
+					msg = ": " + jerr.Error()
 				}
 				fmt.Fprintf(o.Log, "mdnctl run-shard: point %s %s in %.1fs%s\n", p.ID, status, time.Since(t0).Seconds(), msg)
 				mu.Unlock()
