@@ -11,13 +11,18 @@ import (
 var DefaultAxes = []string{
 	"op", "task", "model", "constraint", "mode", "dtype", "chunk_size", "B", "T", "H", "HV", "K", "V",
 	"BT", "BK", "BV", "num_warps", "num_stages", "seq_len", "L", "N", "num_pairs", "pairs", "vocab",
-	"d_model", "width", "layers", "n_layers", "lr", "seed", "backend", "impl", "gpus", "world_size",
+	"d_model", "width", "layers", "n_layers", "lr", "backend", "impl", "gpus", "world_size",
 }
 
 // deviceFields and versionFields identify the machine and the software a row was measured with.
-var deviceFields = []string{"device", "device_name", "gpu", "card"}
+// ("gpu" is not one: sweeps record the GPU index there, and two H100s of one host are one machine kind.)
+var deviceFields = []string{"device", "device_name", "card"}
 
 var versionRE = regexp.MustCompile(`^(versions?\.[^.]+|torch|triton|mdn|cuda|fla|torch_version|triton_version|mdn_version|cuda_version|fla_version)$`)
+
+// notGrouping are version fields that do not change a measurement (the Go CLI's own build): they are shown in
+// the metadata and a note says when they differ, but they do not split tables.
+var notGrouping = regexp.MustCompile(`(^|\.)mdnctl$`)
 
 // bookkeeping fields never offered as metrics or axes.
 var bookkeeping = map[string]bool{
@@ -46,7 +51,7 @@ func GroupFields(rows []Row) []string {
 	}
 	var vers []string
 	for k := range present {
-		if versionRE.MatchString(k) {
+		if versionRE.MatchString(k) && !notGrouping.MatchString(k) {
 			vers = append(vers, k)
 		}
 	}
@@ -135,7 +140,7 @@ func NumericFields(rows []Row, exclude ...string) []string {
 	seen := map[string]bool{}
 	for _, r := range rows {
 		for k, v := range r {
-			if _, ok := v.(float64); !ok || bookkeeping[k] || ex[k] || seen[k] {
+			if _, ok := v.(float64); !ok || bookkeeping[k] || ex[k] || seen[k] || strings.HasPrefix(k, "params.") || strings.HasPrefix(k, "launch.") {
 				continue
 			}
 			seen[k] = true

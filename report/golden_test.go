@@ -39,22 +39,28 @@ func TestGoldenFormats(t *testing.T) {
 		opts   Options
 		format string
 		color  bool
+		all    bool // keep superseded rows (--all-rows)
 	}{
-		{"baselines.table.txt", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "table", false},
-		{"baselines.table-color.txt", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "table", true},
-		{"baselines.md", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "markdown", false},
-		{"baselines.csv", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "csv", false},
-		{"baselines.json", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "json", false},
-		{"baselines-tokens.table.txt", []string{"testdata/baselines"}, Options{Metric: "tokens_per_s", Baseline: "T=1024"}, "table", false},
-		{"mixed.md", []string{"testdata/mixed"}, Options{Baseline: "gdn"}, "markdown", false},
-		{"chunks.table.txt", []string{"testdata/chunks"}, Options{Rows: []string{"constraint"}, Cols: []string{"chunk_size"}, Baseline: "64"}, "table", false},
-		{"chunks.csv", []string{"testdata/chunks"}, Options{Rows: []string{"op"}}, "csv", false},
-		{"mqar.md", []string{"testdata/mqar"}, Options{Rows: []string{"model", "constraint"}, Cols: []string{"d_model"}, Metric: "accuracy", Merge: []string{"lr"}, Agg: "max", Baseline: "gdn"}, "markdown", false},
-		{"train.md", []string{"testdata/train"}, Options{Metric: "loss", Agg: "last"}, "markdown", false},
+		{"baselines.table.txt", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "table", false, false},
+		{"baselines.table-color.txt", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "table", true, false},
+		{"baselines.md", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "markdown", false, false},
+		{"baselines.csv", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "csv", false, false},
+		{"baselines.json", []string{"testdata/baselines"}, Options{Rows: []string{"op"}, Cols: []string{"T"}, Metric: "fwdbwd_ms", Baseline: "gdn"}, "json", false, false},
+		{"baselines-tokens.table.txt", []string{"testdata/baselines"}, Options{Metric: "tokens_per_s", Baseline: "T=1024"}, "table", false, false},
+		{"mixed.md", []string{"testdata/mixed"}, Options{Baseline: "gdn"}, "markdown", false, false},
+		{"chunks.table.txt", []string{"testdata/chunks"}, Options{Rows: []string{"constraint"}, Cols: []string{"chunk_size"}, Baseline: "64"}, "table", false, false},
+		{"chunks.csv", []string{"testdata/chunks"}, Options{Rows: []string{"op"}}, "csv", false, false},
+		{"mqar.md", []string{"testdata/mqar"}, Options{Rows: []string{"model", "constraint"}, Cols: []string{"d_model"}, Metric: "accuracy", Merge: []string{"lr"}, Agg: "max", Baseline: "gdn"}, "markdown", false, false},
+		{"train.md", []string{"testdata/train"}, Options{Metric: "loss", Agg: "last"}, "markdown", false, false},
+		{"baselines-allrows.md", []string{"testdata/baselines"}, Options{Baseline: "gdn"}, "markdown", false, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rep, err := Pivot(load(t, c.inputs...), c.opts)
+			rows := load(t, c.inputs...)
+			if !c.all {
+				rows, _ = Supersede(rows)
+			}
+			rep, err := Pivot(rows, c.opts)
 			if err != nil {
 				t.Fatal(err)
 			}

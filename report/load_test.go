@@ -159,8 +159,8 @@ func TestFilters(t *testing.T) {
 		t.Fatalf("op in (mdn, gdn) and T=4096: want 4 rows, got %d", len(rows))
 	}
 	rows, err = ApplyFilters(ds.Rows, []Filter{parse("status!=ok")})
-	if err != nil || len(rows) != 5 {
-		t.Fatalf("status!=ok: want 5 rows, got %d (%v)", len(rows), err)
+	if err != nil || len(rows) != 6 {
+		t.Fatalf("status!=ok: want 6 rows, got %d (%v)", len(rows), err)
 	}
 	_, err = ApplyFilters(ds.Rows, []Filter{parse("op=rwkv")})
 	if err == nil || !strings.Contains(err.Error(), "empty selection") || !strings.Contains(err.Error(), "gdn, kda, mamba2, mdn, sdpa") {

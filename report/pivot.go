@@ -173,6 +173,11 @@ func Pivot(rows []Row, o Options) (*Report, error) {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("cells aggregate (%s) over variants that differ in %s (--merge)", o.Agg, strings.Join(o.Merge, ", ")))
 	}
 
+	for _, k := range AllFields(rows) {
+		if notGrouping.MatchString(k) && len(distinct(rows, k)) > 1 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s differs between rows (%s); it does not change measurements and does not split tables", k, strings.Join(nonEmpty(distinct(rows, k)), ", ")))
+		}
+	}
 	base, err := resolveBaseline(rows, o.Baseline, o.Rows, o.Cols)
 	if err != nil {
 		return nil, err
@@ -436,17 +441,24 @@ func computeCell(rows []Row, metric, agg string) *Cell {
 	return c
 }
 
-// companions finds a row's own p20/p80 of the metric: "fwd_ms" → fwd_ms_p20/fwd_ms_p80 (also for "*_median").
+// companions finds a row's own p20/p80 of the metric: fwd_ms → fwd_ms_p20/fwd_ms_p80; ms_median → ms_p20;
+// median_ms → p20_ms.
 func companions(r Row, metric string) (float64, float64, bool) {
-	bases := []string{metric}
+	pairs := [][2]string{{metric + "_p20", metric + "_p80"}}
 	for _, suf := range []string{"_median", "_med", "_p50"} {
 		if strings.HasSuffix(metric, suf) {
-			bases = append(bases, strings.TrimSuffix(metric, suf))
+			b := strings.TrimSuffix(metric, suf)
+			pairs = append(pairs, [2]string{b + "_p20", b + "_p80"})
 		}
 	}
-	for _, b := range bases {
-		lo, ok1 := r.Num(b + "_p20")
-		hi, ok2 := r.Num(b + "_p80")
+	for _, mid := range []string{"median", "p50"} {
+		if strings.Contains(metric, mid) {
+			pairs = append(pairs, [2]string{strings.Replace(metric, mid, "p20", 1), strings.Replace(metric, mid, "p80", 1)})
+		}
+	}
+	for _, p := range pairs {
+		lo, ok1 := r.Num(p[0])
+		hi, ok2 := r.Num(p[1])
 		if ok1 && ok2 {
 			return lo, hi, true
 		}
@@ -495,11 +507,10 @@ func splitKeys(rows []Row, groupKeys, rowKeys, colKeys, axes, merge []string) []
 	cellOf := func(r Row) string {
 		return joinKey(values(r, groupKeys)) + "\x01" + joinKey(values(r, rowKeys)) + "\x01" + joinKey(values(r, colKeys))
 	}
+	// a variant is its hash (kernel configuration) and its axis values (the hash may leave out the shape)
 	variantOf := func(r Row) string {
-		if s, ok := r.Str("variant"); ok && s != "" {
-			return s
-		}
-		return joinKey(values(r, cand)) + "\x02" + joinKey(values(r, merge))
+		s, _ := r.Str("variant")
+		return s + "\x02" + joinKey(values(r, cand)) + "\x02" + joinKey(values(r, merge))
 	}
 	byCell := map[string]map[string]Row{} // cell → variant → a row
 	for _, r := range rows {

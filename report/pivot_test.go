@@ -231,3 +231,35 @@ func TestBetterDirection(t *testing.T) {
 		}
 	}
 }
+
+func TestSupersede(t *testing.T) {
+	rows := load(t, "testdata/baselines")
+	rep, err := Pivot(rows, Options{Baseline: "gdn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := rep.Tables[0]
+	if c := findLine(t, tb, "sdpa").Cells[colIndex(t, tb, "2048")]; c.Status != StatusPartial || c.Total != 2 {
+		t.Fatalf("without Supersede the timed-out first try shows: %+v", c)
+	}
+	kept, note := Supersede(rows)
+	if len(kept) != len(rows)-1 || !strings.Contains(note, "1 superseded rows dropped") {
+		t.Fatalf("one row superseded: kept %d of %d, note %q", len(kept), len(rows), note)
+	}
+	rep, err = Pivot(kept, Options{Baseline: "gdn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb = rep.Tables[0]
+	if c := findLine(t, tb, "sdpa").Cells[colIndex(t, tb, "2048")]; c.Status != "ok" || c.Total != 1 {
+		t.Fatalf("the later ok row wins: %+v", c)
+	}
+	if c := findLine(t, tb, "mdn").Cells[colIndex(t, tb, "4096")]; c.N != 3 {
+		t.Fatalf("repeats are distinct points and stay: %+v", c)
+	}
+	// the same point on two machines is two results, not a re-run
+	mixed := load(t, "testdata/mixed")
+	if kept, note := Supersede(mixed); len(kept) != len(mixed) || note != "" {
+		t.Fatalf("same points on two devices must all stay: %d of %d, %q", len(kept), len(mixed), note)
+	}
+}

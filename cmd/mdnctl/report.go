@@ -35,6 +35,7 @@ type reportOptions struct {
 	ChunkRef float64
 	HTMLDir  string
 	Title    string
+	AllRows  bool
 
 	now     func() time.Time // injected by tests
 	cmdline string           // recorded on the HTML page
@@ -81,6 +82,7 @@ and tokens/s, MQAR accuracy vs width, the stability region), each for the rows t
 	f.Float64Var(&o.ChunkRef, "chunk-ref", 0, "reference chunk size of the speed-up figure (default 64, else the smallest)")
 	f.StringVar(&o.HTMLDir, "html", "", "write a self-contained HTML page to DIR/index.html")
 	f.StringVar(&o.Title, "title", "mdnctl report", "title of the HTML page")
+	f.BoolVar(&o.AllRows, "all-rows", false, "keep every row of a point measured more than once (default: its latest row)")
 	return cmd
 }
 
@@ -120,6 +122,10 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 	if err != nil {
 		return userErrorf("%v", err)
 	}
+	supersedeNote := ""
+	if !o.AllRows {
+		rows, supersedeNote = report.Supersede(rows)
+	}
 
 	wantTable := o.Metric != "" || len(o.Rows) > 0 || len(o.Cols) > 0 || o.Baseline != "" || (o.PlotDir == "" && o.HTMLDir == "")
 	rep, err := report.Pivot(rows, report.Options{
@@ -133,6 +139,9 @@ func runReport(_ *cobra.Command, g *globalOptions, o *reportOptions, args []stri
 		}
 		tableNote = err.Error()
 		rep = nil
+	}
+	if rep != nil && supersedeNote != "" {
+		rep.Notes = append(rep.Notes, supersedeNote)
 	}
 	var figs []*report.Figure
 	if o.PlotDir != "" || o.HTMLDir != "" {

@@ -23,13 +23,18 @@ func TestReportExampleCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	for _, s := range []string{"gdn (baseline)", "T=1024", "T=8192", "✗ failed", "– unavailable", "1.20×", "device NVIDIA H100 80GB HBM3"} {
+	for _, s := range []string{"gdn (baseline)", "T=1024", "T=8192", "✗ failed", "– unavailable", "1.20×", "device NVIDIA H100 80GB HBM3",
+		"note: 1 superseded rows dropped"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
 		}
 	}
 	if strings.Contains(out, "\x1b[") {
 		t.Error("no colours when stdout is not a terminal")
+	}
+	_, out, _ = runMdnctl(t, "report", fixtures+"/baselines", "--baseline", "gdn", "--all-rows")
+	if !strings.Contains(out, "(1/2 ok)") || strings.Contains(out, "superseded") {
+		t.Errorf("--all-rows keeps the timed-out first try:\n%s", out)
 	}
 }
 

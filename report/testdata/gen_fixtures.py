@@ -14,7 +14,7 @@ def vhash(*parts):
 def bench_row(op, T, device=H100, versions=VERS, status="ok", scale=1.0, chunk=64, constraint="none",
               repeat=0, extra=None):
     B, H, K, V = 4, 8, 128, 128
-    point = vhash("point", op, T, chunk, constraint)
+    point = vhash("point", op, T, chunk, constraint, repeat)
     row = {"point": point, "variant": vhash(op, T, chunk, constraint, "fp16"), "status": status, "op": op,
            "B": B, "T": T, "H": H, "K": K, "V": V, "dtype": "bf16", "mode": "fwdbwd",
            "device": device, "versions": dict(versions), "repeat": repeat}
@@ -55,11 +55,15 @@ for T in (1024, 2048, 4096, 8192):
     for op in ("gdn", "mdn", "sdpa", "mamba2"):
         if op == "sdpa" and T == 8192:
             rows.append(bench_row(op, T, status="failed"))
+        elif op == "sdpa" and T == 2048:
+            # timed out first, then measured again on resume: the later row supersedes the first
+            rows.append(bench_row(op, T, status="timeout", extra={"time": "2026-11-20T10:00:00Z"}))
         else:
             rows.append(bench_row(op, T))
     rows.append(bench_row("kda", T, status="unavailable"))
 rows.append(bench_row("mdn", 4096, repeat=1))
 rows.append(bench_row("mdn", 4096, repeat=2))
+rows.append(bench_row("sdpa", 2048, extra={"time": "2026-11-20T11:00:00Z"}))
 write_jsonl("baselines/results.jsonl", rows)
 
 # --- two machines and two torch versions in one directory -----------------------------------------------
