@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/mattn/go-isatty"
@@ -38,7 +39,9 @@ type userError struct{ msg string }
 
 func (e *userError) Error() string { return e.msg }
 
-func userErrorf(format string, args ...any) error { return &userError{msg: fmt.Sprintf(format, args...)} }
+func userErrorf(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...)}
+}
 
 // exitCodeError lets a command choose its exit code (e.g. doctor: 1 when something required is missing).
 type exitCodeError struct {
@@ -69,6 +72,9 @@ Python work runs in 'python -m mdn.runner' (docs/protocol.md).`,
 	pf.BoolVar(&g.JSON, "json", false, "print machine-readable JSON where the output is data")
 	pf.BoolVarP(&g.Quiet, "quiet", "q", false, "no progress output")
 	pf.StringVar(&g.Python, "python", "", "Python interpreter (default: $MDN_PYTHON, .venv/bin/python, python3)")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())
+	})
 	for _, f := range registry {
 		root.AddCommand(f(g))
 	}
@@ -90,7 +96,8 @@ func findRepoRoot() string {
 	return ""
 }
 
-// execute runs the CLI and returns the process exit code. Errors print as one line on stderr.
+// execute runs the CLI and returns the process exit code. An error prints as ONE line on stderr
+// ("mdnctl: ..."); when the Python runner crashed, the last lines of its stderr come first, as context.
 func execute(args []string, stdout, stderr io.Writer) int {
 	g := &globalOptions{Stdout: stdout, Stderr: stderr, RepoRoot: findRepoRoot()}
 	if f, ok := stdout.(*os.File); ok {
@@ -102,7 +109,18 @@ func execute(args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := root.ExecuteContext(ctx)
+	go func() {
+		// After the first Ctrl-C the launcher shuts Python down (SIGTERM, grace, SIGKILL); a second Ctrl-C
+		// gets the default action and ends mdnctl at once (the kernel then kills the runner: Pdeathsig).
+		<-ctx.Done()
+		stop()
+	}()
+	return reportError(g, root.ExecuteContext(ctx), stderr)
+}
+
+// reportError prints err for the user and returns the exit code: 0 for nil, 130 when interrupted, the code
+// of an exitCodeError, else 1.
+func reportError(g *globalOptions, err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
@@ -110,10 +128,48 @@ func execute(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mdnctl: interrupted")
 		return 130
 	}
-	fmt.Fprintf(stderr, "mdnctl: %v\n", err)
+	var tailer launcher.Tailer
+	var ue *userError
+	if !g.Quiet && errors.As(err, &tailer) && !errors.As(err, &ue) {
+		if tail := tailer.Tail(); len(tail) > 0 {
+			if len(tail) > 20 {
+				tail = tail[len(tail)-20:]
+			}
+			fmt.Fprintln(stderr, "mdnctl: last lines of the Python runner's stderr:")
+			for _, l := range tail {
+				fmt.Fprintln(stderr, "  | "+l)
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "mdnctl: %s\n", errorLine(err))
 	var ec *exitCodeError
 	if errors.As(err, &ec) {
 		return ec.code
 	}
 	return 1
+}
+
+// errorLine renders err as one line. Cobra's "unknown command" error carries suggestions on extra lines.
+func errorLine(err error) string {
+	msg := strings.TrimSpace(err.Error())
+	if i := strings.Index(msg, "\n\nDid you mean this?\n"); i >= 0 {
+		var sugg []string
+		for _, l := range strings.Split(msg[i:], "\n")[3:] {
+			if l = strings.TrimSpace(l); l != "" {
+				sugg = append(sugg, l)
+			}
+		}
+		msg = fmt.Sprintf("%s (did you mean %s?)", msg[:i], strings.Join(sugg, " or "))
+	}
+	if strings.HasPrefix(msg, "unknown command ") {
+		msg += "; see 'mdnctl --help'"
+	}
+	if !strings.ContainsAny(msg, "\r\n") {
+		return msg
+	}
+	parts := strings.FieldsFunc(msg, func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return strings.Join(parts, " | ")
 }

@@ -116,12 +116,12 @@ def _backend(cuda_ok: bool, triton_ok: bool, torch_ok: bool, interpret: bool) ->
     if not torch_ok:
         return "none", "torch is not importable: no kernel can run"
     if interpret and triton_ok:
-        return "interpreter", "TRITON_INTERPRET=1: Triton kernels run in the interpreter on the CPU (slow; for tests)"
+        return "interpreter", "TRITON_INTERPRET=1: the Triton kernels run in the interpreter on the CPU (slow)"
     if cuda_ok and triton_ok:
         return "gpu", "Triton kernels compile for the CUDA device"
     if cuda_ok:
         return "torch", "CUDA is available but triton is not importable: torch fallback only"
-    return "torch", "no CUDA device: CPU tensors use the torch fallback (set TRITON_INTERPRET=1 to run the Triton kernels in the interpreter)"
+    return "torch", "no CUDA device; TRITON_INTERPRET=1 would run the Triton kernels in the interpreter"
 
 
 def run(params: dict, ctx) -> dict:
