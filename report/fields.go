@@ -79,7 +79,7 @@ func betterDirection(metric string) string {
 func unitOf(metric string) string {
 	m := strings.ToLower(metric)
 	switch {
-	case strings.HasSuffix(m, "_ms") || m == "ms" || strings.Contains(m, "_ms_"):
+	case strings.HasSuffix(m, "_ms") || strings.HasSuffix(m, ".ms") || m == "ms" || strings.Contains(m, "_ms_"):
 		return "ms"
 	case strings.Contains(m, "tokens_per_s") || strings.Contains(m, "tok_per_s") || m == "tps":
 		return "tokens/s"

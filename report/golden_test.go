@@ -52,6 +52,7 @@ func TestGoldenFormats(t *testing.T) {
 		{"chunks.csv", []string{"testdata/chunks"}, Options{Rows: []string{"op"}}, "csv", false, false},
 		{"mqar.md", []string{"testdata/mqar"}, Options{Rows: []string{"model", "constraint"}, Cols: []string{"d_model"}, Metric: "accuracy", Merge: []string{"lr"}, Agg: "max", Baseline: "gdn"}, "markdown", false, false},
 		{"train.md", []string{"testdata/train"}, Options{Metric: "loss", Agg: "last"}, "markdown", false, false},
+		{"sweep.md", []string{"testdata/sweep"}, Options{Baseline: "gdn"}, "markdown", false, false},
 		{"baselines-allrows.md", []string{"testdata/baselines"}, Options{Baseline: "gdn"}, "markdown", false, true},
 	}
 	for _, c := range cases {

@@ -38,7 +38,7 @@ func RunMetadata(rows []Row) []MetaItem {
 		if i := strings.LastIndexByte(k, '.'); i >= 0 {
 			base = k[i+1:]
 		}
-		if contains([]string{"command", "cmd", "argv", "commandline", "host", "hostname", "git", "git_commit", "commit"}, base) && !contains(keys, k) {
+		if contains([]string{"command", "cmd", "argv", "commandline", "sweep", "host", "hostname", "git", "git_commit", "commit"}, base) && !contains(keys, k) {
 			keys = append(keys, k)
 		}
 	}

@@ -456,6 +456,12 @@ func companions(r Row, metric string) (float64, float64, bool) {
 			pairs = append(pairs, [2]string{strings.Replace(metric, mid, "p20", 1), strings.Replace(metric, mid, "p80", 1)})
 		}
 	}
+	if i := strings.LastIndexByte(metric, '.'); i >= 0 { // {"fwd": {"ms": .., "p20": .., "p80": ..}} flattened
+		switch metric[i+1:] {
+		case "ms", "median", "p50", "value", "mean", "s":
+			pairs = append(pairs, [2]string{metric[:i+1] + "p20", metric[:i+1] + "p80"})
+		}
+	}
 	for _, p := range pairs {
 		lo, ok1 := r.Num(p[0])
 		hi, ok2 := r.Num(p[1])

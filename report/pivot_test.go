@@ -263,3 +263,31 @@ func TestSupersede(t *testing.T) {
 		t.Fatalf("same points on two devices must all stay: %d of %d, %q", len(kept), len(mixed), note)
 	}
 }
+
+// Rows shaped like the op benchmark's output: {"fwd": {"ms", "p20", "p80"}, "fwd_bwd": {...}} flattened.
+func TestNestedTimingFields(t *testing.T) {
+	dir := t.TempDir()
+	body := ""
+	for i, T := range []int{2048, 4096} {
+		body += `{"op": "mdn", "T": ` + itoa(T) + `, "B": 2, "device": "X", "fwd": {"ms": ` + itoa(1+i) + `, "p20": 0.5, "p80": 2.5}, "fwd_bwd": {"ms": ` + itoa(3+i) + `, "p20": 2, "p80": 9}}` + "\n"
+	}
+	p := writeFile(t, dir, "r.jsonl", body)
+	rows := load(t, p)
+	rep, err := Pivot(rows, Options{Metric: "fwd_bwd.ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Tables[0].Lines[0].Cells[0]
+	if *c.Value != 3 || c.Spread != "p20-p80" || *c.Lo != 2 || *c.Hi != 9 || rep.Unit != "ms" || rep.Better != "lower" {
+		t.Fatalf("nested timing: %+v unit %q better %q", c, rep.Unit, rep.Better)
+	}
+	figs, err := BuildPlots(rows, PlotOptions{Kinds: []string{"throughput"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := figNames(figs); got != "throughput_fwd-tokens-per-s,throughput_fwd-bwd-tokens-per-s" {
+		t.Fatalf("derived throughput per mode: %s", got)
+	}
+}
+
+func itoa(i int) string { return FormatValue(float64(i)) }

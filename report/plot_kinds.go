@@ -25,8 +25,8 @@ type PlotOptions struct {
 
 var (
 	tokensRE  = regexp.MustCompile(`(tokens_per_s|tok_per_s|throughput)`)
-	msRE      = regexp.MustCompile(`(^|_)ms$`)
-	quantRE   = regexp.MustCompile(`_(p\d+|min|max|std)$`)
+	msRE      = regexp.MustCompile(`(^|[_.])ms$`)
+	quantRE   = regexp.MustCompile(`[_.](p\d+|min|max|std)$`)
 	accFields = []string{"accuracy", "acc", "mqar_accuracy", "test_accuracy", "eval_accuracy"}
 	widthKeys = []string{"d_model", "width", "model_width", "hidden_size"}
 	tokensKey = []string{"tokens", "tokens_seen", "consumed_tokens", "total_tokens"}
@@ -394,7 +394,7 @@ func (b *plotBuilder) throughput(rows []Row) ([]*Figure, error) {
 				continue
 			}
 			m := m
-			mode := strings.TrimSuffix(strings.TrimSuffix(m, "ms"), "_")
+			mode := strings.TrimRight(strings.TrimSuffix(m, "ms"), "_.")
 			lbl := "throughput (tokens/s) = B·T / " + m
 			if mode != "" {
 				lbl = mode + " throughput (tokens/s) = B·T / " + m

@@ -50,6 +50,7 @@ func TestPlotsPickKindsFromTheData(t *testing.T) {
 		"mqar":      "mqar_accuracy_seq-len-128_num-pairs-8,mqar_accuracy_seq-len-256_num-pairs-16,mqar_accuracy_seq-len-512_num-pairs-64",
 		"stability": "stability_beta-eta_mu-0.5,stability_beta-eta_mu-0.9",
 		"mixed":     "throughput_tokens-per-s_H100_2.11.0-cu128,throughput_tokens-per-s_H200_2.10.0-cu128",
+		"sweep":     "throughput_tokens-per-s_mode-fwd,throughput_tokens-per-s_mode-fwdbwd", // not split by gpu index or mdnctl build
 	} {
 		figs, err := BuildPlots(load(t, "testdata/"+dir), PlotOptions{})
 		if err != nil {

@@ -145,3 +145,19 @@ with open("stability/stability.csv", "w") as f:
                     r = max(abs(l1), abs(l2))
                     f.write(f"{alpha},{beta:.2f},{eta:.2f},{mu},alpha,{l1.real:.6f},{l1.imag:.6f},{l2.real:.6f},{l2.imag:.6f},"
                             f"{r:.6f},{str(r < 1).lower()},{str(tr > 0).lower()},{str(disc < 0).lower()}\n")
+
+# --- rows shaped like `mdnctl sweep` writes them: mode axis, ms/ms_p20/ms_p80, gpu index, nested params,
+# versions with the CLI build (which differs between two builds here and must not split tables) ---------------
+rows = []
+for i, (op, T, mode) in enumerate((o, T, m) for m in ("fwd", "fwdbwd") for o in ("gdn", "mdn") for T in (2048, 8192)):
+    ms = {"gdn": 0.7, "mdn": 0.85}[op] * T / 1024 * (2.9 if mode == "fwdbwd" else 1.0)
+    vers = {"torch": "2.11.0+cu128", "triton": "3.6.0", "mdnctl": "dev+abc123" if i % 2 else "dev+def456"}
+    rows.append({"sweep": "baselines", "point": vhash("pt", op, T, mode), "variant": vhash(op), "job": "bench",
+                 "op": op, "chunk_size": 64, "constraint": "layer_init", "dtype": "bfloat16", "mode": mode,
+                 "B": 4, "T": T, "H": 16, "K": 128, "V": 128, "repeat": 0, "launch": {"op": op, "chunk_size": 64},
+                 "slot": f"gpu{i % 2}", "gpu": str(i % 2), "device": H100, "versions": vers,
+                 "time": f"2026-11-26T10:{i:02d}:00Z", "params": {"op": op, "T": T, "mode": mode, "seed": 0},
+                 "status": "ok", "ms": round(ms, 4), "ms_p20": round(ms * 0.98, 4), "ms_p80": round(ms * 1.03, 4),
+                 "tokens_per_s": round(4 * T / (ms / 1e3), 1), "peak_mem_bytes": 123456789,
+                 "overhead": {"cold": i == 0, "wall_s": 0.5}})
+write_jsonl("sweep/results.jsonl", rows)
