@@ -1,8 +1,9 @@
-# The two commands of the README: `make setup` and `make test`.
+# The two commands of the README: `make setup` (once) and `make test`. `.ci/run` runs exactly these.
 SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
 PY := $(CURDIR)/.venv/bin/python
 
-.PHONY: setup test test-go test-py build gpu-test
+.PHONY: setup test test-go test-py build gpu-test check-venv
 
 setup:
 	scripts/setup.sh
@@ -10,15 +11,21 @@ setup:
 build:
 	go build -o bin/mdnctl ./cmd/mdnctl
 
+# go vet, go test ./... (the launcher again under the race detector), and pytest with the Triton kernels in the
+# interpreter on the CPU. Non-zero on any failure.
 test: test-go test-py
 
-test-go: build
+check-venv:
+	@test -x $(PY) || { echo "make: $(PY) is missing: run 'make setup' first" >&2; exit 1; }
+
+test-go: check-venv build
 	go vet ./...
 	MDN_PYTHON=$(PY) go test ./...
+	MDN_PYTHON=$(PY) go test -race ./launcher/
 
-# The Triton kernels run in the interpreter on the CPU; the same tests run natively on a GPU.
-test-py:
-	cd triton && TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider
+test-py: check-venv
+	cd triton && TRITON_INTERPRET=1 $(PY) -m pytest -q -rfE -p no:cacheprovider
 
-gpu-test:
-	cd triton && $(PY) -m pytest -q -p no:cacheprovider
+# The same Python tests natively on a GPU (CUDA kernels; GPU-marked tests run).
+gpu-test: check-venv
+	cd triton && $(PY) -m pytest -q -rfE -p no:cacheprovider
