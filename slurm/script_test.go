@@ -91,6 +91,28 @@ func TestSweepScriptMinimal(t *testing.T) {
 	}
 }
 
+func TestSweepScriptSweepFile(t *testing.T) {
+	out := t.TempDir()
+	plan, err := slurm.PrepareSweep(slurm.SweepSubmission{Name: "tiny", OutDir: out, Points: []slurm.Point{{ID: "p1"}, {ID: "p2"}},
+		SweepFile: "testdata/tiny-sweep.toml", Config: slurm.Config{GPUs: 2, Concurrency: 1}, Binary: "/b/mdnctl", Python: "/p/python"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "sweep-file.sbatch.golden", strings.ReplaceAll(plan.Script, out, "/OUT"))
+	if err := plan.Write(); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile("testdata/tiny-sweep.toml")
+	b, err := os.ReadFile(filepath.Join(plan.Dir, "sweep.toml"))
+	if err != nil || string(a) != string(b) {
+		t.Fatalf("the sweep file is not copied next to the script: %v", err)
+	}
+	if _, err := slurm.PrepareSweep(slurm.SweepSubmission{OutDir: out, Points: []slurm.Point{{ID: "p1"}},
+		SweepFile: "testdata/missing.toml", Binary: "/b", Python: "/p"}); err == nil {
+		t.Error("missing sweep file accepted")
+	}
+}
+
 func TestTrainScriptGolden(t *testing.T) {
 	spec := &launcher.Spec{Kind: "train", Params: map[string]any{"config": "resolved.json"}}
 	for _, tc := range []struct {

@@ -21,6 +21,7 @@ type Submission struct {
 	Points      int       `json:"points,omitempty"`
 	Concurrency int       `json:"concurrency,omitempty"`
 	Resume      bool      `json:"resume,omitempty"`
+	SweepFile   string    `json:"sweep_file,omitempty"` // the sweep file given (its copy is Dir/sweep.toml)
 	SubmittedAt time.Time `json:"submitted_at"`
 }
 

@@ -30,8 +30,14 @@ type SweepSubmission struct {
 	Points []Point // the points to run (the caller has already removed those done, as for a local --resume)
 	Config Config  // the [slurm] table
 
+	// SweepFile, when set, is a sweep TOML file (sweep.Load): it is copied into the submission directory and each
+	// task runs `mdnctl run-shard --sweep-file <copy>`, which expands the copy and runs the points of its shard
+	// (matched by point id) with the sweep executor, so rows are exactly those of a local run. Point.Spec is then
+	// informational. Without SweepFile each point's Spec is run through the launcher (slurm.RunShard).
+	SweepFile string
+
 	Binary   string   // mdnctl on the compute nodes (default: Config.Binary, else this executable)
-	Python   string   // interpreter on the compute nodes (default: Config.Python, else MDN_PYTHON is left as is)
+	Python   string   // interpreter on the compute nodes (default: Config.Python, else launcher.FindPython)
 	RepoRoot string   // exported as MDN_REPO when set
 	After    []string // optional dependencies, e.g. "afterok:123"
 	Env      map[string]string
@@ -109,11 +115,19 @@ func PrepareSweep(sub SweepSubmission) (*SweepPlan, error) {
 			return nil, fmt.Errorf("slurm sweep: point id %q appears twice", p.ID)
 		}
 		seen[p.ID] = true
-		if p.Spec.Kind == "" {
+		if p.Spec.Kind == "" && sub.SweepFile == "" {
 			return nil, fmt.Errorf("slurm sweep: point %q has no job kind", p.ID)
 		}
 		if len(p.Row) > 0 && bytes.TrimSpace(p.Row)[0] != '{' {
 			return nil, fmt.Errorf("slurm sweep: point %q: row must be a JSON object", p.ID)
+		}
+	}
+	if sub.SweepFile != "" {
+		if sub.SweepFile, err = filepath.Abs(sub.SweepFile); err != nil {
+			return nil, fmt.Errorf("slurm sweep: %w", err)
+		}
+		if _, err := os.Stat(sub.SweepFile); err != nil {
+			return nil, fmt.Errorf("slurm sweep: sweep file: %w", err)
 		}
 	}
 	if sub.Binary == "" {
@@ -200,6 +214,14 @@ func renderSweepScript(p *SweepPlan) string {
 	b.WriteString("shard=" + shq(filepath.Join(p.Dir, "shards")) + "/shard-$(printf %04d \"$task\").jsonl\n")
 	b.WriteString("out=" + shq(s.OutDir) + "/results.$tag.jsonl\n")
 	line := shq(s.Binary) + ` run-shard --shard-file "$shard" --out "$out"`
+	if s.SweepFile != "" {
+		line += " --sweep-file " + shq(p.sweepCopy())
+	}
+	if c.GPUs > 0 {
+		line += " --gpus slurm" // one worker per GPU Slurm gave the task (CUDA_VISIBLE_DEVICES)
+	} else {
+		line += " --gpus cpu"
+	}
 	if c.PointTimeout != "" {
 		line += " --timeout " + shq(c.PointTimeout)
 	}
@@ -218,7 +240,9 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-// Write puts the script and the shard files into the plan's directory.
+func (p *SweepPlan) sweepCopy() string { return filepath.Join(p.Dir, "sweep.toml") }
+
+// Write puts the script and the shard files (and the sweep file's copy) into the plan's directory.
 func (p *SweepPlan) Write() error {
 	for _, d := range []string{filepath.Join(p.Dir, "shards"), filepath.Join(SlurmDir(p.Sub.OutDir), "logs"),
 		filepath.Join(SlurmDir(p.Sub.OutDir), "tasks")} {
@@ -242,6 +266,15 @@ func (p *SweepPlan) Write() error {
 			}
 		}
 		if err := writeFileAtomic(ShardFile(p.Dir, i), b.Bytes()); err != nil {
+			return err
+		}
+	}
+	if p.Sub.SweepFile != "" {
+		b, err := os.ReadFile(p.Sub.SweepFile)
+		if err != nil {
+			return fmt.Errorf("slurm sweep: %w", err)
+		}
+		if err := writeFileAtomic(p.sweepCopy(), b); err != nil {
 			return err
 		}
 	}
@@ -280,7 +313,8 @@ func (p *SweepPlan) Submit(ctx context.Context, r Runner) (Submission, error) {
 		return Submission{}, err
 	}
 	s := Submission{Seq: p.Seq, JobID: id, Kind: "sweep", Name: p.Sub.Name, Dir: p.Dir, Script: p.ScriptPath,
-		Tasks: len(p.Shards), Points: len(p.Sub.Points), Concurrency: p.Sub.Config.Concurrency,
+		SweepFile: p.Sub.SweepFile,
+		Tasks:     len(p.Shards), Points: len(p.Sub.Points), Concurrency: p.Sub.Config.Concurrency,
 		Resume: p.Sub.resume, SubmittedAt: time.Now().UTC()}
 	return s, record(p.Sub.OutDir, s)
 }
@@ -354,6 +388,15 @@ func LoadPoints(outDir string) ([]Point, error) {
 	return pts, nil
 }
 
+// ReadShard reads a shard file (JSON lines of Point).
+func ReadShard(path string) ([]Point, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read shard: %w", err)
+	}
+	return decodeShard(b, path)
+}
+
 func decodeShard(b []byte, name string) ([]Point, error) {
 	var pts []Point
 	for n, line := range bytes.Split(b, []byte("\n")) {
@@ -422,14 +465,17 @@ func PrepareResume(ctx context.Context, r Runner, outDir string, opts ResumeOpti
 	if len(todo) == 0 {
 		return nil, nil
 	}
-	name := ""
+	name, sweepFile := "", ""
 	for _, s := range st.Submissions {
 		if s.Kind == "sweep" {
-			name = s.Name
+			name, sweepFile = s.Name, ""
+			if s.SweepFile != "" {
+				sweepFile = filepath.Join(s.Dir, "sweep.toml") // the copy the earlier tasks expanded
+			}
 		}
 	}
 	sub := SweepSubmission{Name: name, OutDir: abs, Points: todo, Config: opts.Config, Binary: opts.Binary,
-		Python: opts.Python, resume: true}
+		Python: opts.Python, SweepFile: sweepFile, resume: true}
 	if r != nil {
 		if err := refuseIfActive(ctx, r, abs); err != nil {
 			return nil, err
