@@ -170,6 +170,27 @@ func AllFields(rows []Row) []string {
 	return out
 }
 
+// fieldIndex answers "does any row have this field?" for many fields after one pass over the rows.
+func fieldIndex(rows []Row) func(string) bool {
+	all := map[string]bool{}
+	for _, r := range rows {
+		for k := range r {
+			all[k] = true
+		}
+	}
+	return func(key string) bool {
+		if all[key] {
+			return true
+		}
+		for k := range all {
+			if strings.HasSuffix(k, "."+key) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 // hasField reports whether any row has the field (by exact name or unique suffix).
 func hasField(rows []Row, key string) bool {
 	for _, r := range rows {

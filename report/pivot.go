@@ -504,9 +504,10 @@ func splitKeys(rows []Row, groupKeys, rowKeys, colKeys, axes, merge []string) []
 		fixed[k] = true
 	}
 	perStep := perStepFields(rows)
+	present := fieldIndex(rows)
 	var cand []string
 	for _, a := range axes {
-		if !fixed[a] && !perStep[a] && hasField(rows, a) {
+		if !fixed[a] && !perStep[a] && present(a) {
 			cand = append(cand, a)
 		}
 	}
@@ -558,7 +559,7 @@ func splitKeys(rows []Row, groupKeys, rowKeys, colKeys, axes, merge []string) []
 			out = append(out, a)
 		}
 	}
-	if unexplained && hasField(rows, "variant") {
+	if unexplained && present("variant") {
 		// variants differ in nothing we know as an axis: name them by hash
 		out = append(out, "variant")
 	}

@@ -543,7 +543,8 @@ func runSeries(rows []Row) []string {
 		if runs[m] == nil {
 			runs[m] = map[string]bool{}
 		}
-		runs[m][r[FieldRun].(string)] = true
+		run, _ := r.Str(FieldRun)
+		runs[m][run] = true
 	}
 	for _, rs := range runs {
 		if len(rs) > 1 {
