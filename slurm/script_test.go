@@ -147,3 +147,37 @@ func TestTrainScriptCommand(t *testing.T) {
 		t.Error("a training submission without spec or command was accepted")
 	}
 }
+
+func TestDryRunWritesNothing(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "r")
+	plan, err := slurm.PrepareSweep(slurm.SweepSubmission{Name: "d", OutDir: out, Points: points(5),
+		Config: slurm.Config{Shards: 2, Concurrency: 1}, Binary: "/b", Python: "/p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := plan.DryRun(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sbatch --parsable " + plan.ScriptPath, "5 points in 2 array tasks (1 at a time); points per task: 3 2", "#SBATCH --array=0-1%1"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("dry run lacks %q:\n%s", want, b.String())
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("dry run created %s", out)
+	}
+	tp, err := slurm.PrepareTrain(slurm.TrainSubmission{RunDir: out, Command: []string{"x.py"}, Python: "/p",
+		Config: slurm.Config{Nodes: 2, GPUs: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	_ = tp.DryRun(&b)
+	if !strings.Contains(b.String(), "torchrun on 2 node(s) x 4 process(es)") {
+		t.Errorf("train dry run:\n%s", b.String())
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("dry run created %s", out)
+	}
+}

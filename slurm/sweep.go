@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -238,6 +239,21 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// DryRun writes what Submit would do: the sbatch call, the shards, and the script.
+func (p *SweepPlan) DryRun(w io.Writer) error {
+	conc := "no limit"
+	if c := p.Sub.Config.Concurrency; c > 0 {
+		conc = fmt.Sprintf("%d at a time", c)
+	}
+	sizes := make([]string, len(p.Shards))
+	for i, s := range p.Shards {
+		sizes[i] = fmt.Sprint(len(s))
+	}
+	_, err := fmt.Fprintf(w, "# dry run: would write %s and run: sbatch --parsable %s\n# %d points in %d array tasks (%s); points per task: %s\n%s",
+		p.Dir, p.ScriptPath, len(p.Sub.Points), len(p.Shards), conc, strings.Join(sizes, " "), p.Script)
+	return err
 }
 
 func (p *SweepPlan) sweepCopy() string { return filepath.Join(p.Dir, "sweep.toml") }

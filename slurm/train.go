@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,7 +189,8 @@ func renderTrainScript(p *TrainPlan) string {
 	b.WriteString("trap 'echo $? > \"$marks/$SLURM_JOB_ID.exit\"' EXIT\n")
 	b.WriteString("trap 'exit 143' TERM\n")
 	b.WriteString("mapfile -t nodes < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")\n")
-	b.WriteString("export MASTER_ADDR=${nodes[0]}\n")
+	b.WriteString("# one node: loopback (needs no name resolution); several: the first node of the allocation\n")
+	b.WriteString("if [ \"$SLURM_NNODES\" = 1 ]; then export MASTER_ADDR=127.0.0.1; else export MASTER_ADDR=${nodes[0]}; fi\n")
 	if c.Port != 0 {
 		fmt.Fprintf(&b, "export MASTER_PORT=%d\n", c.Port)
 	} else {
@@ -202,6 +204,14 @@ func renderTrainScript(p *TrainPlan) string {
 	b.WriteString("  bash " + shq(p.ScriptPath) + " --node &\n")
 	b.WriteString("wait $!\n")
 	return b.String()
+}
+
+// DryRun writes what Submit would do: the sbatch call and the script.
+func (p *TrainPlan) DryRun(w io.Writer) error {
+	nodes, procs := p.Sub.Config.trainShape()
+	_, err := fmt.Fprintf(w, "# dry run: would write %s and run: sbatch --parsable %s\n# torchrun on %d node(s) x %d process(es)\n%s",
+		p.Dir, p.ScriptPath, nodes, procs, p.Script)
+	return err
 }
 
 // Write puts the script and the job file into the plan's directory.
