@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -114,7 +115,7 @@ func DefaultRow(p Point, out *launcher.Outcome, err error) (map[string]any, erro
 	} else if job := os.Getenv("SLURM_JOB_ID"); job != "" {
 		row["slurm_job"] = job
 	}
-	if r := os.Getenv("RANK"); r != "" {
+	if r, err := strconv.Atoi(os.Getenv("RANK")); err == nil {
 		row["rank"] = r
 	}
 	row["finished_at"] = time.Now().UTC().Format(time.RFC3339Nano)
