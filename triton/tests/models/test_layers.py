@@ -11,7 +11,7 @@ from mdn.layers.availability import MixerUnavailable
 from mdn.layers.momentum_deltanet import momentum_delta_rule, resolve_mdn_impl
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
 
-from conftest import make_inputs, rel_rms, to_fp64
+from conftest import INTERPRET, make_inputs, rel_rms, to_fp64
 
 
 @pytest.fixture(autouse=True)
@@ -166,3 +166,26 @@ def test_bad_layer_arguments_are_clear():
         MomentumDeltaNet(16, 2, 8, mixer_impl="cuda")
     with pytest.raises(ValueError, match="expand_v=0.3"):
         MomentumDeltaNet(16, 2, 8, expand_v=0.3)
+
+
+@pytest.mark.skipif(not (INTERPRET or torch.cuda.is_available()), reason="the Triton op needs a GPU or TRITON_INTERPRET=1")
+def test_layer_with_the_triton_op_matches_the_reference():
+    """The layer on the real op (chunk for training, fused recurrent for decoding) == the torch reference."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    layer = _init(MomentumDeltaNet(32, 2, 16)).to(dev)
+    x = torch.randn(2, 70, 32, device=dev, requires_grad=True)
+    layer.mixer_impl = "torch"
+    ref = layer(x)
+    ref.square().sum().backward()
+    g_ref, x.grad = x.grad.clone(), None
+    layer.mixer_impl = "chunk"
+    out = layer(x)
+    out.square().sum().backward()
+    assert rel_rms(ref, out) < 1e-4
+    assert rel_rms(g_ref, x.grad) < 1e-4
+    layer.mixer_impl = "fused_recurrent"
+    state = {}
+    with torch.no_grad():
+        y = torch.cat([layer(x[:, :66], state)] + [layer(x[:, t:t + 1], state) for t in range(66, 70)], 1)
+    assert rel_rms(ref, y) < 1e-4
