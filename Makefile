@@ -13,7 +13,9 @@ build:
 
 # go vet, go test ./... (the launcher again under the race detector), and pytest with the Triton kernels in the
 # interpreter on the CPU. Non-zero on any failure.
-test: test-go test-py
+# -k: run the Python tests even when a Go test failed, so one run shows every failure; still non-zero.
+test:
+	$(MAKE) --no-print-directory -k test-go test-py
 
 check-venv:
 	@test -x $(PY) || { echo "make: $(PY) is missing: run 'make setup' first" >&2; exit 1; }

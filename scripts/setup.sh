@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-command set-up (`make setup`): .venv with pinned torch/triton, numpy and pytest; the `mdn` package from
-# triton/ (editable); bin/mdnctl; then a short demo (mdnctl doctor, and the embedded demo sweep once the sweep
+# One-command set-up (`make setup`): .venv with the `mdn` package from triton/ (editable) and its pinned
+# dependencies (torch, triton, numpy) plus pytest; bin/mdnctl; then a short demo (mdnctl doctor, and the embedded demo sweep once the sweep
 # command exists) so a newcomer sees it work.
 #
 # Idempotent: a second run checks, installs nothing, rebuilds nothing that is current, and takes seconds.
@@ -27,10 +27,8 @@ die() { echo "setup: ERROR: $*" >&2; exit 1; }
 step() { echo "setup: $*"; }
 trap 'rc=$?; echo "setup: ERROR: \"$BASH_COMMAND\" failed (exit $rc) at scripts/setup.sh:$LINENO" >&2' ERR
 
-# The versions of the GPU machine, so CPU and GPU results come from the same code (kept in step with the pins
-# in triton/pyproject.toml).
-TORCH_SPEC="torch==2.11.*"
-TRITON_SPEC="triton==3.6.*"
+# The pins (torch 2.11.*, triton 3.6.*: the versions of the GPU machine, so CPU and GPU results come from the
+# same code; numpy) live in ONE place: the dependencies of triton/pyproject.toml.
 PY_MIN=3.10
 PY_MAX=3.13 # torch 2.11 / triton 3.6 wheels
 PIP=(--disable-pip-version-check --retries 2 --timeout 60)
@@ -77,22 +75,18 @@ VPY=$ROOT/.venv/bin/python
 
 # The stamp records what the environment was built from; the import check catches a damaged one.
 stamp=.venv/.mdn-setup-stamp
-want="$( { cat triton/pyproject.toml; echo "$TORCH_SPEC $TRITON_SPEC"; "$VPY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+want="$( { cat triton/pyproject.toml; "$VPY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 versions() { "$VPY" -c 'import sys, torch, triton, numpy, pytest, mdn.runner; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}")' 2>/dev/null; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && have=$(versions); then
   step "Python environment up to date ($have)"
 else
-  step "installing $TORCH_SPEC $TRITON_SPEC numpy pytest into .venv (the first time is a large download)"
+  step "installing the mdn package (editable) from triton/ with its pinned dependencies and pytest (the first time is a large download)"
   "$VPY" -m pip install -q "${PIP[@]}" --upgrade pip \
     || die "pip could not reach the package index (no network?); fix the network or proxy and run setup again"
-  # setuptools builds the editable mdn package (--no-build-isolation); torch bounds its version, so let pip pick.
-  "$VPY" -m pip install -q "${PIP[@]}" "$TORCH_SPEC" "$TRITON_SPEC" "numpy<3" pytest "setuptools>=64" \
-    || die "installing torch/triton/numpy/pytest failed (no network? no wheel for $("$VPY" --version 2>&1) on $(uname -m)?); see pip's message above"
-  step "installing the mdn package (editable) from triton/"
   # PYTHONWARNINGS: setuptools warns that folders named like the package may shadow it; the runner guards
   # against that (PYTHONSAFEPATH, docs/protocol.md).
-  PYTHONWARNINGS=ignore "$VPY" -m pip install -q "${PIP[@]}" --no-build-isolation -e triton \
-    || die "pip install -e triton failed; see pip's message above"
+  PYTHONWARNINGS=ignore "$VPY" -m pip install -q "${PIP[@]}" -e "triton[test]" \
+    || die "pip install -e 'triton[test]' failed (no network? no torch/triton wheel for $("$VPY" --version 2>&1) on $(uname -m)?); see pip's message above"
   have=$(versions) \
     || die "the new environment does not import torch, triton, numpy, pytest and mdn.runner; remove .venv and run setup again"
   echo "$want" > "$stamp"
