@@ -186,6 +186,26 @@ func (w *Writer) Append(row any) error {
 	return nil
 }
 
+// Rotate moves the file to newPath (under the lock) and starts an empty one in its place.
+func (w *Writer) Rotate(newPath string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("results: close %s: %w", w.path, err)
+	}
+	if err := os.Rename(w.path, newPath); err != nil {
+		return fmt.Errorf("results: move %s aside: %w", w.path, err)
+	}
+	f, err := os.OpenFile(w.path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+	if err != nil {
+		w.err = fmt.Errorf("results: reopen %s: %w", w.path, err)
+		return w.err
+	}
+	syncDir(filepath.Dir(w.path))
+	w.f, w.size, w.err = f, 0, nil
+	return nil
+}
+
 // Close closes the file and releases the lock.
 func (w *Writer) Close() error {
 	w.mu.Lock()

@@ -175,3 +175,22 @@ func TestMergeAndIndex(t *testing.T) {
 		t.Fatal("len")
 	}
 }
+
+func TestRotate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	w, _, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Append(Row{"point": "old"})
+	if err := w.Rotate(path + ".prev"); err != nil {
+		t.Fatal(err)
+	}
+	w.Append(Row{"point": "new"})
+	w.Close()
+	a, _ := os.ReadFile(path + ".prev")
+	b, _ := os.ReadFile(path)
+	if string(a) != `{"point":"old"}`+"\n" || string(b) != `{"point":"new"}`+"\n" {
+		t.Fatalf("%q %q", a, b)
+	}
+}

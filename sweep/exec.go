@@ -50,6 +50,7 @@ type Options struct {
 	Progress       Progress      // optional
 	LogDir         string        // optional: each slot's worker stderr is appended to LogDir/<slot>.log
 	Version        string        // mdnctl version recorded in rows
+	StopAfter      time.Time     // zero: none; else no point starts after this time (points in flight finish)
 	Now            func() time.Time
 }
 
@@ -162,6 +163,10 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 				r.openLog()
 			}
 			for {
+				if !opts.StopAfter.IsZero() && opts.Now().After(opts.StopAfter) {
+					q.close()
+					return
+				}
 				p, ok := q.pop()
 				if !ok {
 					return
@@ -418,7 +423,7 @@ func (r *slotRunner) run(ctx context.Context, p Point) (results.Row, bool) {
 	if out != nil {
 		row["host"] = out.Host
 		for _, m := range out.Metrics { // the job's early reports (environment, gate errors) survive a failure
-			mergeJSON(row, m, "metric")
+			mergeJSON(row, m, p.Values)
 		}
 	}
 	status := results.StatusOK
@@ -426,7 +431,7 @@ func (r *slotRunner) run(ctx context.Context, p Point) (results.Row, bool) {
 	var je *launcher.JobError
 	switch {
 	case err == nil:
-		mergeJSON(row, out.Result, "result")
+		mergeJSON(row, out.Result, p.Values)
 	case timedOut:
 		status, restart = results.StatusTimeout, true
 		row["reason"] = fmt.Sprintf("timed out after %s", r.opts.Timeout)
@@ -481,7 +486,7 @@ func (r *slotRunner) baseRow(p Point, params map[string]any) results.Row {
 	for k, v := range p.Values {
 		row[k] = v
 	}
-	row["launch"] = LaunchSpec(p.Values)
+	row["launch"] = r.f.LaunchSpec(p.Values)
 	row["slot"] = r.slot.Name
 	if r.slot.GPU != "" {
 		row["gpu"] = r.slot.GPU
@@ -506,7 +511,7 @@ var reservedKeys = map[string]bool{"sweep": true, "point": true, "variant": true
 
 // mergeJSON copies a job object's keys into the row: device_name becomes device; versions merge; a key that
 // would overwrite a field of the point or a reserved key is kept under "job_<key>".
-func mergeJSON(row results.Row, raw json.RawMessage, _ string) {
+func mergeJSON(row results.Row, raw json.RawMessage, values map[string]any) {
 	if len(raw) == 0 {
 		return
 	}
@@ -534,6 +539,10 @@ func mergeJSON(row results.Row, raw json.RawMessage, _ string) {
 		case reservedKeys[k]:
 			row["job_"+k] = v
 		default:
+			if _, isValue := values[k]; isValue {
+				row["job_"+k] = v
+				continue
+			}
 			if _, isField := LookupField(k); isField || k == RepeatField {
 				row["job_"+k] = v
 				continue

@@ -30,7 +30,7 @@ func (f *File) Expand() (*Plan, error) {
 	seen := map[string]bool{}
 	var extras []string
 	for _, d := range f.Derive {
-		if _, isField := LookupField(d.Name); !isField {
+		if _, isField := LookupField(d.Name); !isField && !f.Generic {
 			extras = append(extras, d.Name)
 		}
 	}
@@ -50,9 +50,11 @@ func (f *File) Expand() (*Plan, error) {
 			rem /= len(f.Axes[i].Values)
 		}
 		vals := map[string]any{}
-		for _, fd := range Fields {
-			if fd.Default != nil {
-				vals[fd.Name] = fd.Default
+		if !f.Generic {
+			for _, fd := range Fields {
+				if fd.Default != nil {
+					vals[fd.Name] = fd.Default
+				}
 			}
 		}
 		for i, ax := range f.Axes {
@@ -65,7 +67,7 @@ func (f *File) Expand() (*Plan, error) {
 			if err != nil {
 				return nil, f.pointErr("derive."+d.Name, vals, err)
 			}
-			if fd, ok := LookupField(d.Name); ok {
+			if fd, ok := LookupField(d.Name); ok && !f.Generic {
 				c, err := fd.Coerce(v)
 				if err != nil {
 					return nil, f.pointErr("derive."+d.Name, vals, err)
@@ -96,13 +98,13 @@ func (f *File) Expand() (*Plan, error) {
 				pv[k] = v
 			}
 			pv[RepeatField] = int64(r)
-			id := PointID(f.Job, pv)
+			id := f.PointID(pv)
 			if seen[id] {
 				plan.Duplicates++
 				continue
 			}
 			seen[id] = true
-			plan.Points = append(plan.Points, Point{Index: len(plan.Points), ID: id, Variant: VariantHash(pv),
+			plan.Points = append(plan.Points, Point{Index: len(plan.Points), ID: id, Variant: f.VariantHash(pv),
 				Values: pv, Extras: extras})
 		}
 	}
@@ -122,12 +124,32 @@ func describePoint(vals map[string]any) string {
 			parts = append(parts, fmt.Sprintf("%s=%v", f.Name, v))
 		}
 	}
+	if len(parts) == 0 { // a generic task: every value, by name
+		for _, k := range sortedKeysAny(vals) {
+			parts = append(parts, fmt.Sprintf("%s=%v", k, vals[k]))
+		}
+	}
 	return strings.Join(parts, " ")
 }
 
 // Columns are the plan's table columns: the fields that vary or were set explicitly, in display order, then
 // the derived extras, then repeat when repeats > 1.
 func (p *Plan) Columns() []string {
+	if p.File.Generic {
+		var cols []string
+		for _, ax := range p.File.Axes {
+			for _, k := range sortedKeysAny(ax.Values[0]) {
+				cols = append(cols, k)
+			}
+		}
+		for _, d := range p.File.Derive {
+			cols = append(cols, d.Name)
+		}
+		if p.File.Repeats > 1 {
+			cols = append(cols, RepeatField)
+		}
+		return cols
+	}
 	var cols []string
 	set := map[string]bool{}
 	for _, ax := range p.File.Axes {

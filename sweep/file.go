@@ -20,14 +20,18 @@ type File struct {
 	Path        string
 	Name        string
 	Description string
-	Job         string        // runner job kind: bench (time after the gate) or verify (gate only)
-	Timeout     time.Duration // per point
+	Job         string         // runner job kind (`task`): bench (gate + timing), verify (gate only), or another job
+	Generic     bool           // a task other than bench/verify: free-form axes, the [<task>] table as params
+	TaskParams  map[string]any // the [<task>] table of a generic task, passed to every point
+	Timeout     time.Duration  // per point
 	Repeats     int
 	Seed        int64
 	Axes        []Axis    // in file order; the first is the outermost loop
 	Derive      []Derived // in file order
 	Where       *Expr     // nil: keep every point
 	Bench       BenchParams
+	HasSlurm    bool   // the file has a [slurm] table (validated by the slurm backend)
+	Data        []byte // the file's contents
 
 	lines keyLines
 }
@@ -85,11 +89,13 @@ func (e *FileError) Error() string {
 var (
 	nameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	identRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
+	taskRe  = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 )
 
 var topKeys = map[string]string{
-	"name": "string", "description": "string", "job": "string", "timeout": "duration string",
+	"name": "string", "description": "string", "task": "string", "job": "string (same as task)", "timeout": "duration string",
 	"repeats": "integer", "seed": "integer", "where": "string", "axes": "table", "derive": "table", "bench": "table",
+	"slurm": "table (read by the slurm backend)",
 }
 
 var benchKeys = map[string]string{
@@ -109,7 +115,7 @@ func Load(path string) (*File, error) {
 // Parse validates a sweep file's contents; path names it in errors and gives the default sweep name.
 func Parse(path string, data []byte) (*File, error) {
 	p := &parser{f: &File{Path: path, Job: "bench", Timeout: 10 * time.Minute, Repeats: 1, Bench: DefaultBench,
-		lines: scanKeyLines(string(data))}}
+		Data: data, lines: scanKeyLines(string(data))}}
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
 		var pe toml.ParseError
@@ -152,10 +158,41 @@ func (p *parser) sortedKeys(prefix string, m map[string]any) []string {
 
 func (p *parser) parse(raw map[string]any) {
 	f := p.f
-	for _, k := range p.sortedKeys("", raw) {
-		if _, ok := topKeys[k]; !ok {
-			p.errorf(k, "unknown key (known: %s)", strings.Join(sortedMapKeys(topKeys), ", "))
+	// The task comes first: it decides which keys and axes are valid.
+	for _, k := range []string{"task", "job"} {
+		v, ok := raw[k]
+		if !ok {
+			continue
 		}
+		s, ok := p.str(k, v)
+		if !ok {
+			continue
+		}
+		if !taskRe.MatchString(s) {
+			p.errorf(k, "%q is not a task name (a runner job kind such as bench, verify, mqar)", s)
+			continue
+		}
+		if _, both := raw["task"]; both && k == "job" && s != f.Job {
+			p.errorf(k, "task and job disagree (%q vs %q); use task", f.Job, s)
+		}
+		f.Job = s
+	}
+	f.Generic = f.Job != "bench" && f.Job != "verify"
+	for _, k := range p.sortedKeys("", raw) {
+		if _, ok := topKeys[k]; ok {
+			if k == "bench" && f.Generic {
+				p.errorf(k, "[bench] belongs to the bench and verify tasks; this sweep's task is %q (its table is [%s])", f.Job, f.Job)
+			}
+			continue
+		}
+		if f.Generic && k == f.Job {
+			m, ok := p.table(k, raw[k])
+			if ok {
+				f.TaskParams = m
+			}
+			continue
+		}
+		p.errorf(k, "unknown key (known: %s)", strings.Join(sortedMapKeys(topKeys), ", "))
 	}
 	f.Name = strings.TrimSuffix(filepath.Base(f.Path), filepath.Ext(f.Path))
 	if v, ok := raw["name"]; ok {
@@ -168,14 +205,6 @@ func (p *parser) parse(raw map[string]any) {
 	}
 	if v, ok := raw["description"]; ok {
 		f.Description, _ = p.str("description", v)
-	}
-	if v, ok := raw["job"]; ok {
-		if s, ok := p.str("job", v); ok {
-			if s != "bench" && s != "verify" {
-				p.errorf("job", "%q is not a sweep job (bench or verify)", s)
-			}
-			f.Job = s
-		}
 	}
 	if v, ok := raw["timeout"]; ok {
 		if s, ok := p.str("timeout", v); ok {
@@ -199,6 +228,9 @@ func (p *parser) parse(raw map[string]any) {
 	}
 	if v, ok := raw["bench"]; ok {
 		p.parseBench(v)
+	}
+	if v, ok := raw["slurm"]; ok {
+		_, f.HasSlurm = p.table("slurm", v)
 	}
 	if v, ok := raw["axes"]; ok {
 		p.parseAxes(v)
@@ -380,6 +412,23 @@ func (p *parser) parseAxes(v any) {
 }
 
 func (p *parser) axisValue(key, field string, raw any, into map[string]any, inGroup bool) {
+	if p.f.Generic {
+		if _, top := topKeys[field]; top && !inGroup {
+			p.errorf(key, "%q is a top-level key: put it above the first [table] header", field)
+			return
+		}
+		if !identRe.MatchString(field) || reservedName(field) {
+			p.errorf(key, "%q cannot name an axis (an identifier other than %s)", field, strings.Join(reservedNames, ", "))
+			return
+		}
+		switch raw.(type) {
+		case int64, float64, string, bool:
+			into[field] = raw
+		default:
+			p.errorf(key, "%s must be a number, string or boolean, got %s", field, describe(raw))
+		}
+		return
+	}
 	f, ok := LookupField(field)
 	if !ok {
 		if inGroup {
@@ -411,8 +460,8 @@ func (p *parser) parseDerive(v any) {
 			p.errorf(key, "derived name must be an identifier")
 			continue
 		}
-		if name == RepeatField {
-			p.errorf(key, "%q is set by `repeats`", name)
+		if reservedName(name) {
+			p.errorf(key, "%q is reserved (%s)", name, strings.Join(reservedNames, ", "))
 			continue
 		}
 		if axis, ok := axisFields[name]; ok {
@@ -450,9 +499,11 @@ func (p *parser) knownNames(n int) func(string) bool {
 	for fk := range p.axisFields() {
 		names[fk] = true
 	}
-	for _, f := range Fields {
-		if f.Default != nil {
-			names[f.Name] = true
+	if !p.f.Generic {
+		for _, f := range Fields {
+			if f.Default != nil {
+				names[f.Name] = true
+			}
 		}
 	}
 	for _, d := range p.f.Derive[:n] {
@@ -462,6 +513,9 @@ func (p *parser) knownNames(n int) func(string) bool {
 }
 
 func (p *parser) checkRequired() {
+	if p.f.Generic {
+		return
+	}
 	have := p.axisFields()
 	for _, d := range p.f.Derive {
 		have[d.Name] = "derive"
@@ -476,6 +530,18 @@ func (p *parser) checkRequired() {
 }
 
 func (f *File) line(key string) int { return f.lines.line(key) }
+
+// reservedNames are set by mdnctl itself in every point's parameters.
+var reservedNames = []string{RepeatField, "point", "variant", "task", "job", "seed", "device", "derived", "probe"}
+
+func reservedName(s string) bool {
+	for _, r := range reservedNames {
+		if s == r {
+			return true
+		}
+	}
+	return false
+}
 
 func sortedMapKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

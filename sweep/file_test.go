@@ -202,3 +202,83 @@ w = 'it''s'
 		t.Error("prefix fallback")
 	}
 }
+
+const genericSweep = `name = "g"
+task = "mqar"
+seed = 3
+where = "model == 'mdn' or constraint == 'none'"
+[axes]
+model = ["mdn", "gdn"]
+constraint = ["trig", "none"]
+split = [{seq_len = 64, num_pairs = 4}, {seq_len = 128, num_pairs = 8}]
+lr = [1e-3]
+[derive]
+batch_size = "64 if seq_len <= 64 else 32"
+[mqar]
+vocab_size = 256
+test_splits = [{seq_len = 256, num_pairs = 16}]
+`
+
+// A task other than bench/verify: free axes, derived values flat, its [<task>] table passed whole.
+func TestGenericTask(t *testing.T) {
+	f := mustParse(t, genericSweep)
+	if !f.Generic || f.Job != "mqar" || f.TaskParams["vocab_size"] != int64(256) {
+		t.Fatalf("file %+v", f)
+	}
+	plan, err := f.Expand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Points) != 6 || plan.Filtered != 2 { // gdn only with constraint none
+		t.Fatalf("points %d filtered %d", len(plan.Points), plan.Filtered)
+	}
+	if cols := strings.Join(plan.Columns(), ","); cols != "model,constraint,num_pairs,seq_len,lr,batch_size" {
+		t.Fatalf("columns %s", cols)
+	}
+	p := plan.Points[0]
+	params := JobParams(f, p, CPUSlot())
+	for k, want := range map[string]any{"model": "mdn", "constraint": "trig", "seq_len": int64(64), "num_pairs": int64(4),
+		"lr": 1e-3, "batch_size": int64(64), "vocab_size": int64(256), "seed": int64(3), "device": "cpu", "task": "mqar",
+		"point": p.ID, "variant": p.Variant, "repeat": int64(0)} {
+		if params[k] != want {
+			t.Errorf("params[%s] = %#v, want %#v", k, params[k], want)
+		}
+	}
+	if _, ok := params["chunk_size"]; ok {
+		t.Error("kernel defaults leaked into a generic task")
+	}
+	if ts, ok := params["test_splits"].([]any); !ok || len(ts) != 1 {
+		t.Errorf("test_splits %#v", params["test_splits"])
+	}
+	// Every value enters the id; the variant ignores only the repeat.
+	q := plan.Points[1]
+	if p.ID == q.ID || p.Variant == q.Variant {
+		t.Fatal("distinct points share hashes")
+	}
+}
+
+func TestGenericTaskErrors(t *testing.T) {
+	cases := map[string]string{
+		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[bench]\nrep_ms = 1\n":          "t.toml:4: bench: [bench] belongs to the bench and verify tasks",
+		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[train]\nx = 1\n":               "t.toml:4: train: unknown key",
+		"task = 'mqar'\n[axes]\nmodel = [['a']]\n":                               "t.toml:3: axes.model[0]: model must be a number, string or boolean, got an array",
+		"task = 'mqar'\n[axes]\npoint = ['a']\n":                                 `"point" cannot name an axis`,
+		"task = 'mqar'\n[axes]\nm = [1]\n[derive]\nseed = 'm'\n":                 `t.toml:5: derive.seed: "seed" is reserved`,
+		"task = 'MQAR'\n[axes]\nm = [1]\n":                                       "t.toml:1: task: \"MQAR\" is not a task name",
+		"task = 'mqar'\njob = 'bench'\n[axes]\nm = [1]\n":                        "t.toml:2: job: task and job disagree",
+		"task = 'mqar'\nwhere = 'mm > 1'\n[axes]\nm = [1]\n":                     `t.toml:2: where: unknown name "mm"`,
+		"task = 'mqar'\n[axes]\nm = [1]\n[mqar]\n":                               "", // an empty task table is fine
+	}
+	for src, want := range cases {
+		_, err := Parse("sweeps/t.toml", []byte(src))
+		if want == "" {
+			if err != nil {
+				t.Errorf("%q: %v", src, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q:\n got %v\nwant %s", src, err, want)
+		}
+	}
+}

@@ -25,6 +25,42 @@ func hashOf(kind string, m map[string]any) string {
 	return hex.EncodeToString(sum[:])[:HashLen]
 }
 
+// PointID names a point of this file (see the package functions PointID and, for generic tasks, every value).
+func (f *File) PointID(values map[string]any) string {
+	if !f.Generic {
+		return PointID(f.Job, values)
+	}
+	m := map[string]any{"job": f.Job}
+	for k, v := range values {
+		m[k] = v
+	}
+	return hashOf("point/v1", m)
+}
+
+// VariantHash names a point's configuration: the launch spec of a kernel task; for a generic task every value
+// but the repeat index.
+func (f *File) VariantHash(values map[string]any) string {
+	if !f.Generic {
+		return VariantHash(values)
+	}
+	return hashOf("variant/v1", f.LaunchSpec(values))
+}
+
+// LaunchSpec is what the variant hash covers (see LaunchSpec; for a generic task the job and every value but
+// the repeat index).
+func (f *File) LaunchSpec(values map[string]any) map[string]any {
+	if !f.Generic {
+		return LaunchSpec(values)
+	}
+	m := map[string]any{"job": f.Job}
+	for k, v := range values {
+		if k != RepeatField {
+			m[k] = v
+		}
+	}
+	return m
+}
+
 // LaunchSpec is the kernel configuration of a point: the variant fields (op, chunk size, tiles, warps,
 // stages, constraint, dtype). Its hash names the variant.
 func LaunchSpec(values map[string]any) map[string]any {

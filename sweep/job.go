@@ -25,7 +25,25 @@ func CPUSlot() Slot {
 // JobParams are the resolved parameters of one point's job: every field flat (op, chunk_size, BK, ..., B, T,
 // H, K, V, mode, dtype), the derived extras under "derived", the [bench] parameters, the correctness-gate
 // shape, and where it runs. Python reads these and guesses nothing.
+//
+// A generic task (not bench/verify) gets its [<task>] table, then the point's values (axes and derived values,
+// flat), then seed, device, task, point and variant.
 func JobParams(f *File, p Point, slot Slot) map[string]any {
+	if f.Generic {
+		params := map[string]any{}
+		for k, v := range f.TaskParams {
+			params[k] = v
+		}
+		for k, v := range p.Values {
+			params[k] = v
+		}
+		params["seed"] = f.Seed
+		params["device"] = slot.Device
+		params["task"] = f.Job
+		params["point"] = p.ID
+		params["variant"] = p.Variant
+		return params
+	}
 	params := map[string]any{}
 	for _, fd := range Fields {
 		params[fd.Name] = p.Values[fd.Name]
