@@ -259,15 +259,15 @@ func TestGenericTask(t *testing.T) {
 
 func TestGenericTaskErrors(t *testing.T) {
 	cases := map[string]string{
-		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[bench]\nrep_ms = 1\n":          "t.toml:4: bench: [bench] belongs to the bench and verify tasks",
-		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[train]\nx = 1\n":               "t.toml:4: train: unknown key",
-		"task = 'mqar'\n[axes]\nmodel = [['a']]\n":                               "t.toml:3: axes.model[0]: model must be a number, string or boolean, got an array",
-		"task = 'mqar'\n[axes]\npoint = ['a']\n":                                 `"point" cannot name an axis`,
-		"task = 'mqar'\n[axes]\nm = [1]\n[derive]\nseed = 'm'\n":                 `t.toml:5: derive.seed: "seed" is reserved`,
-		"task = 'MQAR'\n[axes]\nm = [1]\n":                                       "t.toml:1: task: \"MQAR\" is not a task name",
-		"task = 'mqar'\njob = 'bench'\n[axes]\nm = [1]\n":                        "t.toml:2: job: task and job disagree",
-		"task = 'mqar'\nwhere = 'mm > 1'\n[axes]\nm = [1]\n":                     `t.toml:2: where: unknown name "mm"`,
-		"task = 'mqar'\n[axes]\nm = [1]\n[mqar]\n":                               "", // an empty task table is fine
+		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[bench]\nrep_ms = 1\n": "t.toml:4: bench: [bench] belongs to the bench and verify tasks",
+		"task = 'mqar'\n[axes]\nmodel = ['mdn']\n[train]\nx = 1\n":      "t.toml:4: train: unknown key",
+		"task = 'mqar'\n[axes]\nmodel = [['a']]\n":                      "t.toml:3: axes.model[0]: model must be a number, string or boolean, got an array",
+		"task = 'mqar'\n[axes]\npoint = ['a']\n":                        `"point" cannot name an axis`,
+		"task = 'mqar'\n[axes]\nm = [1]\n[derive]\nseed = 'm'\n":        `t.toml:5: derive.seed: "seed" is reserved`,
+		"task = 'MQAR'\n[axes]\nm = [1]\n":                              "t.toml:1: task: \"MQAR\" is not a task name",
+		"task = 'mqar'\njob = 'bench'\n[axes]\nm = [1]\n":               "t.toml:2: job: task and job disagree",
+		"task = 'mqar'\nwhere = 'mm > 1'\n[axes]\nm = [1]\n":            `t.toml:2: where: unknown name "mm"`,
+		"task = 'mqar'\n[axes]\nm = [1]\n[mqar]\n":                      "", // an empty task table is fine
 	}
 	for src, want := range cases {
 		_, err := Parse("sweeps/t.toml", []byte(src))
