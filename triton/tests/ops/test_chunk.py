@@ -347,12 +347,12 @@ def test_gpu_long_sequence_finite_and_accurate():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bk,is_fp32", sorted(cs.SCAN_CONFIGS))
+@pytest.mark.parametrize("bk,is_fp32", sorted({k[:2] for k in cs.SCAN_CONFIGS}))
 @pytest.mark.parametrize("k_off", [0, 3])
 def test_gpu_scan_tile_configs(bk, is_fp32, k_off):
-    """Every shipped scan tile config (SCAN_CONFIGS) vs the torch scan, with masked K and V edges."""
+    """Every shipped scan tile config (SCAN_CONFIGS, fwd and bwd) vs the torch scan, with masked K and V edges."""
     dtype = torch.float32 if is_fp32 else torch.bfloat16
-    block_v, num_warps = cs.SCAN_CONFIGS[(bk, is_fp32)]
+    block_v = max(cs.SCAN_CONFIGS[(bk, is_fp32, ph)][0] for ph in ("fwd", "bwd"))
     K = max(bk - k_off, 1) if bk > 16 else 16 - k_off
     V = 2 * block_v + 8
     NC, H, C = 6, 2, 64
@@ -364,7 +364,8 @@ def test_gpu_scan_tile_configs(bk, is_fp32, k_off):
     off = torch.tensor([0, 4, 6], dtype=torch.int32, device="cuda")
     h0 = torch.randn(2, 2, H, K, V, device="cuda")
     tol = 1e-5 if is_fp32 else 1e-2
-    assert cs.scan_config(K, V, dtype) == (block_v, num_warps)
+    for ph in ("fwd", "bwd"):
+        assert cs.scan_config(K, V, dtype, ph) == cs.SCAN_CONFIGS[(bk, is_fp32, ph)]
     a = cs.scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, off)
     b = cs.scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, off)
     for name, x, w in zip(("o", "vt", "ht"), a[:3], b[:3]):
@@ -377,3 +378,19 @@ def test_gpu_scan_tile_configs(bk, is_fp32, k_off):
     b = cs.scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc_ref, off)
     for name, x, w in zip(("dvo", "dhc", "dh0", "dg"), a, b):
         assert rel_rms(w, x) <= tol, name
+
+
+def test_scan_config_env_override(monkeypatch):
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    assert cs.scan_config(256, 512, torch.bfloat16, "fwd") == cs.SCAN_CONFIGS[(256, False, "fwd")]
+    assert cs.scan_config(256, 512, torch.bfloat16, "bwd") == cs.SCAN_CONFIGS[(256, False, "bwd")]
+    assert cs.scan_config(100, 20, torch.float32, "fwd")[0] == 32  # BV clipped to next_pow2(V)
+    monkeypatch.setenv("MDN_SCAN_CONFIG", "32,4")
+    assert cs.scan_config(256, 512, torch.bfloat16, "bwd") == (32, 4)
+    monkeypatch.setenv("MDN_SCAN_CONFIG", "32,4;64,8")
+    assert cs.scan_config(256, 512, torch.bfloat16, "fwd") == (32, 4)
+    assert cs.scan_config(256, 512, torch.bfloat16, "bwd") == (64, 8)
+    for bad in ("32", "48,4", "32,3", "32,4;64,8;16,2"):
+        monkeypatch.setenv("MDN_SCAN_CONFIG", bad)
+        with pytest.raises(ValueError, match="MDN_SCAN_CONFIG"):
+            cs.scan_config(64, 64, torch.bfloat16, "bwd")

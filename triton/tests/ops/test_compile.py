@@ -97,3 +97,53 @@ def test_opcheck():
     off = torch.tensor([0, 2], dtype=torch.int32)
     torch.library.opcheck(scan_fwd, (u, y, z, qa, qb, aqk, ks, km, g, h0, off),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def _intra_env(monkeypatch, value, backend="aot_eager"):
+    import mdn.ops.momentum_delta_rule.chunk as chunk_mod
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", value)
+    monkeypatch.setenv("MDN_CHUNK_COMPILE_BACKEND", backend)
+    monkeypatch.setattr(chunk_mod, "_compiled_intra", None)
+    monkeypatch.setattr(chunk_mod, "_compile_failed", False)
+    return chunk_mod
+
+
+def test_compile_intra_default_off_on_cpu(monkeypatch):
+    chunk_mod = _intra_env(monkeypatch, "")
+    monkeypatch.delenv("MDN_CHUNK_COMPILE")
+    assert not chunk_mod._compile_wanted(torch.zeros(1))
+
+
+@needs_kernels
+def test_compiled_intra_matches_eager(monkeypatch):
+    """MDN_CHUNK_COMPILE=1 forces the torch.compile'd intra part (here through aot_eager: the plumbing)."""
+    chunk_mod = _intra_env(monkeypatch, "1")
+    inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)
+    do, dht = torch.randn(1, 37, 2, 16, device=DEV), torch.randn(2, 1, 2, 16, 16, device=DEV)
+    fn = lambda **kw: chunk_momentum_delta_rule(**kw, output_final_state=True, chunk_size=16)  # noqa: E731
+    co, cht, cg = _run(fn, inputs, do, dht)
+    assert chunk_mod._compiled_intra is not None and not chunk_mod._compile_failed
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
+    eo, eht, eg = _run(fn, inputs, do, dht)
+    assert rel_rms(eo, co) <= 1e-6 and rel_rms(eht, cht) <= 1e-6
+    for n in eg:
+        assert rel_rms(eg[n], cg[n]) <= 1e-6, n
+
+
+@needs_kernels
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """A compiler failure warns once and the op continues (eager), with the same results."""
+    chunk_mod = _intra_env(monkeypatch, "1")
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated inductor failure")
+
+    monkeypatch.setattr(chunk_mod, "_compiled_intra", broken)
+    inputs = make_inputs(1, 20, 1, 16, 16, device=DEV)
+    with pytest.warns(RuntimeWarning, match="simulated inductor failure"):
+        o1, _ = chunk_momentum_delta_rule(**inputs, chunk_size=16)
+    assert chunk_mod._compile_failed
+    o2, _ = chunk_momentum_delta_rule(**inputs, chunk_size=16)  # no second warning, eager from now on
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
+    o3, _ = chunk_momentum_delta_rule(**inputs, chunk_size=16)
+    assert torch.equal(o1, o3) and torch.equal(o2, o3)

@@ -10,6 +10,7 @@ Pipeline (see README.md in this folder for the math):
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -69,18 +70,41 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 _compiled_intra = None
+_compile_failed = False
 
 
-def _intra_fn(q: torch.Tensor):
-    """chunk_mdn_intra, or its torch.compile'd version (CUDA, MDN_CHUNK_COMPILE=1, not already compiling)."""
-    global _compiled_intra
-    if torch.compiler.is_compiling() or not q.is_cuda:
-        return chunk_mdn_intra
-    if os.environ.get("MDN_CHUNK_COMPILE", "0") == "1":
+def _compile_wanted(q: torch.Tensor) -> bool:
+    """MDN_CHUNK_COMPILE=1: always, =0: never; unset: on CUDA only (never on the CPU / interpreter by default)."""
+    env = os.environ.get("MDN_CHUNK_COMPILE", "")
+    if env in ("0", "1"):
+        return env == "1"
+    return q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def _run_intra(q, *args, **kwargs):
+    """chunk_mdn_intra through torch.compile (default on CUDA), else eager.
+
+    Inside a torch.compile'd caller (is_compiling) the eager function is traced into the caller's graph instead
+    of nesting a second compile. If compiling or running the compiled function raises (anything but OOM), a
+    warning is printed once and the eager function is used from then on. MDN_CHUNK_COMPILE_BACKEND picks the
+    backend (default inductor; tests use aot_eager).
+    """
+    global _compiled_intra, _compile_failed
+    if torch.compiler.is_compiling() or _compile_failed or not _compile_wanted(q):
+        return chunk_mdn_intra(q, *args, **kwargs)
+    try:
         if _compiled_intra is None:
-            _compiled_intra = torch.compile(chunk_mdn_intra, dynamic=None)
-        return _compiled_intra
-    return chunk_mdn_intra
+            backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
+            _compiled_intra = torch.compile(chunk_mdn_intra, dynamic=None, backend=backend)
+        return _compiled_intra(q, *args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
+        _compile_failed = True
+        warnings.warn(f"mdn chunk op: torch.compile of the intra-chunk part failed ({type(e).__name__}: "
+                      f"{str(e)[:300]}); using eager torch from now on (MDN_CHUNK_COMPILE=0 silences this)",
+                      RuntimeWarning, stacklevel=3)
+        return chunk_mdn_intra(q, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,8 +204,8 @@ def chunk_momentum_delta_rule(
     # [NC, H, C, D] and gates [NC, H, C]
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-    intra = _intra_fn(q)(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                            use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
+    intra = _run_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                       use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 

@@ -52,29 +52,47 @@ def _block_k(K: int) -> int:
     return max(16, triton.next_power_of_2(K))
 
 
-# Tile configs of the scan, (BV, num_warps), by (BK, operand dtype). S and M are 2 x BK x BV fp32 registers per
-# program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. Shipped configs are exactly the
-# ones in SCAN_CONFIGS (test_gpu_scan_tile_configs checks each on the GPU). Override for sweeps with
-# MDN_SCAN_CONFIG="BV,num_warps" (bench_op.py --scan-configs does that).
+# Tile configs of the scan, (BV, num_warps), by (BK, operand dtype, phase). S and M are 2 x BK x BV fp32 registers
+# per program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. "fwd" is the forward scan;
+# "bwd" is the backward's state recompute and reverse scan. Measured on an H200 at H6 K256 V512 bf16 (B*T =
+# 32768, T = 4096; op fwd / fwd+bwd ms): (16,4) 10.6/37.2, (32,4) 8.3/38.3, (32,8) 10.5/33.8, (64,8) 8.9/31.5,
+# so the forward takes (32,4) and the backward (64,8) at BK = 256. Shipped configs are exactly the ones here
+# (test_gpu_scan_tile_configs checks each on the GPU; test_scan_shared_memory compiles each for sm_90 on the CPU).
+# Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
 SCAN_CONFIGS = {
-    # (BK, is_fp32): (BV, num_warps)
-    (16, False): (64, 4), (32, False): (64, 4), (64, False): (64, 4), (128, False): (64, 8), (256, False): (32, 8),
-    (16, True): (64, 4), (32, True): (64, 4), (64, True): (64, 4), (128, True): (32, 8), (256, True): (16, 8),
+    # (BK, is_fp32, phase): (BV, num_warps)
+    (16, False, "fwd"): (64, 4), (32, False, "fwd"): (64, 4), (64, False, "fwd"): (64, 4),
+    (128, False, "fwd"): (64, 8), (256, False, "fwd"): (32, 4),
+    (16, True, "fwd"): (64, 4), (32, True, "fwd"): (64, 4), (64, True, "fwd"): (64, 4),
+    (128, True, "fwd"): (32, 8), (256, True, "fwd"): (16, 8),
+    (16, False, "bwd"): (64, 4), (32, False, "bwd"): (64, 4), (64, False, "bwd"): (64, 4),
+    (128, False, "bwd"): (64, 8), (256, False, "bwd"): (64, 8),
+    (16, True, "bwd"): (64, 4), (32, True, "bwd"): (64, 4), (64, True, "bwd"): (64, 4),
+    (128, True, "bwd"): (32, 8), (256, True, "bwd"): (16, 8),
 }
 
 
-def scan_config(K: int, V: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(BV, num_warps) for the scan kernels."""
+def _parse_config(env: str, text: str) -> tuple[int, int]:
+    try:
+        bv, nw = (int(x) for x in text.split(','))
+    except ValueError:
+        raise ValueError(f"MDN_SCAN_CONFIG={env!r}: expected 'BV,num_warps' or 'BV,nw;BV,nw' (fwd;bwd), "
+                         f"e.g. '32,8'") from None
+    if bv not in (16, 32, 64, 128) or nw not in (1, 2, 4, 8, 16):
+        raise ValueError(f"MDN_SCAN_CONFIG={env!r}: BV must be 16/32/64/128 and num_warps 1/2/4/8/16")
+    return bv, nw
+
+
+def scan_config(K: int, V: int, dtype: torch.dtype, phase: str = "fwd") -> tuple[int, int]:
+    """(BV, num_warps) for the scan kernels of `phase` ("fwd" or "bwd")."""
     env = os.environ.get('MDN_SCAN_CONFIG')
     if env:
-        try:
-            bv, nw = (int(x) for x in env.split(','))
-        except ValueError:
-            raise ValueError(f"MDN_SCAN_CONFIG={env!r}: expected 'BV,num_warps', e.g. '32,8'") from None
-        if bv not in (16, 32, 64, 128) or nw not in (1, 2, 4, 8, 16):
-            raise ValueError(f"MDN_SCAN_CONFIG={env!r}: BV must be 16/32/64/128 and num_warps 1/2/4/8/16")
+        parts = env.split(';')
+        if len(parts) > 2:
+            _parse_config(env, 'x')
+        bv, nw = _parse_config(env, parts[0] if phase == "fwd" or len(parts) == 1 else parts[1])
     else:
-        bv, nw = SCAN_CONFIGS[(_block_k(K), dtype == torch.float32)]
+        bv, nw = SCAN_CONFIGS[(_block_k(K), dtype == torch.float32, phase)]
     return max(16, min(bv, triton.next_power_of_2(V))), nw
 
 
@@ -268,16 +286,21 @@ def momentum_delta_rule_bwd_kernel_scan(
         b_dvt = _cast(b_dvt, dvo.dtype.element_ty, DOT_MODE)
         tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
 
-        b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
-        b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
-        b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
-        b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        b_ds_new = b_g0 * b_ds + _dot(tl.trans(b_qa), b_do, DOT_MODE) - _dot(tl.trans(b_y), b_dvt, DOT_MODE)
-        b_dm = (b_g2 * b_dm - b_g1 * b_ds - _dot(tl.trans(b_qb), b_do, DOT_MODE)
-                + _dot(tl.trans(b_z), b_dvt, DOT_MODE))
+        # one [C, BK] operand at a time (each load right before its dot), so that at most one such tile sits in
+        # shared memory: four live fp32 [64, 256] tiles would need 264 KB (> 227 KB on Hopper)
+        b_ds_new = b_g0 * b_ds
+        b_dm = b_g2 * b_dm - b_g1 * b_ds
+        b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
+        b_ds_new += _dot(tl.trans(b_qa), b_do, DOT_MODE)
+        b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
+        b_ds_new -= _dot(tl.trans(b_y), b_dvt, DOT_MODE)
+        b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
+        b_dm -= _dot(tl.trans(b_qb), b_do, DOT_MODE)
+        b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
+        b_dm += _dot(tl.trans(b_z), b_dvt, DOT_MODE)
         b_ds = b_ds_new
 
     tl.store(dh0 + st_off + p_st, b_ds, mask=m_kv)
@@ -301,7 +324,8 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     recompute = vt is not None
     dev = u.device
     BK = _block_k(K)
-    cfg_bv, cfg_nw = scan_config(K, V, u.dtype)
+    # the state recompute belongs to the backward pass: it takes the backward's tile config
+    cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
     BV = block_v or cfg_bv
     o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
     if not recompute:
@@ -328,7 +352,7 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
     N = chunk_offsets.shape[0] - 1
     dev = do.device
     BK = _block_k(K)
-    cfg_bv, cfg_nw = scan_config(K, V, y.dtype)
+    cfg_bv, cfg_nw = scan_config(K, V, y.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     dvo = _empty((NC, H, 2 * C, V), y.dtype, dev)
