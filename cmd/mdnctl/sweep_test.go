@@ -381,3 +381,26 @@ func TestSweepDemoIntegration(t *testing.T) {
 		t.Fatalf("resume: %d %s", code, stdout)
 	}
 }
+
+// --backend slurm: the file's [slurm] table is checked with file:line, a dry run shows the array, a submission
+// goes to the (fake) Slurm with only the points that have no row.
+func TestSweepSlurmBackend(t *testing.T) {
+	withFakeSlurm(t)
+	src := cliSweep + "[slurm]\npartition = \"gpu\"\ngpus = 1\ntime = \"01:00:00\"\nconcurrency = 2\n"
+	path := writeSweep(t, src)
+	out := t.TempDir()
+	code, stdout, errOut := runCLI("sweep", path, "--backend", "slurm", "--dry-run", "--out", out, "--python", fakePy)
+	if code != 0 || !strings.Contains(stdout, "# dry run") || !strings.Contains(stdout, "5 points in") ||
+		!strings.Contains(stdout, "run-shard") {
+		t.Fatalf("dry run: %d\n%s\n%s", code, stdout, errOut)
+	}
+	code, stdout, errOut = runCLI("sweep", path, "--backend", "slurm", "--out", out, "--python", fakePy)
+	if code != 0 || !strings.Contains(stdout, "submitted cli: job") || !strings.Contains(stdout, "5 points") {
+		t.Fatalf("submit: %d\n%s\n%s", code, stdout, errOut)
+	}
+	bad := writeSweep(t, cliSweep+"[slurm]\ntime = \"2h\"\n")
+	code, _, errOut = runCLI("sweep", bad, "--plan")
+	if code != 1 || !strings.Contains(errOut, "slurm.time") {
+		t.Fatalf("bad [slurm]: %d %s", code, errOut)
+	}
+}
