@@ -16,8 +16,10 @@ set (ties: lower test loss). A run whose loss becomes NaN/inf stops and is recor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -45,7 +47,7 @@ class MQARTrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batch_size: int = 256
     early_stop_accuracy: float = 0.0  # > 0: stop once the test accuracy reaches it (checked at each eval)
-    max_seconds: float = 0.0  # > 0: stop training after this much wall time (the final eval still runs)
+    max_seconds: float = 0.0  # > 0: fit the schedule into this much training time (after 3 warm-up steps)
     seed: int = 0  # data (train and test) and weight init
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
@@ -193,11 +195,36 @@ def _check_vocab(model_cfg: dict, splits: list[MQARConfig]) -> dict:
     return cfg
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_WARM_STEPS = 3  # steps before the per-step time is measured (the first ones compile kernels)
+_BUDGET_CHECKS = frozenset({13, 50, 200, 1000, 5000})
+
+
+def _fit_to_budget(cfg: MQARTrainConfig, done: int, t_warm: float, device: torch.device) -> MQARTrainConfig:
+    """The schedule with its horizon fitted so that training ends ``cfg.max_seconds`` after the warm-up steps
+    (at most ``cfg.steps``; the clock starts after them so that kernel compilation is not counted). Re-fitted at a few steps as the per-step time (measured after the warm-up steps) firms up;
+    10% of the remaining time is kept for evaluations. The cosine follows the horizon, so a time-limited run
+    still anneals its learning rate."""
+    _sync(device)
+    now = time.perf_counter()
+    per_step = (now - t_warm) / max(1, done - _WARM_STEPS)
+    left = cfg.max_seconds - (now - t_warm)
+    fit = done + max(1, int(0.9 * left / max(per_step, 1e-9)))
+    return dataclasses.replace(cfg, steps=min(cfg.steps, fit))
+
+
 Builder = Callable[[dict, torch.device, int], torch.nn.Module]
 Callback = Callable[[dict], None]
 
 
 # ---------------------------------------------------------------------------------------------- training
+_POOL_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # the latest training pool, on the CPU
+
+
 class _Data:
     """Training batches: a shuffled fixed pool (num_train > 0) or fresh examples per step."""
 
@@ -205,7 +232,11 @@ class _Data:
         self.task, self.cfg, self.device = task, cfg, device
         self.pool = None
         if cfg.num_train > 0:
-            self.pool = mqar_batch(task, cfg.num_train, derive_seed(cfg.seed, "train", task.name), device)
+            key = (task, cfg.num_train, cfg.seed)
+            if key not in _POOL_CACHE:  # consecutive points of a sweep (e.g. learning rates) share the pool
+                _POOL_CACHE.clear()
+                _POOL_CACHE[key] = mqar_batch(task, cfg.num_train, derive_seed(cfg.seed, "train", task.name))
+            self.pool = tuple(t.to(device) for t in _POOL_CACHE[key])
         self.reset()
 
     def reset(self) -> None:
@@ -260,6 +291,24 @@ def train_mqar(model_cfg: dict, task: MQARConfig, cfg: MQARTrainConfig, test_spl
     data = data or _Data(task, cfg, device)
     tests = tests or make_test_sets(task, test_splits, cfg, device)
 
+    with _cpu_threads(device):
+        return _train(model_cfg, task, cfg, device, build, data, tests, on_metric, on_progress)
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device):
+    """One intra-op thread on the CPU unless OMP_NUM_THREADS says otherwise: tiny models are all small ops,
+    and extra threads only add contention (several times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model_cfg, task, cfg, device, build, data, tests, on_metric, on_progress) -> dict:
     model = build(model_cfg, device, cfg.seed)
     model.train()
     params = sum(p.numel() for p in model.parameters())
@@ -267,12 +316,13 @@ def train_mqar(model_cfg: dict, task: MQARConfig, cfg: MQARTrainConfig, test_spl
                             fused=device.type == "cuda")
     t0 = time.perf_counter()
     status, stop = "ok", "steps"
-    step = 0
+    sched = cfg  # the schedule's horizon; shortened by the time budget (see _fit_to_budget)
+    step = done = 0
     ema = None
-    last_eval: dict | None = None
-    tick = max(1, cfg.steps // 100)
-    for step in range(cfg.steps):
-        lr = lr_at(step, cfg)
+    t_warm = None  # wall time after the first steps (compilation, allocator warm-up) are over
+    while done < sched.steps:
+        step = done
+        lr = lr_at(step, sched)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = data.batch(step)
@@ -284,30 +334,39 @@ def train_mqar(model_cfg: dict, task: MQARConfig, cfg: MQARTrainConfig, test_spl
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        if (step + 1) % tick == 0 or step + 1 == cfg.steps:
+        done = step + 1
+        tick = max(1, sched.steps // 100)
+        if done % tick == 0 or done == sched.steps:
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 status, stop = "nan", "nan"
                 break
             ema = lv if ema is None else 0.9 * ema + 0.1 * lv
             if on_progress:
-                on_progress(step + 1, cfg.steps, f"lr {cfg.lr:.2e} loss {lv:.3f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                on_progress(done, sched.steps, f"lr {cfg.lr:.2e} loss {lv:.3f}")
+        if cfg.max_seconds:
+            if done == _WARM_STEPS:
+                _sync(device)
+                t_warm = time.perf_counter()
+            if t_warm is not None and done in _BUDGET_CHECKS:
+                sched = _fit_to_budget(cfg, done, t_warm, device)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < sched.steps:
             name = task.name
             last_eval = evaluate(model, *tests[name], cfg.eval_batch_size, cfg.precision)
             if on_metric:
-                on_metric({"step": step + 1, "lr": lr, "base_lr": cfg.lr, "train_loss": ema,
+                on_metric({"step": done, "lr_now": lr, "base_lr": cfg.lr, "train_loss": ema,
                            "accuracy": last_eval["accuracy"], "loss": last_eval["loss"], "split": name,
                            "elapsed_s": time.perf_counter() - t0})
             if cfg.early_stop_accuracy and last_eval["accuracy"] >= cfg.early_stop_accuracy:
                 stop = "early"
                 break
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+        if cfg.max_seconds and t_warm is not None and time.perf_counter() - t_warm > cfg.max_seconds:
             stop = "time"
             break
-    steps_done = step + 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if stop == "steps" and sched.steps < cfg.steps:
+        stop = "time"  # the horizon was shortened to fit max_seconds
+    steps_done = done
+    _sync(device)
     train_s = time.perf_counter() - t0
 
     splits: dict[str, dict] = {}
@@ -319,12 +378,12 @@ def train_mqar(model_cfg: dict, task: MQARConfig, cfg: MQARTrainConfig, test_spl
     main = splits.get(task.name, {"accuracy": 0.0, "loss": float("nan"), "queries": 0})
     result = {
         "status": status, "stop": stop, "lr": cfg.lr, "accuracy": main["accuracy"], "loss": main["loss"],
-        "train_loss": ema, "steps": steps_done, "examples_seen": steps_done * cfg.batch_size,
+        "train_loss": ema, "steps": steps_done, "planned_steps": cfg.steps, "examples_seen": steps_done * cfg.batch_size,
         "train_seconds": train_s, "tokens_per_s": steps_done * cfg.batch_size * task.seq_len / max(train_s, 1e-9),
         "params": params, "splits": splits,
     }
     if on_metric:
-        rec = {"step": steps_done, "lr": lr_at(steps_done - 1, cfg), "base_lr": cfg.lr, "train_loss": ema,
+        rec = {"step": steps_done, "lr_now": lr_at(max(steps_done - 1, 0), sched), "base_lr": cfg.lr, "train_loss": ema,
                "accuracy": main["accuracy"], "loss": main["loss"], "split": task.name, "final": True,
                "elapsed_s": train_s}
         for name, m in splits.items():

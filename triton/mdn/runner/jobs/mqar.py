@@ -18,14 +18,16 @@ Params (flat, fully resolved by Go; a sweep point's fields plus the sweep file's
 ``{"probe": true, "device": ...}`` returns the worker's environment (device_name, versions, import_s,
 job_start_t) without training, as the sweep executor's probe expects.
 
-Result: the best run's ``accuracy``/``loss``/``lr`` on the training split's test set, ``accuracy_<L>x<N>`` for
-every test split, ``runs`` (one entry per rate), ``n_params``, ``tokens_per_s``, ``chance``. One ``metric``
-event per evaluation (``eval_every``) and one per finished rate. If every rate diverges the job fails with
-error kind ``nan``.
+Result: the best run's ``accuracy``/``loss``/``best_lr``/``steps_done`` on the training split's test set,
+``accuracy_<L>x<N>`` for every test split, ``runs`` (one entry per rate), ``n_params``, ``tokens_per_s``,
+``chance``, ``device_name``/``versions``. Keys that name point fields (model, lr, steps, ...) are left out, so a
+sweep row keeps the point's values. One ``metric`` event per evaluation (``eval_every``) and one per finished
+rate. If every rate diverges the job fails with error kind ``nan``.
 """
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 
@@ -186,12 +188,16 @@ def run(params: dict, ctx) -> dict:
     if out["status"] != "ok":
         rates = ", ".join(f"{r['lr']:.3g}: {r['status']}" for r in out["runs"])
         raise JobError("nan", f"every learning rate diverged (loss not finite): {rates}")
+    # Keys that name point fields (model, lr, steps, ...) stay out of the result: sweep rows keep the point's.
     result = {
-        "task": "mqar", "model": mcfg["arch"], "accuracy": out["accuracy"], "loss": out["loss"], "lr": out["lr"],
-        "steps": out["steps"], "stop": out["stop"], "train_seconds": out["train_seconds"],
-        "tokens_per_s": out["tokens_per_s"], "n_params": out["params"], "chance": out["chance"],
-        "runs": out["runs"], "splits": out["splits"], "elapsed_s": time.perf_counter() - t0,
+        "accuracy": out["accuracy"], "loss": out["loss"], "best_lr": out["lr"], "steps_done": out["steps"],
+        "stop": out["stop"], "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
+        "n_params": out["params"], "chance": out["chance"], "runs": out["runs"], "splits": out["splits"],
+        "elapsed_s": time.perf_counter() - t0,
     }
+    if mcfg["arch"] == "gdn" and os.environ.get("MDN_FLA_BYPASS_HOPPER_GUARD") == "1":
+        result["caveat"] = ("fla's Hopper guard was bypassed (MDN_FLA_BYPASS_HOPPER_GUARD=1): on Hopper with "
+                            "Triton < 3.7.1 its dk may be corrupted (fla issue 640)")
     for name, m in out["splits"].items():
         result[f"accuracy_{name}"] = m["accuracy"]
     result.update(environment(str(tcfg.device)))
