@@ -91,8 +91,11 @@ type OverheadStats struct {
 	SpawnS       float64 `json:"spawn_s_median"`     // per worker start
 	ImportS      float64 `json:"import_s_median"`    // per worker start
 	LauncherMS   float64 `json:"launcher_ms_median"` // per warm point: wall minus the job's own time
+	LauncherPct  float64 `json:"launcher_pct_median"`
 	WarmWallS    float64 `json:"warm_point_wall_s_median"`
-	WarmTimedPct float64 `json:"warm_point_timed_pct_median"` // share of a warm point's wall in the timed loop
+	WarmCheckS   float64 `json:"warm_point_check_s_median"`      // the correctness gate
+	WarmFirstS   float64 `json:"warm_point_first_call_s_median"` // compile/autotune, or the cache hit
+	WarmTimedPct float64 `json:"warm_point_timed_pct_median"`    // share of a warm point's wall in the timed loop
 }
 
 // ErrNoWorker means no slot could start a worker.
@@ -136,6 +139,9 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 		retired  int
 		warmWall []float64
 		launchMS []float64
+		launchPc []float64
+		checkS   []float64
+		firstS   []float64
 		timedPct []float64
 	)
 	setFatal := func(err error) {
@@ -202,6 +208,17 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 						warmWall = append(warmWall, w)
 						if j, ok := oh["job_s"].(float64); ok {
 							launchMS = append(launchMS, (w-j)*1e3)
+							if w > 0 {
+								launchPc = append(launchPc, 100*(w-j)/w)
+							}
+						}
+						if jt, ok := row["job_timing"].(map[string]any); ok {
+							if c, ok := jt["check_s"].(float64); ok {
+								checkS = append(checkS, c)
+							}
+							if c, ok := jt["first_call_s"].(float64); ok {
+								firstS = append(firstS, c)
+							}
 						}
 						if b, ok := oh["timed_s"].(float64); ok && w > 0 {
 							timedPct = append(timedPct, 100*b/w)
@@ -223,7 +240,8 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 		imp = append(imp, w.ImportS)
 	}
 	sum.Overhead = OverheadStats{SpawnS: median(spawn), ImportS: median(imp), LauncherMS: median(launchMS),
-		WarmWallS: median(warmWall), WarmTimedPct: median(timedPct)}
+		LauncherPct: median(launchPc), WarmWallS: median(warmWall), WarmCheckS: median(checkS),
+		WarmFirstS: median(firstS), WarmTimedPct: median(timedPct)}
 	if opts.Progress != nil {
 		opts.Progress.End(sum)
 	}

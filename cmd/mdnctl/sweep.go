@@ -470,9 +470,13 @@ func printSweepSummary(w io.Writer, f *sweep.File, plan *sweep.Plan, sum *sweep.
 		strings.Join(st, ", "), sum.Skipped, path)
 	if len(sum.Workers) > 0 {
 		oh := sum.Overhead
-		fmt.Fprintf(w, "launcher overhead: worker spawn %.2fs and imports %.2fs (median of %d worker starts, %d restarts); "+
-			"warm point: %.3fs wall, %.1f ms outside the job, %.0f%% in the timed loop (medians)\n",
-			oh.SpawnS, oh.ImportS, len(sum.Workers), sum.Restarts, oh.WarmWallS, oh.LauncherMS, oh.WarmTimedPct)
+		fmt.Fprintf(w, "launcher overhead: worker spawn %.2fs + imports %.2fs per worker start (median of %d starts, %d restarts)\n",
+			oh.SpawnS, oh.ImportS, len(sum.Workers), sum.Restarts)
+		if oh.WarmWallS > 0 {
+			fmt.Fprintf(w, "warm point (medians): %.3fs wall, of which %.1f ms (%.1f%%) outside the Python job; in it the gate %.3fs, "+
+				"the first call (compile or cache hit) %.3fs, the timed loop %.0f%% of the wall\n",
+				oh.WarmWallS, oh.LauncherMS, oh.LauncherPct, oh.WarmCheckS, oh.WarmFirstS, oh.WarmTimedPct)
+		}
 	}
 }
 
