@@ -12,6 +12,7 @@ type Point struct {
 	Variant string         // hash of the launch spec
 	Values  map[string]any // every field, the derived extras, and "repeat"
 	Extras  []string       // derived names that are not fields, in file order
+	Generic bool           // a point of a task other than bench/verify
 }
 
 // Plan is the expanded grid.
@@ -105,7 +106,7 @@ func (f *File) Expand() (*Plan, error) {
 			}
 			seen[id] = true
 			plan.Points = append(plan.Points, Point{Index: len(plan.Points), ID: id, Variant: f.VariantHash(pv),
-				Values: pv, Extras: extras})
+				Values: pv, Extras: extras, Generic: f.Generic})
 		}
 	}
 	return plan, nil

@@ -29,7 +29,7 @@ func NewProgress(w io.Writer, tty, quiet bool) Progress {
 // PointLabel is a short description of a point: the fields that matter for reading a line.
 func PointLabel(p Point) string {
 	v := p.Values
-	if _, kernel := v["chunk_size"]; !kernel {
+	if p.Generic {
 		return describePoint(v)
 	}
 	var b strings.Builder
