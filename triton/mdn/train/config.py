@@ -74,10 +74,12 @@ def _section(cls, name: str, d: dict | None):
     out = cls()
     for k, v in d.items():
         default = getattr(out, k)
-        if isinstance(default, bool):
+        if k == "nproc_per_node":  # "auto" or an int; a launch key, not used here
+            pass
+        elif isinstance(default, bool):
             if not isinstance(v, bool):
                 raise ValueError(f"{name}.{k} = {v!r}: expected true or false")
-        elif isinstance(default, int) and not isinstance(default, bool) and k != "nproc_per_node":
+        elif isinstance(default, int) and not isinstance(default, bool):
             if isinstance(v, bool) or not isinstance(v, int):
                 if isinstance(v, float) and v.is_integer():
                     v = int(v)

@@ -106,8 +106,11 @@ def _grad_norm(model: nn.Module, clip: float) -> torch.Tensor:
     return norm
 
 
-def train(job: TrainJob, reporter: Reporter | None = None) -> tuple[dict, list[dict]]:
-    """Run (or resume) the job. Returns (summary, metric history). Raises ValueError for bad input."""
+def train(job: TrainJob, reporter: Reporter | None = None, stop: StopFlag | None = None) -> tuple[dict, list[dict]]:
+    """Run (or resume) the job. Returns (summary, metric history). Raises ValueError for bad input.
+
+    ``stop``: an installed StopFlag (the runner job installs one before the heavy imports); else one is
+    installed for the duration of the call."""
     rep = reporter or Reporter()
     t_cfg = job.train
     info = setup(t_cfg.device)
@@ -118,13 +121,16 @@ def train(job: TrainJob, reporter: Reporter | None = None) -> tuple[dict, list[d
         # Tiny CPU models are all small ops: extra threads only add contention (10x slower on a busy box).
         torch.set_num_threads(1)
     try:
-        return _train(job, info, rep)
+        if stop is not None:
+            return _train(job, info, rep, stop)
+        with StopFlag() as own:
+            return _train(job, info, rep, own)
     finally:
         torch.set_num_threads(threads)
         teardown(info)
 
 
-def _train(job: TrainJob, info: DistInfo, rep: Reporter) -> tuple[dict, list[dict]]:
+def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tuple[dict, list[dict]]:
     t_cfg, o_cfg, mcfg = job.train, job.optim, job.model
     dev = info.device
     bf16 = t_cfg.precision == "bf16" or (t_cfg.precision == "auto" and dev.type == "cuda")
@@ -182,77 +188,79 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter) -> tuple[dict, list[dic
         torch.cuda.reset_peak_memory_stats(dev)
     rep.progress(start, t_cfg.steps, "training")
 
-    with StopFlag() as stop:
-        step = start
-        while step < t_cfg.steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, lr=o_cfg.lr, steps=t_cfg.steps, warmup_steps=o_cfg.warmup_steps,
-                       min_lr_ratio=o_cfg.min_lr_ratio, schedule=o_cfg.schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum = torch.zeros((), device=dev)
-            for micro in range(GA):
-                last_micro = micro == GA - 1
-                idx = (step * GA + micro) * info.world + info.rank
-                batch = data.batch(idx, B, T).to(dev, non_blocking=True)  # [B, T+1]
-                inp, tgt = batch[:, :-1], batch[:, 1:]
-                if strategy == "ddp" and not last_micro:
-                    sync = model.no_sync()
-                else:
-                    sync = nullcontext()
-                if strategy == "fsdp":
-                    model.set_requires_gradient_sync(last_micro)
-                with sync:
-                    with autocast:
-                        logits = model(inp)  # [B, T, V]
-                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-                    (loss / GA).backward()
-                loss_sum += loss.detach()
-            gnorm = _grad_norm(model, o_cfg.clip)
-            loss_avg = all_reduce_mean(loss_sum / GA, info)
-            loss_val, gnorm_val = float(loss_avg.item()), float(gnorm.item())
-            finite = math.isfinite(loss_val) and math.isfinite(gnorm_val)
-            if finite:
-                opt.step()
-                skipped_run = 0
+    step = start
+    while step < t_cfg.steps:
+        if stop.stop and info.world == 1 and step == start:
+            interrupted = stop.signal  # stopped before the first step: nothing new to save
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(step, lr=o_cfg.lr, steps=t_cfg.steps, warmup_steps=o_cfg.warmup_steps,
+                   min_lr_ratio=o_cfg.min_lr_ratio, schedule=o_cfg.schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), device=dev)
+        for micro in range(GA):
+            last_micro = micro == GA - 1
+            idx = (step * GA + micro) * info.world + info.rank
+            batch = data.batch(idx, B, T).to(dev, non_blocking=True)  # [B, T+1]
+            inp, tgt = batch[:, :-1], batch[:, 1:]
+            if strategy == "ddp" and not last_micro:
+                sync = model.no_sync()
             else:
-                skipped_total += 1
-                skipped_run += 1
-            opt.zero_grad(set_to_none=True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            dt = time.perf_counter() - t0
-            step += 1
-            if step - start > warm_steps:
-                steady_tokens += tokens_per_step
-                steady_time += dt
-            if finite:
-                first_loss = loss_val if first_loss is None else first_loss
-                last_loss = loss_val
-            tps = tokens_per_step / dt
-            rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm_val, "tokens": step * tokens_per_step,
-                   "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / info.world,
-                   "mfu": (fpt * tps / info.world / peak) if peak else None,
-                   "peak_mem_gb": _peak_mem_gb(dev), "step_time_s": dt, "skipped": skipped_total}
-            if not finite:
-                rec["skipped_step"] = True
-            history.append(rec)
-            if step % t_cfg.log_every == 0 or step == t_cfg.steps or step == start + 1 or not finite:
-                rep.metric(rec)
-            rep.progress(step, t_cfg.steps, f"loss {loss_val:.4f}")
-            if skipped_run > t_cfg.max_skipped:
-                raise NonFiniteError(f"{skipped_run} consecutive steps with a non-finite loss or gradient norm "
-                                     f"(last at step {step}); lower optim.lr or check the data")
-            want_stop = stop.stop or (t_cfg.stop_after > 0 and step >= t_cfg.stop_after and step < t_cfg.steps)
-            want_stop = any_rank(want_stop, info)
-            periodic = t_cfg.ckpt_every > 0 and step % t_cfg.ckpt_every == 0
-            if periodic or want_stop or step == t_cfg.steps:
-                last_ckpt = checkpoint.save(job.out_dir, step, model, opt, info, meta_base,
-                                            keep=t_cfg.keep_checkpoints)
-            if want_stop:
-                interrupted = stop.signal or "stop_after"
-                rep.log(f"stopped at step {step} ({interrupted}); checkpoint {last_ckpt}")
-                break
+                sync = nullcontext()
+            if strategy == "fsdp":
+                model.set_requires_gradient_sync(last_micro)
+            with sync:
+                with autocast:
+                    logits = model(inp)  # [B, T, V]
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+                (loss / GA).backward()
+            loss_sum += loss.detach()
+        gnorm = _grad_norm(model, o_cfg.clip)
+        loss_avg = all_reduce_mean(loss_sum / GA, info)
+        loss_val, gnorm_val = float(loss_avg.item()), float(gnorm.item())
+        finite = math.isfinite(loss_val) and math.isfinite(gnorm_val)
+        if finite:
+            opt.step()
+            skipped_run = 0
+        else:
+            skipped_total += 1
+            skipped_run += 1
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        step += 1
+        if step - start > warm_steps:
+            steady_tokens += tokens_per_step
+            steady_time += dt
+        if finite:
+            first_loss = loss_val if first_loss is None else first_loss
+            last_loss = loss_val
+        tps = tokens_per_step / dt
+        rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm_val, "tokens": step * tokens_per_step,
+               "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / info.world,
+               "mfu": (fpt * tps / info.world / peak) if peak else None,
+               "peak_mem_gb": _peak_mem_gb(dev), "step_time_s": dt, "skipped": skipped_total}
+        if not finite:
+            rec["skipped_step"] = True
+        history.append(rec)
+        if step % t_cfg.log_every == 0 or step == t_cfg.steps or step == start + 1 or not finite:
+            rep.metric(rec)
+        rep.progress(step, t_cfg.steps, f"loss {loss_val:.4f}")
+        if skipped_run > t_cfg.max_skipped:
+            raise NonFiniteError(f"{skipped_run} consecutive steps with a non-finite loss or gradient norm "
+                                 f"(last at step {step}); lower optim.lr or check the data")
+        want_stop = stop.stop or (t_cfg.stop_after > 0 and step >= t_cfg.stop_after and step < t_cfg.steps)
+        want_stop = any_rank(want_stop, info)
+        periodic = t_cfg.ckpt_every > 0 and step % t_cfg.ckpt_every == 0
+        if periodic or want_stop or step == t_cfg.steps:
+            last_ckpt = checkpoint.save(job.out_dir, step, model, opt, info, meta_base,
+                                        keep=t_cfg.keep_checkpoints)
+        if want_stop:
+            interrupted = stop.signal or "stop_after"
+            rep.log(f"stopped at step {step} ({interrupted}); checkpoint {last_ckpt}")
+            break
 
     summary = {
         "name": job.name, "steps_done": step, "steps": t_cfg.steps, "start_step": start,
