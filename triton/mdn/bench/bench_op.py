@@ -4,7 +4,7 @@
     python triton/mdn/bench/bench_op.py                               # target shapes, bf16, 32768 tokens
     python triton/mdn/bench/bench_op.py --phases                      # + intra / scan fwd / scan bwd split
     python triton/mdn/bench/bench_op.py --scan-configs "16,4 32,4 32,8 64,8"   # sweep scan tiles (BV,warps)
-    python triton/mdn/bench/bench_op.py --compile-intra               # intra part through torch.compile
+    python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
 Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
@@ -69,7 +69,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases):
     dev = "cuda"
     row = {"shape": shape, "B": B, "T": T, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""),
            "chunk_size": chunk_size, "scan_config": os.environ.get("MDN_SCAN_CONFIG", "default"),
-           "compile_intra": os.environ.get("MDN_CHUNK_COMPILE", "0") == "1",
+           "compile_intra": os.environ.get("MDN_CHUNK_COMPILE", "") != "0",
            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     import triton
     row["triton"] = triton.__version__
@@ -102,10 +102,11 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases):
 
 
 def run_phases(xs, do, C):
-    """Times of the pieces: intra fwd (torch), intra fwd+bwd (autograd, scan grads random), scan fwd, scan bwd."""
+    """Times of the pieces: intra fwd (torch; compiled unless --eager-intra), intra fwd+bwd (autograd, scan grads
+    random), scan fwd, scan bwd."""
     import torch
     from mdn.ops.momentum_delta_rule.chunk import _pack_dense
-    from mdn.ops.momentum_delta_rule.chunk_intra import chunk_mdn_intra
+    from mdn.ops.momentum_delta_rule.chunk import _run_intra as chunk_mdn_intra  # compiled unless --eager-intra
     from mdn.ops.momentum_delta_rule.chunk_scan import scan_bwd, scan_fwd
     q, k, v, la, beta, lm, eta = xs
     B, T, H, K = q.shape
@@ -143,7 +144,7 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--phases", action="store_true", help="also time intra / scan pieces")
     p.add_argument("--scan-configs", default="", help='space-separated "BV,warps" list to sweep')
-    p.add_argument("--compile-intra", action="store_true", help="MDN_CHUNK_COMPILE=1 (torch.compile the intra)")
+    p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
     p.add_argument("--out", default="", help="append JSON lines here")
     a = p.parse_args(argv)
 
@@ -151,8 +152,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("bench_op.py needs a CUDA device", file=sys.stderr)
         return 2
-    if a.compile_intra:
-        os.environ["MDN_CHUNK_COMPILE"] = "1"
+    if a.eager_intra:
+        os.environ["MDN_CHUNK_COMPILE"] = "0"
     dtype = getattr(torch, a.dtype)
     configs = a.scan_configs.split() or [None]
     rows = []

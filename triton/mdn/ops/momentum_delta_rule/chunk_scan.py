@@ -185,25 +185,30 @@ def momentum_delta_rule_fwd_kernel_scan(
         if RECOMPUTE:
             b_vt = tl.load(vt + p_cv, mask=m_cv, other=0.)
         else:
-            b_u = tl.load(u + p_cv, mask=m_cv, other=0.)
+            # one [C, BK] operand at a time, each loaded right before its dot (shared memory: see the bwd kernel)
+            b_vt = tl.load(u + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
             b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
+            b_vt -= _dot(b_y, b_s, DOT_MODE)
             b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
-            # [C, BV]
-            b_vt = b_u.to(tl.float32) - _dot(b_y, b_s, DOT_MODE) + _dot(b_z, b_m, DOT_MODE)
+            b_vt += _dot(b_z, b_m, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + p_cv, b_vt, mask=m_cv)
             b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
+            b_o = _dot(b_qa, b_s, DOT_MODE)
             b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
+            b_o -= _dot(b_qb, b_m, DOT_MODE)
             b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
-            b_o = _dot(b_qa, b_s, DOT_MODE) - _dot(b_qb, b_m, DOT_MODE) + _dot(b_a, b_vt, DOT_MODE)
+            b_o += _dot(b_a, b_vt, DOT_MODE)
             tl.store(o + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
-        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
-        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        b_s_new = b_g0 * b_s - b_g1 * b_m + _dot(tl.trans(b_ks), b_vt, DOT_MODE)
-        b_m = b_g2 * b_m - _dot(tl.trans(b_km), b_vt, DOT_MODE)
+        b_s_new = b_g0 * b_s - b_g1 * b_m
+        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
+        b_s_new += _dot(tl.trans(b_ks), b_vt, DOT_MODE)
+        b_m = b_g2 * b_m
+        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
+        b_m -= _dot(tl.trans(b_km), b_vt, DOT_MODE)
         b_s = b_s_new
 
     if not RECOMPUTE:
@@ -279,10 +284,11 @@ def momentum_delta_rule_bwd_kernel_scan(
         p_cv2 = base * 2 * C * V + o_c[:, None] * V + o_v[None, :]  # rows of dvo
         tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
         b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])
+        b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE)  # [C, BV]
         b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
+        b_dvt += _dot(b_ks, b_ds, DOT_MODE)
         b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
-        # [C, BV]
-        b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE) + _dot(b_ks, b_ds, DOT_MODE) - _dot(b_km, b_dm, DOT_MODE)
+        b_dvt -= _dot(b_km, b_dm, DOT_MODE)
         b_dvt = _cast(b_dvt, dvo.dtype.element_ty, DOT_MODE)
         tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
 
