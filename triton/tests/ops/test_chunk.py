@@ -328,7 +328,7 @@ def test_gpu_bf16_shapes(K, V, T):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("K,V,C", [(64, 128, 64), (256, 512, 64), (100, 48, 32), (128, 128, 128)])
+@pytest.mark.parametrize("K,V,C", [(64, 128, 64), (256, 512, 64), (256, 512, 128), (100, 48, 32), (128, 128, 128)])
 def test_gpu_fp32_shapes(K, V, C):
     inputs = make_inputs(2, 300, 2, K, V, device="cuda", initial_state=True)
     _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs={"chunk_size": C})
