@@ -34,6 +34,7 @@ type trainOptions struct {
 	runner     launcher.JobRunner             // the real launcher; a fake in tests
 	findPython func() (string, string, error) // g.PythonPath; a fake in tests
 	gpus       func() int                     // train.VisibleGPUs; a fake in tests
+	onMetric   func(train.Metric)             // tests: observe the run
 }
 
 func newTrainCmd(g *globalOptions) *cobra.Command {
@@ -166,6 +167,9 @@ func (o *trainOptions) run(ctx context.Context, arg string) error {
 		OnMetric: func(m train.Metric) {
 			if prog != nil {
 				prog.metric(m)
+			}
+			if o.onMetric != nil {
+				o.onMetric(m)
 			}
 		},
 		OnProgress: func(done, total int, msg string) {
