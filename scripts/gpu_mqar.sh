@@ -49,7 +49,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed
 
 # One Triton cache for all workers, so a kernel compiled by one is loaded by the others.
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$ROOT/$OUT/triton-cache}
-export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-0}
 pids=()
 for shard in "$OUT"/shard-*.jsonl; do
   i=${shard##*/shard-}; i=${i%.jsonl}
