@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/mdnctl/mdnctl/launcher"
+	"github.com/mdnctl/mdnctl/train"
 )
 
 // fakeEvalRunner records the eval job it was given and answers with a canned result or error.
@@ -170,7 +171,7 @@ func TestEvalUserErrors(t *testing.T) {
 		mutate              func(o *evalOptions)
 		want                string
 	}{
-		{"no config", "", "", nil, "has no config.json or config.toml"},
+		{"no config", "", "", nil, "has no config.toml, job.json, config.json"},
 		{"bad json", "config.json", "{", nil, "config.json"},
 		{"bad toml", "config.toml", "[model]\nx = \n", nil, "config.toml:2"},
 		{"no model", "config.json", `{"train": {"seq_len": 8}}`, nil, "model: missing"},
@@ -218,5 +219,61 @@ func TestEvalJobErrors(t *testing.T) {
 	err = o.run(context.Background(), dir)
 	if err == nil || errors.As(err, &ue) {
 		t.Errorf("a crash must not read as a user error: %v", err)
+	}
+}
+
+// The config.toml that `mdnctl train` writes (train.Config.WriteTOML) is read back through the train package:
+// every key resolved, "none" as null, as the train job saw it.
+func TestEvalReadsTheTrainWrittenConfig(t *testing.T) {
+	c, err := train.Load(filepath.Join("..", "..", "configs", "mdn-tiny.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var buf bytes.Buffer
+	if err := c.WriteTOML(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, train.ConfigFile), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeEvalRunner{result: evalResultJSON}
+	o, _, _ := newTestEval(f, false, false)
+	if err := o.run(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	p := f.spec.Params
+	if p["seq_len"] != int(c.Int("train.seq_len")) || p["batch_size"] != int(c.Int("train.batch_size")) {
+		t.Errorf("seq_len/batch_size %v %v", p["seq_len"], p["batch_size"])
+	}
+	m := p["model"].(map[string]any)
+	if m["arch"] != "mdn" || m["hidden_size"] != c.Int("model.hidden_size") {
+		t.Errorf("model %v", m)
+	}
+	if v, ok := m["intermediate_size"]; !ok || v != nil {
+		t.Errorf(`model.intermediate_size = %v: "none" must reach the job as null`, v)
+	}
+	if d := p["data"].(map[string]any); d["source"] != "bytes" {
+		t.Errorf("data %v", d)
+	}
+}
+
+func TestEvalReadsJobSpec(t *testing.T) {
+	spec := `{"v": 1, "id": "train", "kind": "train", "params": ` + runConfigJSON + `}`
+	dir := writeRun(t, train.SpecFile, spec)
+	f := &fakeEvalRunner{result: evalResultJSON}
+	o, _, _ := newTestEval(f, false, false)
+	if err := o.run(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if f.spec.Params["seq_len"] != 64 {
+		t.Errorf("params %v", f.spec.Params)
+	}
+	bad := writeRun(t, train.SpecFile, `{"v": 1, "id": "x", "kind": "bench", "params": {}}`)
+	if err := o.run(context.Background(), bad); err == nil || !strings.Contains(err.Error(), `job kind "bench", want train`) {
+		t.Errorf("bench spec: %v", err)
 	}
 }
