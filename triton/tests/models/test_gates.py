@@ -3,7 +3,9 @@
 Checked against the formulas of spec §5.1 written out independently in float64, and against the stability
 claims of spec §5.2 (tr T > 0 is the right-half-plane condition).
 """
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -137,3 +139,49 @@ def test_modes_are_differentiable_and_finite(mode):
 def test_unknown_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="gate_mode='tanh'.*trig"):
         compute_gates("tanh", *_raw(n=2), **_params())
+
+
+# ------------------------------------------------------------------------------------------ golden file for Go
+# stability/testdata/gates_golden.json holds raw inputs and the gates this module computes from them; the Go
+# checker (stability/gates.go) is tested against the same file. Regenerate with MDN_WRITE_GOLDEN=1.
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "stability", "testdata", "gates_golden.json")
+
+
+def _golden_cases():
+    g = torch.Generator().manual_seed(7)
+    cases = []
+    for mode in GATE_MODES:
+        for rho_alpha in (True, False):
+            for min_log_mu in (-2.0, -1.0, None):
+                for _ in range(6):
+                    r = (torch.rand(8, generator=g, dtype=torch.float64) * 2 - 1).tolist()
+                    cases.append({
+                        "mode": mode, "use_p_times_alpha": rho_alpha, "min_log_mu": min_log_mu,
+                        "a": 6 * r[0], "b": 6 * r[1], "m": 6 * r[2], "e": 4 * r[3],
+                        "A_log": math.log(8.0 * (r[4] + 1) + 1e-3), "Mu_log": math.log(8.0 * (r[5] + 1) + 1e-3),
+                        "dt_bias": r[6], "mu_bias": r[7] - 0.5, "log_factor": 1.5 * r[7]})
+    return cases
+
+
+def _gates_of(case):
+    t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    la, beta, lm, eta = compute_gates(
+        case["mode"], t(case["a"]), t(case["b"]), t(case["m"]), t(case["e"]), A_log=t(case["A_log"]),
+        Mu_log=t(case["Mu_log"]), dt_bias=t(case["dt_bias"]), mu_bias=t(case["mu_bias"]),
+        log_factor=t(case["log_factor"]), min_log_mu=case["min_log_mu"], use_p_times_alpha=case["use_p_times_alpha"])
+    return {"log_alpha": la.item(), "beta": beta.item(), "log_mu": lm.item(), "eta": eta.item()}
+
+
+def test_gates_golden_file_for_the_go_checker():
+    cases = _golden_cases()
+    for c in cases:
+        c["want"] = _gates_of(c)
+    if os.environ.get("MDN_WRITE_GOLDEN") == "1":
+        with open(GOLDEN, "w") as f:
+            json.dump(cases, f, indent=1)
+    with open(GOLDEN) as f:
+        stored = json.load(f)
+    assert len(stored) == len(cases)
+    for s, c in zip(stored, cases):
+        for k in ("log_alpha", "beta", "log_mu", "eta"):
+            assert s["want"][k] == pytest.approx(c["want"][k], rel=1e-12, abs=1e-300), (c["mode"], k)
