@@ -3,7 +3,7 @@
 
     python triton/mdn/bench/bench_op.py                               # target shapes, bf16, 32768 tokens
     python triton/mdn/bench/bench_op.py --phases                      # + intra / scan fwd / scan bwd split
-    python triton/mdn/bench/bench_op.py --scan-configs "16,4 32,4 32,8 64,8"   # sweep scan tiles (BV,warps)
+    python triton/mdn/bench/bench_op.py --scan-configs "default 32,4 64,8 32,4;64,8"  # sweep scan tiles (BV,warps[;fwd])
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
@@ -143,7 +143,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--phases", action="store_true", help="also time intra / scan pieces")
-    p.add_argument("--scan-configs", default="", help='space-separated "BV,warps" list to sweep')
+    p.add_argument("--scan-configs", default="",
+                   help='space-separated list to sweep: "BV,warps" (both phases), "BV,w;BV,w" (fwd;bwd) or "default"; '
+                        '--phases applies to the first only')
     p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
     p.add_argument("--out", default="", help="append JSON lines here")
     a = p.parse_args(argv)
@@ -159,13 +161,15 @@ def main(argv=None):
     rows = []
     for shape in a.shapes.split(","):
         for T in (int(t) for t in a.T.split(",")):
-            for cfg in configs:
+            for i_cfg, cfg in enumerate(configs):
+                if cfg == "default":
+                    cfg = None
                 if cfg:
                     os.environ["MDN_SCAN_CONFIG"] = cfg
                 else:
                     os.environ.pop("MDN_SCAN_CONFIG", None)
                 try:
-                    row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases)
+                    row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0)
                 except torch.cuda.OutOfMemoryError as e:
                     row = {"shape": shape, "T": T, "scan_config": cfg or "default", "error": f"oom: {e}"}
                     torch.cuda.empty_cache()

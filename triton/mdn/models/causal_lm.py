@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from ..layers.attention import Attention
 from ..layers.conv import ShortConvolution
@@ -81,6 +82,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each block in the backward (set by the trainer)
 
     # ---------------------------------------------------------------------------------------------- init
     @torch.no_grad()
@@ -119,8 +121,12 @@ class CausalLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         x = self.embeddings(input_ids)  # [B, T, d]
+        ckpt = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.layers):
-            x = block(x, None if cache is None else cache.layers[i])
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, None if cache is None else cache.layers[i])
         if cache is not None:
             cache.seen_tokens += input_ids.shape[1]
         return self.norm(x)

@@ -29,9 +29,11 @@ class TrainSection:
     seed: int = 42
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False
+    checkpoint_activations: bool = False  # recompute each block in the backward (less memory, ~1/3 more compute)
     device: str = "auto"
     log_every: int = 1
     ckpt_every: int = 0  # 0: only at the end and when interrupted
+    save_checkpoints: bool = True  # false: none at all (throughput runs)
     keep_checkpoints: int = 2
     max_skipped: int = 10  # consecutive non-finite steps tolerated before the job fails with kind "nan"
     peak_tflops: float = 0.0  # 0: from the GPU name (mdn.models.flops.PEAK_BF16)

@@ -140,6 +140,7 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tupl
     model = build_model(mcfg, device=dev, seed=t_cfg.seed)
     counts = count_parameters(model)
     strategy = choose_strategy(job.parallel.strategy, info.world, counts["total"], job.parallel.fsdp_min_params)
+    model.activation_checkpointing = t_cfg.checkpoint_activations
     if t_cfg.compile:
         for block in model.layers:
             block.compile()
@@ -182,7 +183,7 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tupl
     interrupted = None
     last_ckpt = resumed_from
     steady_tokens, steady_time = 0, 0.0
-    warm_steps = 2 if t_cfg.compile else 1
+    warm_steps = 3 if t_cfg.compile else 2  # first steps: autotuning / compilation
     t_start = time.time()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -254,7 +255,7 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tupl
         want_stop = stop.stop or (t_cfg.stop_after > 0 and step >= t_cfg.stop_after and step < t_cfg.steps)
         want_stop = any_rank(want_stop, info)
         periodic = t_cfg.ckpt_every > 0 and step % t_cfg.ckpt_every == 0
-        if periodic or want_stop or step == t_cfg.steps:
+        if t_cfg.save_checkpoints and (periodic or want_stop or step == t_cfg.steps):
             last_ckpt = checkpoint.save(job.out_dir, step, model, opt, info, meta_base,
                                         keep=t_cfg.keep_checkpoints)
         if want_stop:

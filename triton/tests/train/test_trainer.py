@@ -172,3 +172,12 @@ def test_bad_train_params_are_a_user_error(tmp_path):
     _, events = _run_runner({"v": 1, "id": "j2", "kind": "train", "params": p})
     err = next(e for e in events if e["event"] == "error")
     assert err["kind"] == "user" and "model.gate_mode = 'nope'" in err["message"]
+
+
+def test_activation_checkpointing_gives_the_same_step_and_no_checkpoints(tmp_path):
+    a, ha = train(TrainJob.from_params(_params(tmp_path / "a", steps=3)))
+    b, hb = train(TrainJob.from_params(_params(tmp_path / "b", steps=3, checkpoint_activations=True,
+                                              save_checkpoints=False)))
+    for x, y in zip(ha, hb):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+    assert b["checkpoint"] is None and not os.path.exists(tmp_path / "b" / "checkpoints")
