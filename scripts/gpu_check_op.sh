@@ -6,7 +6,8 @@
 #  2. the GPU shape tests (T = 1000, fp32) again with the torch.compile'd intra part (MDN_CHUNK_COMPILE=1, the CUDA default),
 #     and the inductor fullgraph test;
 #  3. with --bench [bench_op.py args]: the op benchmark (default: --phases --T 4096).
-# Each phase has its own time limit (GPU_CHECK_T1/T2/T3 seconds) so that a slow phase still leaves a summary.
+# Each phase has its own time limit (GPU_CHECK_T1/T2/T3 seconds) so that a slow phase still leaves a summary;
+# GPU_CHECK_K1 / GPU_CHECK_K2 replace the pytest -k selections of phases 1 and 2 (phase 2 skips if K2 is 'none').
 #
 #   bash scripts/gpu_check_op.sh                              # tests only
 #   bash scripts/gpu_check_op.sh --bench                      # tests, then the benchmark
@@ -22,17 +23,25 @@ unset TRITON_INTERPRET
 mode=${1:-}
 [ $# -gt 0 ] && shift
 status=0
+log=$(mktemp)
+run_phase() {  # run_phase SECONDS CMD...: run with a time limit, print the log without warnings, track status
+    local limit=$1; shift
+    timeout "$limit" "$@" >"$log" 2>&1
+    local rc=$?
+    grep -v "Warning\|warnings.warn\|^  \|^$" "$log" | tail -n 40
+    [ $rc = 124 ] && echo "!! timed out after ${limit}s"
+    [ $rc = 0 ] || status=1
+}
 if [ "$mode" != "--bench-only" ]; then
     export MDN_POISON_OUTPUTS=1
-    echo "== 1. ops tests, eager intra"
-    MDN_CHUNK_COMPILE=0 timeout "${GPU_CHECK_T1:-200}" "$PY" -m pytest tests/ops/test_chunk.py tests/ops/test_compile.py \
-        -q -m "not slow" -rs --durations=8 -p no:cacheprovider 2>&1 | grep -v "Warning\|warnings.warn\|^  " || true
-    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    echo "== 1. ops tests, eager intra (${GPU_CHECK_K1:-all})"
+    MDN_CHUNK_COMPILE=0 run_phase "${GPU_CHECK_T1:-200}" "$PY" -m pytest tests/ops/test_chunk.py \
+        tests/ops/test_compile.py -q -m "not slow" -rfs --durations=5 -p no:cacheprovider -k "${GPU_CHECK_K1:-}"
+    [ "${GPU_CHECK_K2:-}" = none ] || {
     echo "== 2. GPU shape tests + inductor fullgraph, compiled intra"
-    MDN_CHUNK_COMPILE=1 MDN_SLOW=1 timeout "${GPU_CHECK_T2:-150}" "$PY" -m pytest tests/ops/test_chunk.py \
-        tests/ops/test_compile.py -q -p no:cacheprovider --durations=5 \
-        -k "${GPU_CHECK_K2:-(gpu_bf16_shapes and 1000) or gpu_fp32_shapes or inductor}" 2>&1 | grep -v "Warning\|warnings.warn\|^  " || true
-    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    MDN_CHUNK_COMPILE=1 MDN_SLOW=1 run_phase "${GPU_CHECK_T2:-150}" "$PY" -m pytest tests/ops/test_chunk.py \
+        tests/ops/test_compile.py -q -rf -p no:cacheprovider --durations=5 \
+        -k "${GPU_CHECK_K2:-(gpu_bf16_shapes and 1000) or gpu_fp32_shapes or inductor}"; }
     unset MDN_POISON_OUTPUTS
 fi
 if [ "$mode" = "--bench" ] || [ "$mode" = "--bench-only" ]; then
@@ -40,7 +49,7 @@ if [ "$mode" = "--bench" ] || [ "$mode" = "--bench-only" ]; then
     mkdir -p "$ROOT/results"
     args=("$@")
     [ ${#args[@]} -gt 0 ] || args=(--phases --T 4096)
-    timeout "${GPU_CHECK_T3:-240}" "$PY" mdn/bench/bench_op.py "${args[@]}" --out "$ROOT/results/bench_op.jsonl" || status=1
+    run_phase "${GPU_CHECK_T3:-240}" "$PY" mdn/bench/bench_op.py "${args[@]}" --out "$ROOT/results/bench_op.jsonl"
     [ -n "${OUT:-}" ] && cp "$ROOT/results/bench_op.jsonl" "$OUT/" 2>/dev/null
 fi
 echo "gpu_check_op: status $status"

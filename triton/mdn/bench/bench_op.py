@@ -3,7 +3,7 @@
 
     python triton/mdn/bench/bench_op.py                               # target shapes, bf16, 32768 tokens
     python triton/mdn/bench/bench_op.py --phases                      # + intra / scan fwd / scan bwd split
-    python triton/mdn/bench/bench_op.py --scan-configs "default 32,4 64,8 32,4;64,8"  # sweep scan tiles (BV,warps[;fwd])
+    python triton/mdn/bench/bench_op.py --scan-configs "default 32,4 64,8 32,4;64,8"  # sweep scan tiles: BV,warps or fwd;bwd
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
