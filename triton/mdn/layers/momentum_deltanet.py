@@ -12,7 +12,7 @@ and tests work and the switch to the kernel is automatic when it lands. Implemen
   chunk            mdn.ops.chunk_momentum_delta_rule (Triton; training and prefill)
   fused_recurrent  mdn.ops.fused_recurrent_momentum_delta_rule (Triton; short no-grad calls, i.e. decoding)
   torch            the recurrence of spec §1.3 vectorised over batch and heads, looping over time (fp32; the
-                   CPU default: about 50x faster to differentiate than the oracle, and checked against it)
+                   CPU default: about 20x faster to differentiate than the oracle, and checked against it)
   naive            mdn.ops.naive.naive_recurrent_momentum_delta_rule, the oracle (batch folded into heads)
   auto             chunk / fused_recurrent on a GPU when the op exists, else naive on a GPU (warned), torch on CPU
 """
