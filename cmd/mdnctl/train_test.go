@@ -223,3 +223,44 @@ func TestTrainTinyStopAndResumeIntegration(t *testing.T) {
 		t.Errorf("the resumed run should start at step %d:\n%s", ck+1, errb2)
 	}
 }
+
+// torchrun with two CPU ranks (gloo, DDP): rank 0's events arrive through torchrun's stdout, the other rank is
+// silent, and the run completes with world size 2.
+func TestTrainTorchrunTwoCPURanksIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	py := os.Getenv("MDN_PYTHON")
+	if py == "" {
+		py = filepath.Join("..", "..", ".venv", "bin", "python")
+	}
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no venv python: run make setup")
+	}
+	if err := exec.Command(py, "-c", "import mdn.train, torch.distributed.run").Run(); err != nil {
+		t.Skipf("%s cannot import mdn.train / torchrun: %v", py, err)
+	}
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash")
+	}
+	abs, _ := filepath.Abs(py)
+	o, out, errb := newTestTrain(launcher.OneShot{}, 0, false)
+	o.findPython = func() (string, string, error) { return abs, "test", nil }
+	o.Out = filepath.Join(t.TempDir(), "ddp")
+	o.Sets = []string{"steps=4", "device=cpu", "nproc_per_node=2", "ckpt_every=0"}
+	if err := o.run(context.Background(), "tiny"); err != nil {
+		t.Fatalf("%v\n%s", err, errb)
+	}
+	if !strings.Contains(errb.String(), "launch: torchrun, 2 process(es) on cpu") || !strings.Contains(out.String(), "2 process(es)") {
+		t.Errorf("output:\n%s\n%s", errb, out)
+	}
+	rows, err := train.ReadMetrics(filepath.Join(o.Out, train.MetricsFile))
+	if err != nil || len(rows) != 4 {
+		t.Errorf("metrics: %d rows (one per step from rank 0 only), %v", len(rows), err)
+	}
+	b, _ := os.ReadFile(filepath.Join(o.Out, train.ResultFile))
+	var res map[string]any
+	if json.Unmarshal(b, &res) != nil || res["world_size"] != 2.0 || res["strategy"] != "ddp" {
+		t.Errorf("result: %s", b)
+	}
+}

@@ -35,9 +35,10 @@ class Attention(nn.Module):
                  layer_idx: int | None = None):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
-        head_dim = head_dim or hidden_size // num_heads
-        if head_dim * num_heads != hidden_size and head_dim is None:
-            raise ValueError(f"hidden_size={hidden_size} is not divisible by attn num_heads={num_heads}")
+        if head_dim is None:
+            if hidden_size % num_heads:
+                raise ValueError(f"hidden_size={hidden_size} is not divisible by attn num_heads={num_heads}")
+            head_dim = hidden_size // num_heads
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"attn num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
         if head_dim % 2:

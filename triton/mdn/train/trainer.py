@@ -146,8 +146,9 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tupl
             block.compile()
     model = wrap(model, strategy, info, bf16)
     core = model.module if hasattr(model, "module") else model
+    fused = dev.type == "cuda" and strategy != "fsdp"  # one kernel per step; foreach for FSDP's DTensors
     opt = torch.optim.AdamW(param_groups(model, o_cfg.weight_decay), lr=o_cfg.lr, betas=tuple(o_cfg.betas),
-                            eps=o_cfg.eps)
+                            eps=o_cfg.eps, fused=fused or None)
 
     start = 0
     resumed_from = None
