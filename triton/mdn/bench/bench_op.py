@@ -5,6 +5,8 @@
     python triton/mdn/bench/bench_op.py --phases                      # + intra / scan fwd / scan bwd split
     python triton/mdn/bench/bench_op.py --scan-configs "default 32,4 64,8 32,4;64,8"  # sweep scan tiles: BV,warps or fwd;bwd
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
+    python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
+    MDN_INTRA_GEMM=bf16 python triton/mdn/bench/bench_op.py           # experimental bf16 GEMMs in the intra part
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
 Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
@@ -61,7 +63,54 @@ def bench(fn, grad_to_none=None):
     return {"ms": p50, "p20": p20, "p80": p80}
 
 
-def run_case(shape, T, tokens, dtype, chunk_size, phases):
+def run_check(shape, dtype, chunk_size, T=1000, device="cuda"):
+    """Relative RMS errors vs the fp64 recurrence (B=1, T=1000, H<=2, the shape's K and V, layer-like gates)."""
+    import torch
+    from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
+    from mdn.ops.naive import naive_recurrent_momentum_delta_rule as ref
+    H, K, V = SHAPES[shape]
+    H = min(H, 2)
+    xs = make_inputs(1, T, H, K, V, dtype, device, requires_grad=False)
+    g = torch.Generator(device=device).manual_seed(2)
+    h0 = torch.randn(2, 1, H, K, V, device=device, generator=g)
+    do = torch.randn(1, T, H, V, device=device, dtype=torch.float64, generator=g)
+    dht = torch.randn(2, 1, H, K, V, device=device, dtype=torch.float64, generator=g)
+    names = ["q", "k", "v", "log_alpha", "beta", "log_mu", "eta", "h0"]
+
+    def run(fn, inputs, **kw):
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        o, ht = fn(*leaves[:7], initial_state=leaves[7], output_final_state=True, **kw)
+        ((o.double() * do).sum() + (ht.double() * dht).sum()).backward()
+        return [o, ht[0], ht[1]] + [x.grad for x in leaves]
+
+    out = run(op, xs + [h0], chunk_size=chunk_size)
+    exp = run(ref, [x.double() for x in xs + [h0]])
+    errs = {}
+    for n, a, b in zip(["o", "S", "M"] + ["d" + n for n in names], exp, out):
+        a, b = a.double(), b.double()
+        errs[n] = float(((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()).item())
+    return errs
+
+
+def run_profile(fn, top=12):
+    """Top CUDA kernels of one call by self device time: [(name, ms, calls)]."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append((e.key[:60], t / 1000.0, e.count))
+    rows.sort(key=lambda r: -r[1])
+    return rows[:top]
+
+
+def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=False):
     import torch
     from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
     H, K, V = SHAPES[shape]
@@ -98,6 +147,13 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases):
 
     if phases:
         row.update(run_phases(xs, do, chunk_size))
+    if prof:
+        row["profile"] = run_profile(fwd_bwd)
+        for x in leaves:
+            x.grad = None
+    if check:
+        row["check"] = run_check(shape, dtype, chunk_size)
+    row["intra_gemm"] = os.environ.get("MDN_INTRA_GEMM", "fp32") or "fp32"
     return row
 
 
@@ -147,6 +203,8 @@ def main(argv=None):
                    help='space-separated list to sweep: "BV,warps" (both phases), "BV,w;BV,w" (fwd;bwd) or "default"; '
                         '--phases applies to the first only')
     p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
+    p.add_argument("--check", action="store_true", help="accuracy vs the fp64 recurrence (T=1000) per shape")
+    p.add_argument("--profile", action="store_true", help="top CUDA kernels of one fwd+bwd (first config)")
     p.add_argument("--out", default="", help="append JSON lines here")
     a = p.parse_args(argv)
 
@@ -169,7 +227,8 @@ def main(argv=None):
                 else:
                     os.environ.pop("MDN_SCAN_CONFIG", None)
                 try:
-                    row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0)
+                    row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0,
+                                   check=a.check and i_cfg == 0, prof=a.profile and i_cfg == 0)
                 except torch.cuda.OutOfMemoryError as e:
                     row = {"shape": shape, "T": T, "scan_config": cfg or "default", "error": f"oom: {e}"}
                     torch.cuda.empty_cache()
@@ -190,6 +249,14 @@ def main(argv=None):
         vals = [f"{r[c]['ms']:.3f}" if c in r else "" for c in cols]
         print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | " + " | ".join(vals)
               + f" | {r['peak_mem_gib']:.2f} |")
+    for r in rows:
+        if "check" in r:
+            print(f"check {r['shape']} ({r['intra_gemm']} intra GEMMs): "
+                  + " ".join(f"{n} {e:.1e}" for n, e in r["check"].items()))
+        if "profile" in r:
+            print(f"profile {r['shape']} T={r['T']} (self CUDA ms, calls):")
+            for name, ms, n in r["profile"]:
+                print(f"  {ms:8.3f} {n:5d}  {name}")
     return 0
 
 

@@ -81,6 +81,13 @@ def _compile_wanted(q: torch.Tensor) -> bool:
     return q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
+def _bf16_gemm_wanted(op_dtype: torch.dtype) -> bool:
+    """MDN_INTRA_GEMM=bf16 (experimental): bf16 GEMMs in the intra part for 16-bit inputs (chunk_intra.py)."""
+    if op_dtype != torch.bfloat16 or torch.compiler.is_compiling():
+        return False
+    return os.environ.get("MDN_INTRA_GEMM", "") == "bf16"
+
+
 def _run_intra(q, *args, **kwargs):
     """chunk_mdn_intra through torch.compile (default on CUDA), else eager.
 
@@ -205,7 +212,8 @@ def chunk_momentum_delta_rule(
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
     intra = _run_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                       use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
+                       use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
+                       bf16_gemm=_bf16_gemm_wanted(op_dtype))
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 

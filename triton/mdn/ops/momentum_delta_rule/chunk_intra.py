@@ -62,17 +62,26 @@ def chunk_mdn_intra(
     use_qk_l2norm_in_kernel: bool = True,
     use_p_times_alpha: bool = True,
     out_dtype: torch.dtype | None = None,
+    bf16_gemm: bool = False,
 ) -> IntraChunk:
     """Intra-chunk coefficients and the triangular solve, all chunks at once.
 
     q, k: [NC, H, C, K]; v: [NC, H, C, V]; gates: [NC, H, C]. Computes in fp32 (fp64 for fp64 inputs) and returns
     the scan operands in ``out_dtype`` (default: the compute dtype); ``g`` stays in the compute dtype.
+    ``bf16_gemm`` (experimental, off by default; chunk.py sets it from MDN_INTRA_GEMM=bf16 for 16-bit inputs): the
+    K- and V-wide GEMMs (P K_w^T, Q K_w^T, A V, A D(a-)P, A D(b-)P) take bf16 operands and give bf16 results, as
+    the official kernels do; Gamma, b and the triangular solve stay fp32.
     """
     cd = torch.float64 if q.dtype == torch.float64 else torch.float32
     out_dtype = out_dtype or cd
     q, k, v = q.to(cd), k.to(cd), v.to(cd)
     log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
     C = q.shape[-2]
+
+    def mm(a, b):
+        if bf16_gemm:
+            return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(cd)
+        return a @ b
 
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
@@ -92,18 +101,18 @@ def chunk_mdn_intra(
     a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
     b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
 
-    lmat = (p @ kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
+    lmat = mm(p, kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
     # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then U0, Y, Z as batched GEMMs: cheaper than one
     # solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
     eye = torch.eye(C, dtype=cd, device=q.device)
     A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
-    u = A @ v                                   # [NC, H, C, V]
-    y = A @ (a_prev.unsqueeze(-1) * p)          # [NC, H, C, K]
-    z = A @ (b_prev.unsqueeze(-1) * p)          # [NC, H, C, K]
+    u = mm(A, v)                                   # [NC, H, C, V]
+    y = mm(A, a_prev.unsqueeze(-1) * p)            # [NC, H, C, K]
+    z = mm(A, b_prev.unsqueeze(-1) * p)            # [NC, H, C, K]
 
     qa = (scale * abar).unsqueeze(-1) * q
     qb = (scale * b).unsqueeze(-1) * q
-    aqk = scale * (q @ kw.transpose(-1, -2)) * gam
+    aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
     ks = gam[..., C - 1, :].unsqueeze(-1) * kw
     km = Lm[..., C - 1, :].unsqueeze(-1) * kw
     g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)  # [NC, H, 3]

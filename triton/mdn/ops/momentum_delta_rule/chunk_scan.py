@@ -54,19 +54,22 @@ def _block_k(K: int) -> int:
 
 # Tile configs of the scan, (BV, num_warps), by (BK, operand dtype, phase). S and M are 2 x BK x BV fp32 registers
 # per program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. "fwd" is the forward scan;
-# "bwd" is the backward's state recompute and reverse scan. Measured on an H200 at H6 K256 V512 bf16 (B*T =
-# 32768, T = 4096; op fwd / fwd+bwd ms): (16,4) 10.6/37.2, (32,4) 8.3/38.3, (32,8) 10.5/33.8, (64,8) 8.9/31.5,
-# so the forward takes (32,4) and the backward (64,8) at BK = 256. Shipped configs are exactly the ones here
-# (test_gpu_scan_tile_configs checks each on the GPU; test_scan_shared_memory compiles each for sm_90 on the CPU).
+# "bwd" is the backward's state recompute and reverse scan. Measured (bf16, B*T = 32768, T = 4096, op fwd /
+# fwd+bwd ms, intra compiled unless noted):
+#   H200, H6 K256 V512, eager intra: (16,4) 10.6/37.2, (32,4) 8.3/38.3, (32,8) 10.5/33.8, (64,8) 8.9/31.5;
+#   H100, H6 K256 V512: fwd (32,4) + bwd (64,8) 6.31/24.43, fwd (32,8) + bwd (64,8) 8.43/26.44;
+#   H100, H16 K128 V128: (64,8) 6.35/19.62, (32,4) 6.25/19.27, (64,4) 5.95/18.92, (32,8) 7.06/20.95.
+# Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
+# test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
 SCAN_CONFIGS = {
     # (BK, is_fp32, phase): (BV, num_warps)
     (16, False, "fwd"): (64, 4), (32, False, "fwd"): (64, 4), (64, False, "fwd"): (64, 4),
-    (128, False, "fwd"): (64, 8), (256, False, "fwd"): (32, 4),
+    (128, False, "fwd"): (64, 4), (256, False, "fwd"): (32, 4),
     (16, True, "fwd"): (64, 4), (32, True, "fwd"): (64, 4), (64, True, "fwd"): (64, 4),
     (128, True, "fwd"): (32, 8), (256, True, "fwd"): (16, 8),
     (16, False, "bwd"): (64, 4), (32, False, "bwd"): (64, 4), (64, False, "bwd"): (64, 4),
-    (128, False, "bwd"): (64, 8), (256, False, "bwd"): (64, 8),
+    (128, False, "bwd"): (64, 4), (256, False, "bwd"): (64, 8),
     (16, True, "bwd"): (64, 4), (32, True, "bwd"): (64, 4), (64, True, "bwd"): (64, 4),
     (128, True, "bwd"): (32, 8), (256, True, "bwd"): (16, 8),
 }
