@@ -43,12 +43,13 @@ fi
 
 T0=$(date +%s)
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' || true
 "$MDNCTL" sweep --plan "$SWEEP" --json >"$OUT/plan.json"
-(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$ROOT/$OUT/plan.json" --out "$ROOT/$OUT" --shards "$WORKERS")
+(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS")
 
 # One Triton cache for all workers, so a kernel compiled by one is loaded by the others.
-export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$ROOT/$OUT/triton-cache}
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUT/triton-cache}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-0}
 pids=()
 for shard in "$OUT"/shard-*.jsonl; do
@@ -61,5 +62,5 @@ fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=$((fail + 1)); done
 [ "$fail" -gt 0 ] && echo "gpu_mqar: $fail worker(s) exited non-zero or hit HARD_S=${HARD_S}s (see $OUT/worker-*.log)" >&2
 
-(cd triton && "$PY" -m mdn.tasks.mqar_grid summary "$ROOT/$OUT") | tee "$OUT/summary.md"
+(cd triton && "$PY" -m mdn.tasks.mqar_grid summary "$OUT") | tee "$OUT/summary.md"
 echo "gpu_mqar: $(( $(date +%s) - T0 ))s wall; rows in $OUT/results.jsonl"

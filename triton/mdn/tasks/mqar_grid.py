@@ -47,6 +47,9 @@ def write_shards(points: list[dict], out_dir: str, shards: int, block: int) -> l
 
 
 # ---------------------------------------------------------------------------------------------- summary
+_KEYS = ("model", "constraint", "seq_len", "num_pairs", "d_model", "lr")
+
+
 def read_rows(out_dir: str) -> list[dict]:
     """Rows of every rows-*.jsonl in out_dir, flattened (``result`` merged into the row); the last row of a
     point wins (a re-run replaces an earlier failure)."""
@@ -65,6 +68,11 @@ def read_rows(out_dir: str) -> list[dict]:
                 if isinstance(res, dict):
                     for k, v in res.items():
                         row.setdefault(k, v)
+                params = row.get("params")
+                if isinstance(params, dict):  # fixed values of the sweep's [mqar] table live in the params
+                    for k in _KEYS:
+                        if k in params:
+                            row.setdefault(k, params[k])
                 by_point[row.get("point", str(len(by_point)))] = row
     return list(by_point.values())
 
