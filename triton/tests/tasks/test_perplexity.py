@@ -25,8 +25,8 @@ def run_dir(tmp_path_factory):
               "train": {"steps": 3, "batch_size": 2, "seq_len": 16, "device": "cpu", "log_every": 1},
               "optim": {"lr": 3e-3, "warmup_steps": 1}, "data": DATA}
     train(TrainJob.from_params(params))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(params, f)
+    with open(os.path.join(out, "job.json"), "w") as f:  # what mdnctl train writes next to config.toml
+        json.dump({"v": 1, "id": "train", "kind": "train", "params": params}, f)
     return out
 
 
@@ -125,3 +125,26 @@ def test_eval_job(run_dir):
     with pytest.raises(JobError) as ei:
         job.run(dict(params, tokens=5), Ctx())
     assert ei.value.kind == "user" and "tokens: unknown eval parameter" in ei.value.message
+    assert res["device_name"].startswith("cpu") and "torch" in res["versions"]
+
+
+def test_eval_as_a_sweep_task(run_dir, tmp_path):
+    """A sweep point: bookkeeping keys ignored, model/data/seq_len from the run's job.json, probe answered."""
+    from mdn.runner.jobs import eval as job
+    from mdn.runner.protocol import JobError
+
+    class Ctx:
+        def metric(self, d):
+            pass
+
+        def progress(self, *a):
+            pass
+
+    point = {"run_dir": run_dir, "factors": [1, 2], "eval_tokens": 64, "seed": 0, "device": "cpu",
+             "task": "eval", "point": "abc", "variant": "def", "repeat": 0}
+    res = job.run(point, Ctx())
+    assert res["train_seq_len"] == 16 and [r["seq_len"] for r in res["lengths"]] == [16, 32]
+    probe = job.run({"probe": True, "device": "cpu"}, Ctx())
+    assert {"device_name", "versions", "import_s"} <= set(probe)
+    with pytest.raises(JobError, match="model, data, seq_len: not given"):
+        job.run(dict(point, run_dir=str(tmp_path)), Ctx())
