@@ -50,13 +50,16 @@ def from_run_spec(params: dict) -> dict:
 
 
 def run(params: dict, ctx) -> dict:
-    from ...eval.perplexity import EvalConfig, evaluate_run
-    from ...layers.availability import MixerUnavailable
-
     if params.get("probe"):
+        import time
+
+        t0 = time.perf_counter()
+        from ...eval import perplexity  # noqa: F401  (torch, mdn.models, mdn.data)
         from .mqar import probe
 
-        return probe(params)
+        return probe(params, import_s=time.perf_counter() - t0)
+    from ...eval.perplexity import EvalConfig, evaluate_run
+    from ...layers.availability import MixerUnavailable
     params = {k: v for k, v in params.items() if k not in SWEEP_KEYS}
     try:
         cfg = EvalConfig.from_dict(from_run_spec(params))
