@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .chunk_intra import chunk_mdn_intra
 from .chunk_scan import chunk_scan
 from .validation import check_inputs
+from .autocast import no_autocast
 
 # ---------------------------------------------------------------------------------------------------------------
 # packing: [B, T, H, D] <-> chunks [NC, H, C, D]
@@ -118,6 +119,7 @@ def _run_intra(q, *args, **kwargs):
 # public op
 # ---------------------------------------------------------------------------------------------------------------
 
+@no_autocast
 def chunk_momentum_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

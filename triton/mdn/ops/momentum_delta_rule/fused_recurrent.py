@@ -38,6 +38,7 @@ import triton.language as tl
 from .alloc import empty
 from .naive import naive_recurrent_momentum_delta_rule
 from .validation import check_inputs
+from .autocast import no_autocast
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
 L2NORM_EPS = 1e-6
@@ -384,6 +385,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
         return (*grads[:7], None, grads[7], None, None, None, None)
 
 
+@no_autocast
 def fused_recurrent_momentum_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
