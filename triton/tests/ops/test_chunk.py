@@ -91,6 +91,14 @@ def test_16bit_matches_oracle(dtype, T, C):
 
 
 @needs_kernels
+def test_bf16_intra_gemm_variant_matches_oracle(monkeypatch):
+    """MDN_INTRA_GEMM=bf16 (experimental bf16 GEMMs in the intra part) stays within the bf16 tolerances."""
+    monkeypatch.setenv("MDN_INTRA_GEMM", "bf16")
+    inputs = make_inputs(1, 130, 2, 32, 48, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2, op_kwargs={"chunk_size": 64})
+
+
+@needs_kernels
 @pytest.mark.parametrize("use_p_times_alpha", [True, False])
 def test_read_key_variants(use_p_times_alpha):
     # the p = k path: dk must include the read-key contribution (checked against the oracle's dk)
