@@ -187,6 +187,7 @@ def child(name, args):
                     torch.cuda.synchronize()
                     row["peak_mem_gib"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 3)
                     med, p20, p80 = do_bench(run, quantiles=[0.5, 0.2, 0.8], grad_to_none=ins, warmup=50, rep=300)
+                    row[f"{mode}_ms"] = round(med, 3)  # mode-named copy: what mdnctl report's plots look for
                     row.update(ms=round(med, 3), ms_p20=round(p20, 3), ms_p80=round(p80, 3),
                                tokens_per_s=round(B * T / (med / 1e3)), status="ok")
                 except Exception as exc:  # noqa: BLE001
@@ -229,8 +230,12 @@ def main():
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
         for line in p.stdout:
             try:
-                rows.append(json.loads(line))
-                print(line.rstrip(), flush=True)
+                row = json.loads(line)
+                # every row carries the card and versions, so a report never mixes machines unknowingly
+                row.update({k: meta[k] for k in ("device", "torch", "triton", "date") if k in meta})
+                row.setdefault("op", row.get("impl"))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
             except ValueError:
                 pass
         p.wait()
