@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PY := $(CURDIR)/.venv/bin/python
 
-.PHONY: setup test test-go test-py build gpu-test check-venv
+.PHONY: setup test test-go test-py test-slurm build gpu-test check-venv
 
 setup:
 	scripts/setup.sh
@@ -15,7 +15,14 @@ build:
 # interpreter on the CPU. Non-zero on any failure.
 # -k: run the Python tests even when a Go test failed, so one run shows every failure; still non-zero.
 test:
-	$(MAKE) --no-print-directory -k test-go test-py
+	$(MAKE) --no-print-directory -k test-go test-py test-slurm
+
+# The Slurm integration tests against a real single-node Slurm (scripts/slurm-up.sh: munge, slurmctld, slurmd
+# with two fake GPUs). Needs root and the packages `make setup` installs; skipped with a message otherwise.
+test-slurm: check-venv build
+	@if [ "$$(id -u)" = 0 ] && command -v slurmctld >/dev/null 2>&1; then \
+	  scripts/slurm-up.sh && MDN_SLURM_TEST=1 MDN_PYTHON=$(PY) go test -count=1 ./slurm -run 'Integration'; \
+	else echo "make: Slurm not installed or not root: skipping the Slurm integration tests (make setup as root installs it)"; fi
 
 check-venv:
 	@test -x $(PY) || { echo "make: $(PY) is missing: run 'make setup' first" >&2; exit 1; }

@@ -106,6 +106,22 @@ else
   step "built bin/mdnctl"
 fi
 
+# --- system packages for the integration tests --------------------------------------------------------------
+# Debian's chromium (the HTML report is rendered and screenshotted headless) and a single-node Slurm (slurmctld,
+# slurmd, munge: started by `make test`). Installed only where we are root with apt-get; elsewhere those tests
+# skip with a message (and fail under CI=true, where they must run).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  scripts/ci-deps.sh || die "installing chromium for the report browser test failed (see above)"
+  if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+    step "installing slurmctld, slurmd, slurm-client and munge (the Slurm integration tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; } \
+      || die "installing Slurm for its integration tests failed (apt-get; see above)"
+  fi
+else
+  step "note: not root with apt-get: chromium and Slurm not installed; their integration tests will skip"
+fi
+
 if [ "$DEMO" = 1 ]; then
   step "demo: bin/mdnctl doctor"
   bin/mdnctl doctor || die "mdnctl doctor found a problem (see above)"
