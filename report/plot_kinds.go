@@ -399,7 +399,7 @@ func (b *plotBuilder) throughput(rows []Row) ([]*Figure, error) {
 			if mode != "" {
 				lbl = mode + " throughput (tokens/s) = B·T / " + m
 			}
-			ys = append(ys, yfield{strings.TrimSuffix(mode+"_tokens_per_s", "_"), lbl, func(r Row) (float64, float64, float64, bool, bool) {
+			ys = append(ys, yfield{strings.TrimPrefix(mode+"_tokens_per_s", "_"), lbl, func(r Row) (float64, float64, float64, bool, bool) {
 				ms, ok1 := r.Num(m)
 				T, ok2 := r.Num("T")
 				B, ok3 := r.Num("B")
@@ -425,7 +425,7 @@ func (b *plotBuilder) throughput(rows []Row) ([]*Figure, error) {
 		fs, err := b.lines(sub, lineSpec{
 			kind: "throughput", name: "throughput_" + slug(y.name), title: "Throughput vs sequence length (" + y.name + ")",
 			xlabel: axisLabel("T"), ylabel: y.label, x: "T", y: y.f, series: []string{"op"},
-			axes: DefaultAxes, agg: "median", markers: true, yFromZero: true,
+			axes: throughputAxes(sub), agg: "median", markers: true, yFromZero: true,
 		})
 		if err != nil {
 			return nil, err
@@ -433,6 +433,39 @@ func (b *plotBuilder) throughput(rows []Row) ([]*Figure, error) {
 		figs = append(figs, fs...)
 	}
 	return figs, nil
+}
+
+// throughputAxes leaves out the fields that follow from T (B in a fixed-token sweep, B = tokens / T): as facets
+// they would split every line into one-point figures.
+func throughputAxes(rows []Row) []string {
+	var axes []string
+	for _, a := range DefaultAxes {
+		if a != "T" && determinedBy(rows, a, "T") {
+			continue
+		}
+		axes = append(axes, a)
+	}
+	return axes
+}
+
+// determinedBy says whether field a takes one value for each value of field by (and varies at all).
+func determinedBy(rows []Row, a, by string) bool {
+	seen := map[string]string{}
+	vals := map[string]bool{}
+	for _, r := range rows {
+		av, ok1 := r.Get(a)
+		bv, ok2 := r.Get(by)
+		if !ok1 || !ok2 {
+			return false
+		}
+		ak, bk := fmt.Sprint(av), fmt.Sprint(bv)
+		if prev, ok := seen[bk]; ok && prev != ak {
+			return false
+		}
+		seen[bk] = ak
+		vals[ak] = true
+	}
+	return len(vals) > 1
 }
 
 // --- speed-up vs chunk size -----------------------------------------------------------------------------
