@@ -25,16 +25,20 @@ func init() { register(newTrainCmd) }
 
 // trainOptions: `mdnctl train CONFIG`. The Python side is the `train` job (triton/mdn/runner/jobs/train.py).
 type trainOptions struct {
-	g          *globalOptions
-	Sets       []string
-	Out        string
-	Resume     bool
-	DryRun     bool
-	Timeout    time.Duration
-	runner     launcher.JobRunner             // the real launcher; a fake in tests
-	findPython func() (string, string, error) // g.PythonPath; a fake in tests
-	gpus       func() int                     // train.VisibleGPUs; a fake in tests
-	onMetric   func(train.Metric)             // tests: observe the run
+	g            *globalOptions
+	Sets         []string
+	Out          string
+	Resume       bool
+	DryRun       bool
+	Timeout      time.Duration
+	Backend      string                         // local | slurm (train_slurm.go)
+	Wait         bool                           // slurm: wait for the job
+	slurmFlags   trainSlurmFlags                // slurm: --nodes, --gpus-per-node, --partition, --account, --time
+	pollInterval time.Duration                  // slurm --wait: squeue interval (tests shorten it)
+	runner       launcher.JobRunner             // the real launcher; a fake in tests
+	findPython   func() (string, string, error) // g.PythonPath; a fake in tests
+	gpus         func() int                     // train.VisibleGPUs; a fake in tests
+	onMetric     func(train.Metric)             // tests: observe the run
 }
 
 func newTrainCmd(g *globalOptions) *cobra.Command {
@@ -55,10 +59,18 @@ Launch: one CPU process when no GPU is visible; otherwise torchrun with one proc
 nodes with parallel.nnodes and parallel.rdzv_endpoint (run the same command on every node).
 
 Ctrl-C stops gracefully: rank 0 finishes its step and writes a checkpoint (a second Ctrl-C kills). --resume
-continues the run in --out from its newest checkpoint with the same loss curve; --set may change e.g. steps.`,
+continues the run in --out from its newest checkpoint with the same loss curve; --set may change e.g. steps.
+
+--backend slurm submits the run as one sbatch job: torchrun on every node (rendezvous from the Slurm environment),
+each rank through mdnctl run-shard; settings from the config's [slurm] table (docs/slurm.md) or --nodes,
+--gpus-per-node, --partition, --account, --time. The run directory is the same as a local run's (plus slurm/);
+--dry-run prints the torchrun command and the script, --wait waits and prints the summary; mdnctl status DIR and
+mdnctl cancel DIR follow and stop it; --resume --out DIR submits the continuation.`,
 		Example: `  mdnctl train tiny --set steps=30 --out /tmp/tiny
   mdnctl train tiny --set steps=60 --out /tmp/tiny --resume
   mdnctl train 1.3b --dry-run
+  mdnctl train 1.3b --backend slurm --nodes 2 --gpus-per-node 8 --partition gpu --time 04:00:00 --dry-run
+  mdnctl train tiny --backend slurm --set steps=10 --set nproc_per_node=2 --wait
   mdnctl train gdn-1.3b --set steps=20 --set data.source=synthetic --set seq_len=4096
   mdnctl train configs/mdn-400m.toml --set gate_mode=quadrant --set min_log_mu=none`,
 		Args: cobra.RangeArgs(0, 1),
@@ -76,6 +88,13 @@ continues the run in --out from its newest checkpoint with the same loss curve; 
 	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its newest checkpoint")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the resolved config, parameter count and launch command; start nothing")
 	f.DurationVar(&o.Timeout, "timeout", 0, "kill the run after this long (0: no limit)")
+	f.StringVar(&o.Backend, "backend", "local", `"local" (here) or "slurm" (one sbatch job running torchrun; [slurm] table of CONFIG)`)
+	f.BoolVar(&o.Wait, "wait", false, "with --backend slurm: wait until the job is done and print the summary")
+	f.IntVar(&o.slurmFlags.Nodes, "nodes", 0, "with --backend slurm: nodes (slurm.nodes)")
+	f.IntVar(&o.slurmFlags.GPUsPerNode, "gpus-per-node", -1, "with --backend slurm: GPUs per node, --gres=gpu:N (slurm.gpus)")
+	f.StringVar(&o.slurmFlags.Partition, "partition", "", "with --backend slurm: partition (slurm.partition)")
+	f.StringVar(&o.slurmFlags.Account, "account", "", "with --backend slurm: account (slurm.account)")
+	f.StringVar(&o.slurmFlags.Time, "time", "", "with --backend slurm: time limit, e.g. 02:00:00 (slurm.time)")
 	return cmd
 }
 
@@ -96,7 +115,7 @@ func (o *trainOptions) resolve(arg string) (*train.Config, string, error) {
 		}
 		if path == "" {
 			path = p
-		} else if named, err = train.Load(p); err != nil {
+		} else if named, err = loadTrainConfig(p); err != nil {
 			return nil, "", &userError{err.Error()}
 		}
 	}
@@ -106,7 +125,7 @@ func (o *trainOptions) resolve(arg string) (*train.Config, string, error) {
 		}
 		return nil, "", userErrorf("name a config: a TOML file or one of %s", strings.Join(train.ConfigNames(filepath.Join(root, "configs")), ", "))
 	}
-	c, err := train.Load(path)
+	c, err := loadTrainConfig(path)
 	if err != nil {
 		return nil, "", &userError{err.Error()}
 	}
@@ -132,6 +151,9 @@ func (o *trainOptions) resolve(arg string) (*train.Config, string, error) {
 }
 
 func (o *trainOptions) run(ctx context.Context, arg string) error {
+	if o.Backend != "" && o.Backend != "local" && o.Backend != "slurm" {
+		return userErrorf("--backend %q: expected local or slurm", o.Backend)
+	}
 	c, out, err := o.resolve(arg)
 	if err != nil {
 		return err
@@ -145,6 +167,9 @@ func (o *trainOptions) run(ctx context.Context, arg string) error {
 		py = p
 	} else if !o.DryRun {
 		return &userError{err.Error()}
+	}
+	if o.Backend == "slurm" {
+		return o.runSlurm(ctx, arg, c, counts, out, py)
 	}
 	gpus := o.gpus()
 	if o.DryRun {
