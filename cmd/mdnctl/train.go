@@ -154,6 +154,9 @@ func (o *trainOptions) run(ctx context.Context, arg string) error {
 	if o.Backend != "" && o.Backend != "local" && o.Backend != "slurm" {
 		return userErrorf("--backend %q: expected local or slurm", o.Backend)
 	}
+	if o.Backend != "slurm" && o.slurmFlags.given(o.Wait) {
+		return userErrorf("--wait, --nodes, --gpus-per-node, --partition, --account and --time need --backend slurm")
+	}
 	c, out, err := o.resolve(arg)
 	if err != nil {
 		return err

@@ -137,6 +137,10 @@ type trainSlurmFlags struct {
 	Time        string
 }
 
+func (f trainSlurmFlags) given(wait bool) bool {
+	return wait || f.Nodes > 0 || f.GPUsPerNode > 0 || f.Partition != "" || f.Account != "" || f.Time != ""
+}
+
 // runSlurm submits the training run as one sbatch job (torchrun on every node, each rank through `mdnctl
 // run-shard` and the launcher), with the run directory laid out as a local run's.
 func (o *trainOptions) runSlurm(ctx context.Context, arg string, c *train.Config, counts train.Counts, out, py string) error {
@@ -156,6 +160,13 @@ func (o *trainOptions) runSlurm(ctx context.Context, arg string, c *train.Config
 		RepoRoot: o.g.RepoRoot, Python: py, MetricsFile: filepath.Join(out, train.MetricsFile)})
 	if err != nil {
 		return &userError{err.Error()}
+	}
+	if o.DryRun && o.g.JSON {
+		enc := json.NewEncoder(o.g.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"name": c.Name, "source": c.Source, "overrides": c.Overrides, "out_dir": out,
+			"params": counts, "config": spec.Params, "slurm": cfg, "torchrun": torchrunLine(plan.Script),
+			"sbatch": []string{"sbatch", "--parsable", plan.ScriptPath}, "script": plan.Script})
 	}
 	if o.DryRun {
 		w := o.g.Stdout

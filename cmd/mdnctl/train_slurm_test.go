@@ -229,6 +229,19 @@ func TestTrainSlurmBadConfig(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, `--backend "pbs": expected local or slurm`) {
 		t.Errorf("--backend pbs: %d %s", code, errOut)
 	}
+	_, errOut, code = slurmCLI(t, "train", "tiny", "--wait", "--dry-run")
+	if code == 0 || !strings.Contains(errOut, "need --backend slurm") {
+		t.Errorf("--wait without slurm: %d %s", code, errOut)
+	}
+	stdout, errOut, code := slurmCLI(t, "train", "tiny", "--backend", "slurm", "--dry-run", "--json", "--nodes", "2")
+	var js struct {
+		Torchrun, Script string
+		Slurm            struct{ Nodes int }
+	}
+	if code != 0 || json.Unmarshal([]byte(stdout), &js) != nil || js.Slurm.Nodes != 2 ||
+		!strings.Contains(js.Torchrun, "torch.distributed.run") || !strings.HasPrefix(js.Script, "#!/bin/bash") {
+		t.Errorf("--dry-run --json: %d %s %s", code, stdout, errOut)
+	}
 	if f.Count("sbatch") != 0 {
 		t.Errorf("bad configs were submitted")
 	}
