@@ -21,7 +21,7 @@ test:
 # with two fake GPUs). Needs root and the packages `make setup` installs; skipped with a message otherwise.
 test-slurm: check-venv build
 	@if [ "$$(id -u)" = 0 ] && command -v slurmctld >/dev/null 2>&1; then \
-	  scripts/slurm-up.sh && MDN_SLURM_TEST=1 MDN_PYTHON=$(PY) go test -count=1 ./slurm -run 'Integration'; \
+	  scripts/slurm-up.sh && MDN_SLURM_TEST=1 MDN_PYTHON=$(PY) go test -count=1 ./slurm -run 'Integration' && MDN_SLURM_TEST=1 MDN_PYTHON=$(PY) go test -count=1 ./cmd/mdnctl -run 'SlurmTrainIntegration'; \
 	else echo "make: Slurm not installed or not root: skipping the Slurm integration tests (make setup as root installs it)"; fi
 
 check-venv:
