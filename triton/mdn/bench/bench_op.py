@@ -7,6 +7,7 @@
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
     MDN_INTRA_GEMM=bf16 python triton/mdn/bench/bench_op.py           # experimental bf16 GEMMs in the intra part
+    python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
 Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
@@ -89,6 +90,13 @@ def run_check(shape, dtype, chunk_size, T=1000, device="cuda"):
     for n, a, b in zip(["o", "S", "M"] + ["d" + n for n in names], exp, out):
         a, b = a.double(), b.double()
         errs[n] = float(((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()).item())
+    if os.environ.get("MDN_INTRA", "") == "triton":
+        # the no-grad forward (where MDN_INTRA=triton applies): o and the final states vs the fp64 recurrence
+        with torch.no_grad():
+            o, ht = op(*xs, initial_state=h0, output_final_state=True, chunk_size=chunk_size)
+        for n, a, b in zip(["o_nograd", "S_nograd", "M_nograd"], exp[:3], [o, ht[0], ht[1]]):
+            a, b = a.double(), b.double()
+            errs[n] = float(((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()).item())
     return errs
 
 
@@ -154,12 +162,15 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     if check:
         row["check"] = run_check(shape, dtype, chunk_size)
     row["intra_gemm"] = os.environ.get("MDN_INTRA_GEMM", "fp32") or "fp32"
+    row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
+    if row["intra"] == "triton":
+        row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row
 
 
 def run_phases(xs, do, C):
-    """Times of the pieces: intra fwd (torch; compiled unless --eager-intra), intra fwd+bwd (autograd, scan grads
-    random), scan fwd, scan bwd."""
+    """Times of the pieces: intra fwd (torch; compiled unless --eager-intra), intra fwd (fused Triton, with
+    --intra triton), intra fwd+bwd (autograd, scan grads random), scan fwd, scan bwd."""
     import torch
     from mdn.ops.momentum_delta_rule.chunk import _pack_dense
     from mdn.ops.momentum_delta_rule.chunk import _run_intra as chunk_mdn_intra  # compiled unless --eager-intra
@@ -175,6 +186,10 @@ def run_phases(xs, do, C):
     out = {}
     with torch.no_grad():
         out["intra_fwd"] = bench(lambda: chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype))
+        if os.environ.get("MDN_INTRA", "") == "triton":
+            from mdn.ops.momentum_delta_rule.chunk_intra_fwd import chunk_mdn_intra_fwd_triton
+            out["intra_fwd_triton"] = bench(
+                lambda: chunk_mdn_intra_fwd_triton(*packed, *gl, K ** -0.5, out_dtype=op_dtype))
         intra = chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype)
         out["scan_fwd"] = bench(lambda: scan_fwd(*intra, None, off))
         o, vt, ht = scan_fwd(*intra, None, off)
@@ -203,6 +218,9 @@ def main(argv=None):
                    help='space-separated list to sweep: "BV,warps" (both phases), "BV,w;BV,w" (fwd;bwd) or "default"; '
                         '--phases applies to the first only')
     p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
+    p.add_argument("--intra", default="torch", choices=["torch", "triton"],
+                   help="intra part of the no-grad forward ('fwd' column): torch (default) or the fused Triton "
+                        "kernel (MDN_INTRA=triton; forward-only, so fwd+bwd always uses torch)")
     p.add_argument("--check", action="store_true", help="accuracy vs the fp64 recurrence (T=1000) per shape")
     p.add_argument("--profile", action="store_true", help="top CUDA kernels of one fwd+bwd (first config)")
     p.add_argument("--out", default="", help="append JSON lines here")
@@ -214,6 +232,8 @@ def main(argv=None):
         return 2
     if a.eager_intra:
         os.environ["MDN_CHUNK_COMPILE"] = "0"
+    if a.intra == "triton":
+        os.environ["MDN_INTRA"] = "triton"
     dtype = getattr(torch, a.dtype)
     configs = a.scan_configs.split() or [None]
     rows = []
@@ -239,7 +259,9 @@ def main(argv=None):
                         f.write(json.dumps(row) + "\n")
 
     print()
-    cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
+    cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
+    if not any("intra_fwd_triton" in r for r in rows):
+        cols.remove("intra_fwd_triton")
     print("| shape | T | B | scan cfg | " + " | ".join(c + " ms" for c in cols) + " | peak GiB |")
     print("|---|---|---|---|" + "---|" * len(cols) + "---|")
     for r in rows:
@@ -251,7 +273,7 @@ def main(argv=None):
               + f" | {r['peak_mem_gib']:.2f} |")
     for r in rows:
         if "check" in r:
-            print(f"check {r['shape']} ({r['intra_gemm']} intra GEMMs): "
+            print(f"check {r['shape']} ({r['intra_gemm']} intra GEMMs, {r['intra']} no-grad intra): "
                   + " ".join(f"{n} {e:.1e}" for n, e in r["check"].items()))
         if "profile" in r:
             print(f"profile {r['shape']} T={r['T']} (self CUDA ms, calls):")

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .chunk_intra import chunk_mdn_intra
+from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
+from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
 from .validation import check_inputs
 from .autocast import no_autocast
@@ -87,6 +89,22 @@ def _bf16_gemm_wanted(op_dtype: torch.dtype) -> bool:
     if op_dtype != torch.bfloat16 or torch.compiler.is_compiling():
         return False
     return os.environ.get("MDN_INTRA_GEMM", "") == "bf16"
+
+
+def _triton_intra_wanted(*xs: torch.Tensor) -> bool:
+    """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py), used only when
+    no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
+    only where it fits in shared memory (chunk_intra_fwd.fits: not C = 128 with K > 128)."""
+    env = os.environ.get("MDN_INTRA", "")
+    if env not in ("", "torch", "triton"):
+        raise ValueError(f"MDN_INTRA={env!r}: expected 'torch' (default) or 'triton'")
+    if env != "triton" or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return False
+    if not intra_fwd_fits(xs[0].shape[-2], xs[0].shape[-1]):
+        return False
+    return xs[0].is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _run_intra(q, *args, **kwargs):
@@ -213,9 +231,13 @@ def chunk_momentum_delta_rule(
     # [NC, H, C, D] and gates [NC, H, C]
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-    intra = _run_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                       use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
-                       bf16_gemm=_bf16_gemm_wanted(op_dtype))
+    if _triton_intra_wanted(qc, kc, vc, gates):
+        intra = chunk_mdn_intra_fwd_triton(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3],
+                                           scale, use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
+    else:
+        intra = _run_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                           use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
+                           bf16_gemm=_bf16_gemm_wanted(op_dtype))
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 
