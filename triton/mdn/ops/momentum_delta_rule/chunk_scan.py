@@ -49,27 +49,37 @@ def _dot_mode(dtype: torch.dtype) -> int:
 
 
 def _block_k(K: int) -> int:
+    """K rounded up to a power of two (>= 16): the key of SCAN_CONFIGS."""
     return max(16, triton.next_power_of_2(K))
+
+
+def _sub_k(K: int) -> int:
+    """Rows of one K sub-tile in the scan kernels (BK): K is split into up to four of them (K <= 256)."""
+    return min(64, _block_k(K))
 
 
 # Tile configs of the scan, (BV, num_warps), by (BK, operand dtype, phase). S and M are 2 x BK x BV fp32 registers
 # per program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. "fwd" is the forward scan;
 # "bwd" is the backward's state recompute and reverse scan. Measured (bf16, B*T = 32768, T = 4096, op fwd /
-# fwd+bwd ms, intra compiled unless noted):
+# fwd+bwd ms, intra compiled unless noted), all with the earlier scan kernels (whole-K state tiles, x += dot),
+# which spilled registers at most of these configs:
 #   H200, H6 K256 V512, eager intra: (16,4) 10.6/37.2, (32,4) 8.3/38.3, (32,8) 10.5/33.8, (64,8) 8.9/31.5;
 #   H100, H6 K256 V512: fwd (32,4) + bwd (64,8) 6.31/24.43, fwd (32,8) + bwd (64,8) 8.43/26.44;
 #   H100, H16 K128 V128: (64,8) 6.35/19.62, (32,4) 6.25/19.27, (64,4) 5.95/18.92, (32,8) 7.06/20.95.
+# The current kernels (K in 64-row sub-tiles, dots accumulate into the states) are not timed yet. bf16 K = 64 bwd and
+# K = 128 fwd/bwd moved to (32, 4), the largest tiles that compile for sm_90 without spills (scripts/scan_regs.py);
+# at K = 256 the forward and reverse scans still spill at every BV >= 16 (README §6), so those stay as measured.
 # Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
-# test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory).
+# test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory and spills).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
 SCAN_CONFIGS = {
     # (BK, is_fp32, phase): (BV, num_warps)
     (16, False, "fwd"): (64, 4), (32, False, "fwd"): (64, 4), (64, False, "fwd"): (64, 4),
-    (128, False, "fwd"): (64, 4), (256, False, "fwd"): (32, 4),
+    (128, False, "fwd"): (32, 4), (256, False, "fwd"): (32, 4),
     (16, True, "fwd"): (64, 4), (32, True, "fwd"): (64, 4), (64, True, "fwd"): (64, 4),
     (128, True, "fwd"): (32, 8), (256, True, "fwd"): (16, 8),
-    (16, False, "bwd"): (64, 4), (32, False, "bwd"): (64, 4), (64, False, "bwd"): (64, 4),
-    (128, False, "bwd"): (64, 4), (256, False, "bwd"): (64, 8),
+    (16, False, "bwd"): (64, 4), (32, False, "bwd"): (64, 4), (64, False, "bwd"): (32, 4),
+    (128, False, "bwd"): (32, 4), (256, False, "bwd"): (64, 8),
     (16, True, "bwd"): (64, 4), (32, True, "bwd"): (64, 4), (64, True, "bwd"): (64, 4),
     (128, True, "bwd"): (32, 8), (256, True, "bwd"): (16, 8),
 }
@@ -132,6 +142,51 @@ def _dot(a, b, DOT_MODE: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
 
+@triton.jit
+def _neg(x, DOT_MODE: tl.constexpr):
+    """-x, exact; through fp32 in the interpreter (DOT_MODE 2), whose negation of bf16 tensors is wrong."""
+    if DOT_MODE == 2:
+        return (-(x.to(tl.float32))).to(x.dtype)
+    else:
+        return -x
+
+
+@triton.jit
+def _dot_acc(a, b, acc, DOT_MODE: tl.constexpr):
+    """acc + a @ b, accumulated in place (no second fp32 tile for the product: the [BK, BV] states are most of
+    the registers). Operands as in _dot."""
+    if DOT_MODE == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc=acc)
+    elif DOT_MODE == 2:
+        return tl.dot(_rne_bf16(a.to(tl.float32)), _rne_bf16(b.to(tl.float32)), acc=acc, input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision="ieee")
+
+
+@triton.jit
+def _load_state(p, m_k, m_v):
+    """[BK, BV] sub-tile of an fp32 state (p: [BK, BV] pointers)."""
+    return tl.load(p, mask=m_k[:, None] & m_v[None, :], other=0.).to(tl.float32)
+
+
+@triton.jit
+def _store_state(p, x, m_k, m_v, DOT_MODE: tl.constexpr):
+    tl.store(p, _cast(x, p.dtype.element_ty, DOT_MODE), mask=m_k[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _fwd_state_update(b_s, b_m, p_ks, p_km, m_k, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr):
+    """One [BK, BV] sub-tile of S' = gS S - gSM M + Ks^T Vt, M' = gM M - Km^T Vt (b_nvt = -Vt), accumulated into
+    the states themselves (tl.dot acc=)."""
+    b_s = b_g0 * b_s - b_g1 * b_m
+    b_m = b_g2 * b_m
+    b_ks = tl.load(p_ks, mask=m_k[None, :], other=0.)   # [C, BK]
+    b_s = _dot_acc(tl.trans(b_ks), b_vt, b_s, DOT_MODE)
+    b_km = tl.load(p_km, mask=m_k[None, :], other=0.)
+    b_m = _dot_acc(tl.trans(b_km), b_nvt, b_m, DOT_MODE)
+    return b_s, b_m
+
+
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_fwd_kernel_scan(
     u, y, z, qa, qb, aqk, ks, km, g,
@@ -153,7 +208,12 @@ def momentum_delta_rule_fwd_kernel_scan(
     RECOMPUTE=False: computes Vt and O, stores them and the final state ht [2, N, H, K, V].
     RECOMPUTE=True: reads the saved Vt instead and only advances the states.
     STORE_STATES: stores the chunk-start states into hc [NC, H, 2, K, V] (S then M).
+
+    K is split into up to four sub-tiles of BK (<= 64) rows, each state sub-tile its own variable (b_s1..b_s4,
+    b_m1..b_m4), and every [C, K] operand is loaded one [C, BK] sub-tile at a time, right before its dot: a whole
+    [C, 256] bf16 tile passes through registers on its way to shared memory and made the kernel spill.
     """
+    tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
@@ -163,60 +223,164 @@ def momentum_delta_rule_fwd_kernel_scan(
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
-    m_k = o_k < K
+    m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
     m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V  # offset of [n, h] in [N, H, K, V]
-    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV]
+    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
+    p_ck = o_c[:, None] * K + o_k[None, :]          # [C, BK]  (sub-tile j: + j * BK)
+    p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
+    m_cv = m_v[None, :]
 
-    b_s = tl.zeros([BK, BV], dtype=tl.float32)
-    b_m = tl.zeros([BK, BV], dtype=tl.float32)
+    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m1 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        b_s += tl.load(h0 + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
-        b_m += tl.load(h0 + N.to(tl.int64) * H * K * V + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+        p_h0 = h0 + st_off + p_st
+        p_h0m = p_h0 + N.to(tl.int64) * H * K * V
+        b_s1 += _load_state(p_h0, m_k1, m_v)
+        b_m1 += _load_state(p_h0m, m_k1, m_v)
+    if K > BK:
+        b_s2 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_m2 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_H0:
+            b_s2 += _load_state(p_h0 + BK * V, m_k2, m_v)
+            b_m2 += _load_state(p_h0m + BK * V, m_k2, m_v)
+    if K > 2 * BK:
+        b_s3 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_m3 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_H0:
+            b_s3 += _load_state(p_h0 + 2 * BK * V, m_k3, m_v)
+            b_m3 += _load_state(p_h0m + 2 * BK * V, m_k3, m_v)
+    if K > 3 * BK:
+        b_s4 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_m4 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_H0:
+            b_s4 += _load_state(p_h0 + 3 * BK * V, m_k4, m_v)
+            b_m4 += _load_state(p_h0m + 3 * BK * V, m_k4, m_v)
 
     for i_c in range(c_start, c_end):  # int64: c_start is int64
         base = i_c * H + i_h                  # index of [c, h]
-        p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
-        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]   # [C, BV]
-        m_ck = m_k[None, :]
-        m_cv = m_v[None, :]
+        o_ck = base * C * K                   # offset of [c, h] in [NC, H, C, K]
+        o_cv = base * C * V
         if STORE_STATES:
-            p_hc = base * 2 * K * V + p_st
-            tl.store(hc + p_hc, _cast(b_s, hc.dtype.element_ty, DOT_MODE), mask=m_kv)
-            tl.store(hc + K * V + p_hc, _cast(b_m, hc.dtype.element_ty, DOT_MODE), mask=m_kv)
+            p_hc = hc + base * 2 * K * V + p_st
+            _store_state(p_hc, b_s1, m_k1, m_v, DOT_MODE)
+            _store_state(p_hc + K * V, b_m1, m_k1, m_v, DOT_MODE)
+            if K > BK:
+                _store_state(p_hc + BK * V, b_s2, m_k2, m_v, DOT_MODE)
+                _store_state(p_hc + K * V + BK * V, b_m2, m_k2, m_v, DOT_MODE)
+            if K > 2 * BK:
+                _store_state(p_hc + 2 * BK * V, b_s3, m_k3, m_v, DOT_MODE)
+                _store_state(p_hc + K * V + 2 * BK * V, b_m3, m_k3, m_v, DOT_MODE)
+            if K > 3 * BK:
+                _store_state(p_hc + 3 * BK * V, b_s4, m_k4, m_v, DOT_MODE)
+                _store_state(p_hc + K * V + 3 * BK * V, b_m4, m_k4, m_v, DOT_MODE)
         if RECOMPUTE:
-            b_vt = tl.load(vt + p_cv, mask=m_cv, other=0.)
+            b_vt = tl.load(vt + o_cv + p_cv, mask=m_cv, other=0.)
         else:
-            # one [C, BK] operand at a time, each loaded right before its dot (shared memory: see the bwd kernel)
-            b_vt = tl.load(u + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
-            b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
-            b_vt -= _dot(b_y, b_s, DOT_MODE)
-            b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
-            b_vt += _dot(b_z, b_m, DOT_MODE)
+            # Vt = -(Y S - U0) + Z M, O = -(Qb M) + Qa S + Aqk Vt (the torch scan's rounding for K <= BK): sums
+            # over the K sub-tiles accumulate in place, and subtractions negate a [C, BV] tile (exact), never a
+            # [C, BK] operand or a state
+            b_vt = -tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
+            p_y = y + o_ck + p_ck
+            b_vt = _dot_acc(tl.load(p_y, mask=m_k1[None, :], other=0.), b_s1, b_vt, DOT_MODE)
+            if K > BK:
+                b_vt = _dot_acc(tl.load(p_y + BK, mask=m_k2[None, :], other=0.), b_s2, b_vt, DOT_MODE)
+            if K > 2 * BK:
+                b_vt = _dot_acc(tl.load(p_y + 2 * BK, mask=m_k3[None, :], other=0.), b_s3, b_vt, DOT_MODE)
+            if K > 3 * BK:
+                b_vt = _dot_acc(tl.load(p_y + 3 * BK, mask=m_k4[None, :], other=0.), b_s4, b_vt, DOT_MODE)
+            b_vt = -b_vt
+            p_z = z + o_ck + p_ck
+            b_vt = _dot_acc(tl.load(p_z, mask=m_k1[None, :], other=0.), b_m1, b_vt, DOT_MODE)
+            if K > BK:
+                b_vt = _dot_acc(tl.load(p_z + BK, mask=m_k2[None, :], other=0.), b_m2, b_vt, DOT_MODE)
+            if K > 2 * BK:
+                b_vt = _dot_acc(tl.load(p_z + 2 * BK, mask=m_k3[None, :], other=0.), b_m3, b_vt, DOT_MODE)
+            if K > 3 * BK:
+                b_vt = _dot_acc(tl.load(p_z + 3 * BK, mask=m_k4[None, :], other=0.), b_m4, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
-            tl.store(vt + p_cv, b_vt, mask=m_cv)
-            b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
-            b_o = _dot(b_qa, b_s, DOT_MODE)
-            b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
-            b_o -= _dot(b_qb, b_m, DOT_MODE)
+            tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
+            p_qb = qb + o_ck + p_ck
+            b_o = _dot(tl.load(p_qb, mask=m_k1[None, :], other=0.), b_m1, DOT_MODE)
+            if K > BK:
+                b_o = _dot_acc(tl.load(p_qb + BK, mask=m_k2[None, :], other=0.), b_m2, b_o, DOT_MODE)
+            if K > 2 * BK:
+                b_o = _dot_acc(tl.load(p_qb + 2 * BK, mask=m_k3[None, :], other=0.), b_m3, b_o, DOT_MODE)
+            if K > 3 * BK:
+                b_o = _dot_acc(tl.load(p_qb + 3 * BK, mask=m_k4[None, :], other=0.), b_m4, b_o, DOT_MODE)
+            b_o = -b_o
+            p_qa = qa + o_ck + p_ck
+            b_o = _dot_acc(tl.load(p_qa, mask=m_k1[None, :], other=0.), b_s1, b_o, DOT_MODE)
+            if K > BK:
+                b_o = _dot_acc(tl.load(p_qa + BK, mask=m_k2[None, :], other=0.), b_s2, b_o, DOT_MODE)
+            if K > 2 * BK:
+                b_o = _dot_acc(tl.load(p_qa + 2 * BK, mask=m_k3[None, :], other=0.), b_s3, b_o, DOT_MODE)
+            if K > 3 * BK:
+                b_o = _dot_acc(tl.load(p_qa + 3 * BK, mask=m_k4[None, :], other=0.), b_s4, b_o, DOT_MODE)
             b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
-            b_o += _dot(b_a, b_vt, DOT_MODE)
-            tl.store(o + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
+            b_o = _dot_acc(b_a, b_vt, b_o, DOT_MODE)
+            tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        b_s_new = b_g0 * b_s - b_g1 * b_m
-        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
-        b_s_new += _dot(tl.trans(b_ks), b_vt, DOT_MODE)
-        b_m = b_g2 * b_m
-        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
-        b_m -= _dot(tl.trans(b_km), b_vt, DOT_MODE)
-        b_s = b_s_new
+        b_nvt = _neg(b_vt, DOT_MODE)
+        p_ks = ks + o_ck + p_ck
+        p_km = km + o_ck + p_ck
+        b_s1, b_m1 = _fwd_state_update(b_s1, b_m1, p_ks, p_km, m_k1, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE)
+        if K > BK:
+            b_s2, b_m2 = _fwd_state_update(b_s2, b_m2, p_ks + BK, p_km + BK, m_k2, b_vt, b_nvt,
+                                           b_g0, b_g1, b_g2, DOT_MODE)
+        if K > 2 * BK:
+            b_s3, b_m3 = _fwd_state_update(b_s3, b_m3, p_ks + 2 * BK, p_km + 2 * BK, m_k3, b_vt, b_nvt,
+                                           b_g0, b_g1, b_g2, DOT_MODE)
+        if K > 3 * BK:
+            b_s4, b_m4 = _fwd_state_update(b_s4, b_m4, p_ks + 3 * BK, p_km + 3 * BK, m_k4, b_vt, b_nvt,
+                                           b_g0, b_g1, b_g2, DOT_MODE)
 
     if not RECOMPUTE:
-        tl.store(ht + st_off + p_st, b_s, mask=m_kv)
-        tl.store(ht + N.to(tl.int64) * H * K * V + st_off + p_st, b_m, mask=m_kv)
+        p_ht = ht + st_off + p_st
+        p_htm = p_ht + N.to(tl.int64) * H * K * V
+        tl.store(p_ht, b_s1, mask=m_k1[:, None] & m_v[None, :])
+        tl.store(p_htm, b_m1, mask=m_k1[:, None] & m_v[None, :])
+        if K > BK:
+            tl.store(p_ht + BK * V, b_s2, mask=m_k2[:, None] & m_v[None, :])
+            tl.store(p_htm + BK * V, b_m2, mask=m_k2[:, None] & m_v[None, :])
+        if K > 2 * BK:
+            tl.store(p_ht + 2 * BK * V, b_s3, mask=m_k3[:, None] & m_v[None, :])
+            tl.store(p_htm + 2 * BK * V, b_m3, mask=m_k3[:, None] & m_v[None, :])
+        if K > 3 * BK:
+            tl.store(p_ht + 3 * BK * V, b_s4, mask=m_k4[:, None] & m_v[None, :])
+            tl.store(p_htm + 3 * BK * V, b_m4, mask=m_k4[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _bwd_dg(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
+    """Partial sums over one [BK, BV] sub-tile of <dS', S>, <dS', M>, <dM', M> (S, M: bf16/fp32 chunk-start
+    states at p_hc, p_hc + KV), each hc tile loaded right before its product."""
+    b_hs = _load_state(p_hc, m_k, m_v)
+    d0 = tl.sum(tl.sum(b_ds * b_hs, 1), 0)
+    b_hm = _load_state(p_hc + KV, m_k, m_v)
+    d1 = tl.sum(tl.sum(b_ds * b_hm, 1), 0)
+    d2 = tl.sum(tl.sum(b_dm * b_hm, 1), 0)
+    return d0, d1, d2
+
+
+@triton.jit
+def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, m_k, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
+                      DOT_MODE: tl.constexpr):
+    """One [BK, BV] sub-tile of dS = gS dS' + Qa^T dO - Y^T dVt, dM = -gSM dS' + gM dM' - Qb^T dO + Z^T dVt
+    (b_ndo = -dO, b_ndvt = -dVt), accumulated into the states themselves (tl.dot acc=)."""
+    b_dm = b_g2 * b_dm - b_g1 * b_ds
+    b_ds = b_g0 * b_ds
+    b_qa = tl.load(p_qa, mask=m_k[None, :], other=0.)   # [C, BK]
+    b_ds = _dot_acc(tl.trans(b_qa), b_do, b_ds, DOT_MODE)
+    b_y = tl.load(p_y, mask=m_k[None, :], other=0.)
+    b_ds = _dot_acc(tl.trans(b_y), b_ndvt, b_ds, DOT_MODE)
+    b_qb = tl.load(p_qb, mask=m_k[None, :], other=0.)
+    b_dm = _dot_acc(tl.trans(b_qb), b_ndo, b_dm, DOT_MODE)
+    b_z = tl.load(p_z, mask=m_k[None, :], other=0.)
+    b_dm = _dot_acc(tl.trans(b_z), b_dvt, b_dm, DOT_MODE)
+    return b_ds, b_dm
 
 
 @triton.jit(do_not_specialize=['H'])
@@ -242,8 +406,10 @@ def momentum_delta_rule_bwd_kernel_scan(
         dS  = gS dS' + Qa^T dO - Y^T dVt
         dM  = -gSM dS' + gM dM' - Qb^T dO + Z^T dVt
 
-    and finally the initial-state grads dh0 [2, N, H, K, V] (fp32).
+    and finally the initial-state grads dh0 [2, N, H, K, V] (fp32). K is split into sub-tiles of BK (<= 64) rows
+    as in the forward kernel (b_ds1..b_ds4, b_dm1..b_dm4).
     """
+    tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
@@ -253,67 +419,133 @@ def momentum_delta_rule_bwd_kernel_scan(
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
-    m_k = o_k < K
+    m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
     m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V
-    p_st = o_k[:, None] * V + o_v[None, :]
+    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
+    p_ck = o_c[:, None] * K + o_k[None, :]          # [C, BK]  (sub-tile j: + j * BK)
+    p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
+    m_cv = m_v[None, :]
 
-    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dm = tl.zeros([BK, BV], dtype=tl.float32)
+    b_ds1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dm1 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        b_ds += tl.load(dht + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
-        b_dm += tl.load(dht + N.to(tl.int64) * H * K * V + st_off + p_st, mask=m_kv, other=0.).to(tl.float32)
+        p_dht = dht + st_off + p_st
+        p_dhtm = p_dht + N.to(tl.int64) * H * K * V
+        b_ds1 += _load_state(p_dht, m_k1, m_v)
+        b_dm1 += _load_state(p_dhtm, m_k1, m_v)
+    if K > BK:
+        b_ds2 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_dm2 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_DHT:
+            b_ds2 += _load_state(p_dht + BK * V, m_k2, m_v)
+            b_dm2 += _load_state(p_dhtm + BK * V, m_k2, m_v)
+    if K > 2 * BK:
+        b_ds3 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_dm3 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_DHT:
+            b_ds3 += _load_state(p_dht + 2 * BK * V, m_k3, m_v)
+            b_dm3 += _load_state(p_dhtm + 2 * BK * V, m_k3, m_v)
+    if K > 3 * BK:
+        b_ds4 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_dm4 = tl.zeros([BK, BV], dtype=tl.float32)
+        if USE_DHT:
+            b_ds4 += _load_state(p_dht + 3 * BK * V, m_k4, m_v)
+            b_dm4 += _load_state(p_dhtm + 3 * BK * V, m_k4, m_v)
 
     for i in range(0, c_end - c_start):
         i_c = c_end - 1 - i  # int64
         base = i_c * H + i_h
-        p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]
-        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]
-        m_ck = m_k[None, :]
-        m_cv = m_v[None, :]
+        o_ck = base * C * K
+        o_cv = base * C * V
         p_hc = base * 2 * K * V + p_st
-        tl.store(dhc + p_hc, _cast(b_ds, dhc.dtype.element_ty, DOT_MODE), mask=m_kv)
-        tl.store(dhc + K * V + p_hc, _cast(b_dm, dhc.dtype.element_ty, DOT_MODE), mask=m_kv)
+        _store_state(dhc + p_hc, b_ds1, m_k1, m_v, DOT_MODE)
+        _store_state(dhc + K * V + p_hc, b_dm1, m_k1, m_v, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM (partial over this V-block)
-        b_hs = tl.load(hc + p_hc, mask=m_kv, other=0.).to(tl.float32)
-        b_hm = tl.load(hc + K * V + p_hc, mask=m_kv, other=0.).to(tl.float32)
+        b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
+        if K > BK:
+            _store_state(dhc + BK * V + p_hc, b_ds2, m_k2, m_v, DOT_MODE)
+            _store_state(dhc + K * V + BK * V + p_hc, b_dm2, m_k2, m_v, DOT_MODE)
+            d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
+            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+        if K > 2 * BK:
+            _store_state(dhc + 2 * BK * V + p_hc, b_ds3, m_k3, m_v, DOT_MODE)
+            _store_state(dhc + K * V + 2 * BK * V + p_hc, b_dm3, m_k3, m_v, DOT_MODE)
+            d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
+            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+        if K > 3 * BK:
+            _store_state(dhc + 3 * BK * V + p_hc, b_ds4, m_k4, m_v, DOT_MODE)
+            _store_state(dhc + K * V + 3 * BK * V + p_hc, b_dm4, m_k4, m_v, DOT_MODE)
+            d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
+            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         p_dg = (base * tl.num_programs(0) + i_v) * 3
-        tl.store(dgp + p_dg, tl.sum(tl.sum(b_ds * b_hs, 1), 0))
-        tl.store(dgp + p_dg + 1, -tl.sum(tl.sum(b_ds * b_hm, 1), 0))
-        tl.store(dgp + p_dg + 2, tl.sum(tl.sum(b_dm * b_hm, 1), 0))
+        tl.store(dgp + p_dg, b_dg0)
+        tl.store(dgp + p_dg + 1, -b_dg1)
+        tl.store(dgp + p_dg + 2, b_dg2)
 
-        b_do = tl.load(do + p_cv, mask=m_cv, other=0.)
-        p_cv2 = base * 2 * C * V + o_c[:, None] * V + o_v[None, :]  # rows of dvo
+        b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
+        p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
         tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
         b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])
         b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE)  # [C, BV]
-        b_ks = tl.load(ks + p_ck, mask=m_ck, other=0.)
-        b_dvt += _dot(b_ks, b_ds, DOT_MODE)
-        b_km = tl.load(km + p_ck, mask=m_ck, other=0.)
-        b_dvt -= _dot(b_km, b_dm, DOT_MODE)
-        b_dvt = _cast(b_dvt, dvo.dtype.element_ty, DOT_MODE)
+        # dVt = -(-(Aqk^T dO + Ks dS') + Km dM'): sums over the K sub-tiles accumulate in place, and subtractions
+        # negate a [C, BV] tile (exact), never a [C, BK] operand or a state
+        p_ks = ks + o_ck + p_ck
+        b_dvt = _dot_acc(tl.load(p_ks, mask=m_k1[None, :], other=0.), b_ds1, b_dvt, DOT_MODE)
+        if K > BK:
+            b_dvt = _dot_acc(tl.load(p_ks + BK, mask=m_k2[None, :], other=0.), b_ds2, b_dvt, DOT_MODE)
+        if K > 2 * BK:
+            b_dvt = _dot_acc(tl.load(p_ks + 2 * BK, mask=m_k3[None, :], other=0.), b_ds3, b_dvt, DOT_MODE)
+        if K > 3 * BK:
+            b_dvt = _dot_acc(tl.load(p_ks + 3 * BK, mask=m_k4[None, :], other=0.), b_ds4, b_dvt, DOT_MODE)
+        b_dvt = -b_dvt
+        p_km = km + o_ck + p_ck
+        b_dvt = _dot_acc(tl.load(p_km, mask=m_k1[None, :], other=0.), b_dm1, b_dvt, DOT_MODE)
+        if K > BK:
+            b_dvt = _dot_acc(tl.load(p_km + BK, mask=m_k2[None, :], other=0.), b_dm2, b_dvt, DOT_MODE)
+        if K > 2 * BK:
+            b_dvt = _dot_acc(tl.load(p_km + 2 * BK, mask=m_k3[None, :], other=0.), b_dm3, b_dvt, DOT_MODE)
+        if K > 3 * BK:
+            b_dvt = _dot_acc(tl.load(p_km + 3 * BK, mask=m_k4[None, :], other=0.), b_dm4, b_dvt, DOT_MODE)
+        b_dvt = _cast(-b_dvt, dvo.dtype.element_ty, DOT_MODE)
         tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
 
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        # one [C, BK] operand at a time (each load right before its dot), so that at most one such tile sits in
-        # shared memory: four live fp32 [64, 256] tiles would need 264 KB (> 227 KB on Hopper)
-        b_ds_new = b_g0 * b_ds
-        b_dm = b_g2 * b_dm - b_g1 * b_ds
-        b_qa = tl.load(qa + p_ck, mask=m_ck, other=0.)
-        b_ds_new += _dot(tl.trans(b_qa), b_do, DOT_MODE)
-        b_y = tl.load(y + p_ck, mask=m_ck, other=0.)
-        b_ds_new -= _dot(tl.trans(b_y), b_dvt, DOT_MODE)
-        b_qb = tl.load(qb + p_ck, mask=m_ck, other=0.)
-        b_dm -= _dot(tl.trans(b_qb), b_do, DOT_MODE)
-        b_z = tl.load(z + p_ck, mask=m_ck, other=0.)
-        b_dm += _dot(tl.trans(b_z), b_dvt, DOT_MODE)
-        b_ds = b_ds_new
+        b_ndo = _neg(b_do, DOT_MODE)
+        b_ndvt = _neg(b_dvt, DOT_MODE)
+        p_qa = qa + o_ck + p_ck
+        p_y = y + o_ck + p_ck
+        p_qb = qb + o_ck + p_ck
+        p_z = z + o_ck + p_ck
+        b_ds1, b_dm1 = _bwd_state_update(b_ds1, b_dm1, p_qa, p_y, p_qb, p_z, m_k1, b_do, b_ndo, b_dvt, b_ndvt,
+                                         b_g0, b_g1, b_g2, DOT_MODE)
+        if K > BK:
+            b_ds2, b_dm2 = _bwd_state_update(b_ds2, b_dm2, p_qa + BK, p_y + BK, p_qb + BK, p_z + BK, m_k2,
+                                             b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2, DOT_MODE)
+        if K > 2 * BK:
+            b_ds3, b_dm3 = _bwd_state_update(b_ds3, b_dm3, p_qa + 2 * BK, p_y + 2 * BK, p_qb + 2 * BK,
+                                             p_z + 2 * BK, m_k3, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
+                                             DOT_MODE)
+        if K > 3 * BK:
+            b_ds4, b_dm4 = _bwd_state_update(b_ds4, b_dm4, p_qa + 3 * BK, p_y + 3 * BK, p_qb + 3 * BK,
+                                             p_z + 3 * BK, m_k4, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
+                                             DOT_MODE)
 
-    tl.store(dh0 + st_off + p_st, b_ds, mask=m_kv)
-    tl.store(dh0 + N.to(tl.int64) * H * K * V + st_off + p_st, b_dm, mask=m_kv)
+    p_dh0 = dh0 + st_off + p_st
+    p_dh0m = p_dh0 + N.to(tl.int64) * H * K * V
+    tl.store(p_dh0, b_ds1, mask=m_k1[:, None] & m_v[None, :])
+    tl.store(p_dh0m, b_dm1, mask=m_k1[:, None] & m_v[None, :])
+    if K > BK:
+        tl.store(p_dh0 + BK * V, b_ds2, mask=m_k2[:, None] & m_v[None, :])
+        tl.store(p_dh0m + BK * V, b_dm2, mask=m_k2[:, None] & m_v[None, :])
+    if K > 2 * BK:
+        tl.store(p_dh0 + 2 * BK * V, b_ds3, mask=m_k3[:, None] & m_v[None, :])
+        tl.store(p_dh0m + 2 * BK * V, b_dm3, mask=m_k3[:, None] & m_v[None, :])
+    if K > 3 * BK:
+        tl.store(p_dh0 + 3 * BK * V, b_ds4, mask=m_k4[:, None] & m_v[None, :])
+        tl.store(p_dh0m + 3 * BK * V, b_dm4, mask=m_k4[:, None] & m_v[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,7 +564,6 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     NC, H, C, K, V, N = _dims(u, y, chunk_offsets)
     recompute = vt is not None
     dev = u.device
-    BK = _block_k(K)
     # the state recompute belongs to the backward pass: it takes the backward's tile config
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
     BV = block_v or cfg_bv
@@ -346,7 +577,7 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
         u, y, z, qa, qb, aqk, ks, km, g,
         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
         chunk_offsets, H,
-        K=K, V=V, C=C, BK=BK, BV=BV,
+        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
         DOT_MODE=_dot_mode(u.dtype),
         num_warps=num_warps or cfg_nw,
@@ -360,7 +591,6 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
     K = y.shape[-1]
     N = chunk_offsets.shape[0] - 1
     dev = do.device
-    BK = _block_k(K)
     cfg_bv, cfg_nw = scan_config(K, V, y.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
@@ -373,7 +603,7 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
         y, z, qa, qb, aqk, ks, km, g,
         do, dht, dh0, dvo, dhc, hc, dgp,
         chunk_offsets, H,
-        K=K, V=V, C=C, BK=BK, BV=BV,
+        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
         DOT_MODE=_dot_mode(y.dtype),
         num_warps=num_warps or cfg_nw,
