@@ -6,7 +6,7 @@
     python triton/mdn/bench/bench_op.py --scan-configs "default 32,4 64,8 32,4;64,8"  # sweep scan tiles: BV,warps or fwd;bwd
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
-    MDN_INTRA_GEMM=bf16 python triton/mdn/bench/bench_op.py           # experimental bf16 GEMMs in the intra part
+    MDN_INTRA_GEMM=fp32 python triton/mdn/bench/bench_op.py           # fp32 GEMMs in the intra part (default: bf16)
     python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
@@ -161,7 +161,9 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
             x.grad = None
     if check:
         row["check"] = run_check(shape, dtype, chunk_size)
-    row["intra_gemm"] = os.environ.get("MDN_INTRA_GEMM", "fp32") or "fp32"
+    from mdn.ops.momentum_delta_rule.chunk import _bf16_gemm_wanted
+    op_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
+    row["intra_gemm"] = "bf16" if _bf16_gemm_wanted(op_dtype) else "fp32"
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
@@ -172,8 +174,7 @@ def run_phases(xs, do, C):
     """Times of the pieces: intra fwd (torch; compiled unless --eager-intra), intra fwd (fused Triton, with
     --intra triton), intra fwd+bwd (autograd, scan grads random), scan fwd, scan bwd."""
     import torch
-    from mdn.ops.momentum_delta_rule.chunk import _pack_dense
-    from mdn.ops.momentum_delta_rule.chunk import _run_intra as chunk_mdn_intra  # compiled unless --eager-intra
+    from mdn.ops.momentum_delta_rule.chunk import _pack_dense, _bf16_gemm_wanted, _run_intra
     from mdn.ops.momentum_delta_rule.chunk_scan import scan_bwd, scan_fwd
     q, k, v, la, beta, lm, eta = xs
     B, T, H, K = q.shape
@@ -183,23 +184,29 @@ def run_phases(xs, do, C):
     packed = [_pack_dense(x, C) for x in (q, k, v)]
     gates = _pack_dense(torch.stack([la, beta, lm, eta], -1), C)
     gl = [gates[..., i] for i in range(4)]
+    bf16_gemm = _bf16_gemm_wanted(op_dtype)
+
+    def chunk_mdn_intra(q, k, v, la, beta, lm, eta, scale, out_dtype):
+        """packing + intra exactly as the op runs it (compiled unless --eager-intra), from [B, T, H, D] inputs"""
+        return _run_intra(q, k, v, la, beta, lm, eta, None, B * NT, C, scale, True, True, out_dtype, bf16_gemm)
+
     out = {}
     with torch.no_grad():
-        out["intra_fwd"] = bench(lambda: chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype))
+        out["intra_fwd"] = bench(lambda: chunk_mdn_intra(*xs, K ** -0.5, out_dtype=op_dtype))
         if os.environ.get("MDN_INTRA", "") == "triton":
             from mdn.ops.momentum_delta_rule.chunk_intra_fwd import chunk_mdn_intra_fwd_triton
             out["intra_fwd_triton"] = bench(
                 lambda: chunk_mdn_intra_fwd_triton(*packed, *gl, K ** -0.5, out_dtype=op_dtype))
-        intra = chunk_mdn_intra(*packed, *gl, K ** -0.5, out_dtype=op_dtype)
+        intra = chunk_mdn_intra(*xs, K ** -0.5, out_dtype=op_dtype)
         out["scan_fwd"] = bench(lambda: scan_fwd(*intra, None, off))
         o, vt, ht = scan_fwd(*intra, None, off)
         dO = torch.randn_like(o)
         out["scan_bwd"] = bench(lambda: scan_bwd(*intra[1:], None, off, vt, dO, None))
         grads = scan_bwd(*intra[1:], None, off, vt, dO, None)
-    leaves = [x.detach().requires_grad_() for x in packed + gl]
+    leaves = [x.detach().requires_grad_() for x in xs]
 
     def intra_fb():
-        r = chunk_mdn_intra(*leaves[:3], *leaves[3:], K ** -0.5, out_dtype=op_dtype)
+        r = chunk_mdn_intra(*leaves, K ** -0.5, out_dtype=op_dtype)
         torch.autograd.backward(list(r), list(grads[:9]))
 
     out["intra_fwd_bwd"] = bench(intra_fb, grad_to_none=leaves)

@@ -91,11 +91,19 @@ def test_16bit_matches_oracle(dtype, T, C):
 
 
 @needs_kernels
-def test_bf16_intra_gemm_variant_matches_oracle(monkeypatch):
-    """MDN_INTRA_GEMM=bf16 (experimental bf16 GEMMs in the intra part) stays within the bf16 tolerances."""
-    monkeypatch.setenv("MDN_INTRA_GEMM", "bf16")
+@pytest.mark.parametrize("gemm", ["bf16", "fp32"])
+def test_intra_gemm_variants_match_oracle(monkeypatch, gemm):
+    """MDN_INTRA_GEMM=bf16 (the default for 16-bit inputs) and =fp32 both stay within the bf16 tolerances."""
+    monkeypatch.setenv("MDN_INTRA_GEMM", gemm)
     inputs = make_inputs(1, 130, 2, 32, 48, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2, op_kwargs={"chunk_size": 64})
+
+
+def test_intra_gemm_env_rejects_unknown_value(monkeypatch):
+    monkeypatch.setenv("MDN_INTRA_GEMM", "tf32")
+    inputs = make_inputs(1, 20, 1, 16, 16, dtype=torch.bfloat16, device=DEV)
+    with pytest.raises(ValueError, match="MDN_INTRA_GEMM='tf32'"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
 @needs_kernels

@@ -72,6 +72,18 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, pos).unsqueeze(0)
 
 
+def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
+                  use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool):
+    """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
+    function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
+    backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100)."""
+    pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
+    qc, kc, vc = pack(q), pack(k), pack(v)
+    gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
+    return chunk_mdn_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                           use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
+
+
 _compiled_intra = None
 _compile_failed = False
 
@@ -85,13 +97,16 @@ def _compile_wanted(q: torch.Tensor) -> bool:
 
 
 def _bf16_gemm_wanted(op_dtype: torch.dtype) -> bool:
-    """MDN_INTRA_GEMM=bf16 (experimental): bf16 GEMMs in the intra part for 16-bit inputs (chunk_intra.py)."""
-    if op_dtype != torch.bfloat16 or torch.compiler.is_compiling():
-        return False
-    return os.environ.get("MDN_INTRA_GEMM", "") == "bf16"
+    """bf16 GEMMs in the intra part for 16-bit inputs (chunk_intra.py), as the official kernels do: the default
+    since it was measured (H100, H6 K256 V512, T=4096: fwd+bwd 24.4 -> 20.3 ms, every error vs fp64 <= 5e-3;
+    docs/BENCHMARKS.md). MDN_INTRA_GEMM=fp32 keeps those GEMMs in fp32 (slower, for accuracy studies)."""
+    env = os.environ.get("MDN_INTRA_GEMM", "")
+    if env not in ("", "bf16", "fp32"):
+        raise ValueError(f"MDN_INTRA_GEMM={env!r}: expected 'bf16' (default for 16-bit inputs) or 'fp32'")
+    return op_dtype == torch.bfloat16 and env != "fp32"
 
 
-def _triton_intra_wanted(*xs: torch.Tensor) -> bool:
+def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
     """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py), used only when
     no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
     only where it fits in shared memory (chunk_intra_fwd.fits: not C = 128 with K > 128)."""
@@ -102,13 +117,13 @@ def _triton_intra_wanted(*xs: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
         return False
-    if not intra_fwd_fits(xs[0].shape[-2], xs[0].shape[-1]):
+    if not intra_fwd_fits(chunk_size, xs[0].shape[-1]):
         return False
     return xs[0].is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _run_intra(q, *args, **kwargs):
-    """chunk_mdn_intra through torch.compile (default on CUDA), else eager.
+    """_packed_intra (packing + chunk_mdn_intra) through torch.compile (default on CUDA), else eager.
 
     Inside a torch.compile'd caller (is_compiling) the eager function is traced into the caller's graph instead
     of nesting a second compile. If compiling or running the compiled function raises (anything but OOM), a
@@ -117,11 +132,11 @@ def _run_intra(q, *args, **kwargs):
     """
     global _compiled_intra, _compile_failed
     if torch.compiler.is_compiling() or _compile_failed or not _compile_wanted(q):
-        return chunk_mdn_intra(q, *args, **kwargs)
+        return _packed_intra(q, *args, **kwargs)
     try:
         if _compiled_intra is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
-            _compiled_intra = torch.compile(chunk_mdn_intra, dynamic=None, backend=backend)
+            _compiled_intra = torch.compile(_packed_intra, dynamic=None, backend=backend)
         return _compiled_intra(q, *args, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
@@ -130,7 +145,7 @@ def _run_intra(q, *args, **kwargs):
         warnings.warn(f"mdn chunk op: torch.compile of the intra-chunk part failed ({type(e).__name__}: "
                       f"{str(e)[:300]}); using eager torch from now on (MDN_CHUNK_COMPILE=0 silences this)",
                       RuntimeWarning, stacklevel=3)
-        return chunk_mdn_intra(q, *args, **kwargs)
+        return _packed_intra(q, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,21 +238,19 @@ def chunk_momentum_delta_rule(
     if cu_seqlens is None:
         NT = -(-T // C)
         chunk_offsets = torch.arange(B + 1, device=q.device, dtype=torch.int32) * NT
-        pack = lambda x: _pack_dense(x, C)  # noqa: E731
+        pos, NC = None, B * NT
     else:
         pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
-        pack = lambda x: _pack_varlen(x, pos, NC, C)  # noqa: E731
 
-    # [NC, H, C, D] and gates [NC, H, C]
-    qc, kc, vc = pack(q), pack(k), pack(v)
-    gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-    if _triton_intra_wanted(qc, kc, vc, gates):
-        intra = chunk_mdn_intra_fwd_triton(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3],
-                                           scale, use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype)
+    if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C):
+        pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
+        gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
+        intra = chunk_mdn_intra_fwd_triton(pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2],
+                                           gates[..., 3], scale, use_qk_l2norm_in_kernel, use_p_times_alpha,
+                                           out_dtype=op_dtype)
     else:
-        intra = _run_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                           use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
-                           bf16_gemm=_bf16_gemm_wanted(op_dtype))
+        intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
+                           use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype))
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 
