@@ -433,7 +433,11 @@ func printTrainSummary(w io.Writer, res *train.Outcome) {
 	if mfu, ok := r["mfu"].(float64); ok && !math.IsNaN(mfu) {
 		fmt.Fprintf(w, ", MFU %.1f%%", 100*mfu)
 	}
-	fmt.Fprintf(w, "\npeak memory: %.2f GB; checkpoint: %v\nrun dir: %s\n", f("peak_mem_gb"), r["checkpoint"], res.OutDir)
+	ckpt, _ := r["checkpoint"].(string)
+	if ckpt == "" {
+		ckpt = "none"
+	}
+	fmt.Fprintf(w, "\npeak memory: %.2f GB; checkpoint: %s\nrun dir: %s\n", f("peak_mem_gb"), ckpt, res.OutDir)
 }
 
 func isRegularFile(p string) bool {
