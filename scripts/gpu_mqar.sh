@@ -15,6 +15,7 @@
 #          SWEEP=sweeps/mqar.toml WORKERS=8 HARD_S=36000 scripts/gpu_mqar.sh     # the full grid (hours)
 # Env:     SWEEP (sweeps/mqar-h100.toml), OUT (results/<sweep name>), WORKERS (8), HARD_S (450: stop every
 #          worker after this many seconds; unfinished points have no row and the summary counts them),
+#          MDN_CUDA_MEMORY_FRACTION (0.95 / WORKERS: each worker's cap on the GPU's memory),
 #          MDN_FLA_BYPASS_HOPPER_GUARD (1: let fla's GDN backward run on Hopper with Triton < 3.7.1; its rows
 #          then carry the dk caveat; 0: GDN fails there), MDNCTL (bin/mdnctl), MDN_PYTHON (.venv/bin/python)
 # Needs:   bin/mdnctl (make build; carry it if the GPU machine has no Go), the mdn package, and fla for GDN
@@ -48,6 +49,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed
 "$MDNCTL" sweep --plan "$SWEEP" --json >"$OUT/plan.json"
 (cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS")
 
+# Each worker may cache at most its share of the GPU's memory (mdn.runner: MDN_CUDA_MEMORY_FRACTION); without a cap,
+# 8 workers' cached blocks ran the 80 GB card out of memory (4 of 89 points, 2026-11-27).
+export MDN_CUDA_MEMORY_FRACTION=${MDN_CUDA_MEMORY_FRACTION:-$(awk -v w="$WORKERS" 'BEGIN { printf "%.3f", 0.95 / w }')}
 # One Triton cache for all workers, so a kernel compiled by one is loaded by the others.
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUT/triton-cache}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-0}

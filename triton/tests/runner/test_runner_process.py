@@ -193,3 +193,21 @@ def test_doctor_job_reports_the_environment():
     assert len(rep["cuda"]["devices"]) == rep["cuda"]["device_count"]
     assert rep["triton_interpret"] is True and rep["backend"] == "interpreter"
     assert rep["mdn"]["path"].endswith(os.path.join("triton", "mdn"))
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2", "half"])
+def test_bad_memory_fraction_is_a_clear_startup_error(bad):
+    env = dict(os.environ, MDN_CUDA_MEMORY_FRACTION=bad)
+    proc = subprocess.run([sys.executable, "-m", "mdn.runner"], input="", capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2
+    assert f"MDN_CUDA_MEMORY_FRACTION='{bad}'" in proc.stderr and "(0, 1]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_memory_fraction_parsing():
+    from mdn.runner.__main__ import apply_memory_fraction
+    assert apply_memory_fraction({}) is None
+    assert apply_memory_fraction({"MDN_CUDA_MEMORY_FRACTION": " 0.25 "}) == 0.25
+    with pytest.raises(ValueError, match="expected a number in"):
+        apply_memory_fraction({"MDN_CUDA_MEMORY_FRACTION": "nan"})
