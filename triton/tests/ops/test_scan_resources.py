@@ -36,9 +36,10 @@ def ptxas_path() -> str:
 
 
 def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps: int, ptxas: bool = True,
-                 **flags) -> dict:
+                 load: str = "ptr", **flags) -> dict:
     """Compile one scan kernel for sm_90 (no GPU needed). Returns {"shared": bytes} and, with ptxas=True, what
-    `ptxas -v` reports for sm_90a: "regs", "stack" (bytes of stack frame), "spill_st", "spill_ld" (bytes)."""
+    `ptxas -v` reports for sm_90a: "regs", "stack" (bytes of stack frame), "spill_st", "spill_ld" (bytes).
+    load: "ptr" or "tma" (MDN_SCAN_LOAD: the [C, K] operands through tensor descriptors)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -52,14 +53,16 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
         fp32_ptrs = {"g", "dht", "dh0", "dgp"}
     sig = {n: ("*fp32" if n in fp32_ptrs else ptr) for n in names}
     sig.update(chunk_offsets="*i32", H="i32")
-    consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1, **flags)
+    consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1,
+                  LOAD_TMA=load == "tma", **flags)
     sig.update({n: "constexpr" for n in consts})
     # as the launcher specializes them: every pointer (torch allocations) 16-byte aligned
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
              if sig.get(n, "").startswith("*")}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
-    res = {"shared": k.metadata.shared}
+    # "tma_loads": descriptor (bulk tensor) copies in the PTX, 0 on the pointer path
+    res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor")}
     if not ptxas:
         return res
     with tempfile.TemporaryDirectory() as d:

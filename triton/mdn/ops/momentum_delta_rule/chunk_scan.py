@@ -113,6 +113,56 @@ def scan_config(K: int, V: int, dtype: torch.dtype, phase: str = "fwd") -> tuple
     return max(16, min(bv, triton.next_power_of_2(V))), nw
 
 
+# How the scan kernels load their six [C, K] operands (Y, Z, Qa, Qb, Ks, Km), one [C, BK] sub-tile at a time:
+# "ptr" (default): masked pointer loads; "tma": through tensor descriptors (tl.make_tensor_descriptor, one per
+# operand, made on the device; Hopper's copy engine fetches the tiles), an opt-in variant to time against "ptr".
+# MDN_SCAN_LOAD selects it; "tma" silently runs the pointer path where descriptors cannot be used (_tma_ok).
+SCAN_LOADS = ("ptr", "tma")
+
+
+def scan_load() -> str:
+    """The MDN_SCAN_LOAD setting ("ptr" or "tma"); any other value is a ValueError."""
+    val = os.environ.get('MDN_SCAN_LOAD', 'ptr')
+    if val not in SCAN_LOADS:
+        raise ValueError(f"MDN_SCAN_LOAD={val!r}: expected one of {', '.join(repr(x) for x in SCAN_LOADS)}")
+    return val
+
+
+def _tma_ok(ops) -> bool:
+    """Whether tensor descriptors can load these [NC, H, C, K] operands: 16-bit dtype, contiguous, 16-byte aligned
+    base and rows (K * 2 bytes a multiple of 16, so not K = 20), and a Hopper-or-newer GPU or the interpreter
+    (which emulates descriptors). fp32 operands keep the pointer path."""
+    x = ops[0]
+    if x.dtype not in (torch.bfloat16, torch.float16) or (x.shape[-1] * x.element_size()) % 16:
+        return False
+    if any(t.dtype != x.dtype or not t.is_contiguous() or t.data_ptr() % 16 for t in ops):
+        return False
+    if os.environ.get('TRITON_INTERPRET', '0') == '1':
+        return True
+    return x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+def _tma_alloc(size: int, alignment: int, stream):
+    """Global memory for the descriptors the kernels create on the device (triton.set_allocator)."""
+    return torch.empty(size, dtype=torch.int8, device='cuda')
+
+
+def _use_tma(ops) -> bool:
+    """MDN_SCAN_LOAD=tma and _tma_ok; sets Triton's allocator (if none is set in this thread's context: it is a
+    context variable, and autograd runs the backward in another thread) before a descriptor launch."""
+    if scan_load() != "tma" or not _tma_ok(ops):
+        return False
+    if ops[0].is_cuda:
+        try:
+            from triton.runtime import _allocation
+            unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        except (ImportError, AttributeError):
+            unset = True
+        if unset:
+            triton.set_allocator(_tma_alloc)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,6 +218,17 @@ def _dot_acc(a, b, acc, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _load_ck(p, t, row, col: tl.constexpr, m_k, LOAD_TMA: tl.constexpr):
+    """[C, BK] sub-tile (columns col ...) of a chunk's [C, K] operand. Pointer path: p are the sub-tile's [C, BK]
+    pointers, masked by m_k (K columns). LOAD_TMA: t is a tensor descriptor over the operand as [NC * H * C, K]
+    with [C, BK] blocks and row the chunk's first row; the copy engine zero-fills columns >= K (p is unused)."""
+    if LOAD_TMA:
+        return t.load([row, col])
+    else:
+        return tl.load(p, mask=m_k[None, :], other=0.)
+
+
+@triton.jit
 def _load_state(p, m_k, m_v):
     """[BK, BV] sub-tile of an fp32 state (p: [BK, BV] pointers)."""
     return tl.load(p, mask=m_k[:, None] & m_v[None, :], other=0.).to(tl.float32)
@@ -179,14 +240,15 @@ def _store_state(p, x, m_k, m_v, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
-def _fwd_state_update(b_s, b_m, p_ks, p_km, m_k, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr):
-    """One [BK, BV] sub-tile of S' = gS S - gSM M + Ks^T Vt, M' = gM M - Km^T Vt (b_nvt = -Vt), accumulated into
-    the states themselves (tl.dot acc=)."""
+def _fwd_state_update(b_s, b_m, p_ks, p_km, t_ks, t_km, row, col: tl.constexpr, m_k, b_vt, b_nvt,
+                      b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
+    """One [BK, BV] sub-tile (K columns col ...) of S' = gS S - gSM M + Ks^T Vt, M' = gM M - Km^T Vt
+    (b_nvt = -Vt), accumulated into the states themselves (tl.dot acc=). Operands as in _load_ck."""
     b_s = b_g0 * b_s - b_g1 * b_m
     b_m = b_g2 * b_m
-    b_ks = tl.load(p_ks, mask=m_k[None, :], other=0.)   # [C, BK]
+    b_ks = _load_ck(p_ks, t_ks, row, col, m_k, LOAD_TMA)   # [C, BK]
     b_s = _dot_acc(tl.trans(b_ks), b_vt, b_s, DOT_MODE)
-    b_km = tl.load(p_km, mask=m_k[None, :], other=0.)
+    b_km = _load_ck(p_km, t_km, row, col, m_k, LOAD_TMA)
     b_m = _dot_acc(tl.trans(b_km), b_nvt, b_m, DOT_MODE)
     return b_s, b_m
 
@@ -206,6 +268,7 @@ def momentum_delta_rule_fwd_kernel_scan(
     RECOMPUTE: tl.constexpr,
     STORE_STATES: tl.constexpr,
     DOT_MODE: tl.constexpr,
+    LOAD_TMA: tl.constexpr,
 ):
     """Forward scan over the chunks of one (sequence, head, V-block).
 
@@ -216,6 +279,7 @@ def momentum_delta_rule_fwd_kernel_scan(
     K is split into up to four sub-tiles of BK (<= 64) rows, each state sub-tile its own variable (b_s1..b_s4,
     b_m1..b_m4), and every [C, K] operand is loaded one [C, BK] sub-tile at a time, right before its dot: a whole
     [C, 256] bf16 tile passes through registers on its way to shared memory and made the kernel spill.
+    LOAD_TMA (MDN_SCAN_LOAD=tma): the [C, K] operands are loaded through tensor descriptors (_load_ck) instead.
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -234,6 +298,22 @@ def momentum_delta_rule_fwd_kernel_scan(
     p_ck = o_c[:, None] * K + o_k[None, :]          # [C, BK]  (sub-tile j: + j * BK)
     p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
     m_cv = m_v[None, :]
+    if LOAD_TMA:
+        # one descriptor per [C, K] operand, viewed as [NC * H * C, K] (chunk_offsets[N] = NC)
+        NR = (tl.load(chunk_offsets + N) * H * C).to(tl.int32)
+        t_y = tl.make_tensor_descriptor(y, [NR, K], [K, 1], [C, BK])
+        t_z = tl.make_tensor_descriptor(z, [NR, K], [K, 1], [C, BK])
+        t_qa = tl.make_tensor_descriptor(qa, [NR, K], [K, 1], [C, BK])
+        t_qb = tl.make_tensor_descriptor(qb, [NR, K], [K, 1], [C, BK])
+        t_ks = tl.make_tensor_descriptor(ks, [NR, K], [K, 1], [C, BK])
+        t_km = tl.make_tensor_descriptor(km, [NR, K], [K, 1], [C, BK])
+    else:
+        t_y = y
+        t_z = z
+        t_qa = qa
+        t_qb = qb
+        t_ks = ks
+        t_km = km
 
     b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
     b_m1 = tl.zeros([BK, BV], dtype=tl.float32)
@@ -264,6 +344,7 @@ def momentum_delta_rule_fwd_kernel_scan(
     for i_c in range(c_start, c_end):  # int64: c_start is int64
         base = i_c * H + i_h                  # index of [c, h]
         o_ck = base * C * K                   # offset of [c, h] in [NC, H, C, K]
+        row = (base * C).to(tl.int32)         # first row of [c, h] in [NC * H * C, K] (LOAD_TMA)
         o_cv = base * C * V
         if STORE_STATES:
             p_hc = hc + base * 2 * K * V + p_st
@@ -286,41 +367,41 @@ def momentum_delta_rule_fwd_kernel_scan(
             # [C, BK] operand or a state
             b_vt = -tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
             p_y = y + o_ck + p_ck
-            b_vt = _dot_acc(tl.load(p_y, mask=m_k1[None, :], other=0.), b_s1, b_vt, DOT_MODE)
+            b_vt = _dot_acc(_load_ck(p_y, t_y, row, 0, m_k1, LOAD_TMA), b_s1, b_vt, DOT_MODE)
             if K > BK:
-                b_vt = _dot_acc(tl.load(p_y + BK, mask=m_k2[None, :], other=0.), b_s2, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_y + BK, t_y, row, BK, m_k2, LOAD_TMA), b_s2, b_vt, DOT_MODE)
             if K > 2 * BK:
-                b_vt = _dot_acc(tl.load(p_y + 2 * BK, mask=m_k3[None, :], other=0.), b_s3, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_y + 2 * BK, t_y, row, 2 * BK, m_k3, LOAD_TMA), b_s3, b_vt, DOT_MODE)
             if K > 3 * BK:
-                b_vt = _dot_acc(tl.load(p_y + 3 * BK, mask=m_k4[None, :], other=0.), b_s4, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_y + 3 * BK, t_y, row, 3 * BK, m_k4, LOAD_TMA), b_s4, b_vt, DOT_MODE)
             b_vt = -b_vt
             p_z = z + o_ck + p_ck
-            b_vt = _dot_acc(tl.load(p_z, mask=m_k1[None, :], other=0.), b_m1, b_vt, DOT_MODE)
+            b_vt = _dot_acc(_load_ck(p_z, t_z, row, 0, m_k1, LOAD_TMA), b_m1, b_vt, DOT_MODE)
             if K > BK:
-                b_vt = _dot_acc(tl.load(p_z + BK, mask=m_k2[None, :], other=0.), b_m2, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_z + BK, t_z, row, BK, m_k2, LOAD_TMA), b_m2, b_vt, DOT_MODE)
             if K > 2 * BK:
-                b_vt = _dot_acc(tl.load(p_z + 2 * BK, mask=m_k3[None, :], other=0.), b_m3, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_z + 2 * BK, t_z, row, 2 * BK, m_k3, LOAD_TMA), b_m3, b_vt, DOT_MODE)
             if K > 3 * BK:
-                b_vt = _dot_acc(tl.load(p_z + 3 * BK, mask=m_k4[None, :], other=0.), b_m4, b_vt, DOT_MODE)
+                b_vt = _dot_acc(_load_ck(p_z + 3 * BK, t_z, row, 3 * BK, m_k4, LOAD_TMA), b_m4, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
             p_qb = qb + o_ck + p_ck
-            b_o = _dot(tl.load(p_qb, mask=m_k1[None, :], other=0.), b_m1, DOT_MODE)
+            b_o = _dot(_load_ck(p_qb, t_qb, row, 0, m_k1, LOAD_TMA), b_m1, DOT_MODE)
             if K > BK:
-                b_o = _dot_acc(tl.load(p_qb + BK, mask=m_k2[None, :], other=0.), b_m2, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qb + BK, t_qb, row, BK, m_k2, LOAD_TMA), b_m2, b_o, DOT_MODE)
             if K > 2 * BK:
-                b_o = _dot_acc(tl.load(p_qb + 2 * BK, mask=m_k3[None, :], other=0.), b_m3, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qb + 2 * BK, t_qb, row, 2 * BK, m_k3, LOAD_TMA), b_m3, b_o, DOT_MODE)
             if K > 3 * BK:
-                b_o = _dot_acc(tl.load(p_qb + 3 * BK, mask=m_k4[None, :], other=0.), b_m4, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qb + 3 * BK, t_qb, row, 3 * BK, m_k4, LOAD_TMA), b_m4, b_o, DOT_MODE)
             b_o = -b_o
             p_qa = qa + o_ck + p_ck
-            b_o = _dot_acc(tl.load(p_qa, mask=m_k1[None, :], other=0.), b_s1, b_o, DOT_MODE)
+            b_o = _dot_acc(_load_ck(p_qa, t_qa, row, 0, m_k1, LOAD_TMA), b_s1, b_o, DOT_MODE)
             if K > BK:
-                b_o = _dot_acc(tl.load(p_qa + BK, mask=m_k2[None, :], other=0.), b_s2, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qa + BK, t_qa, row, BK, m_k2, LOAD_TMA), b_s2, b_o, DOT_MODE)
             if K > 2 * BK:
-                b_o = _dot_acc(tl.load(p_qa + 2 * BK, mask=m_k3[None, :], other=0.), b_s3, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qa + 2 * BK, t_qa, row, 2 * BK, m_k3, LOAD_TMA), b_s3, b_o, DOT_MODE)
             if K > 3 * BK:
-                b_o = _dot_acc(tl.load(p_qa + 3 * BK, mask=m_k4[None, :], other=0.), b_s4, b_o, DOT_MODE)
+                b_o = _dot_acc(_load_ck(p_qa + 3 * BK, t_qa, row, 3 * BK, m_k4, LOAD_TMA), b_s4, b_o, DOT_MODE)
             b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
             b_o = _dot_acc(b_a, b_vt, b_o, DOT_MODE)
             tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
@@ -330,16 +411,17 @@ def momentum_delta_rule_fwd_kernel_scan(
         b_nvt = _neg(b_vt, DOT_MODE)
         p_ks = ks + o_ck + p_ck
         p_km = km + o_ck + p_ck
-        b_s1, b_m1 = _fwd_state_update(b_s1, b_m1, p_ks, p_km, m_k1, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE)
+        b_s1, b_m1 = _fwd_state_update(b_s1, b_m1, p_ks, p_km, t_ks, t_km, row, 0,
+                                       m_k1, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > BK:
-            b_s2, b_m2 = _fwd_state_update(b_s2, b_m2, p_ks + BK, p_km + BK, m_k2, b_vt, b_nvt,
-                                           b_g0, b_g1, b_g2, DOT_MODE)
+            b_s2, b_m2 = _fwd_state_update(b_s2, b_m2, p_ks + BK, p_km + BK, t_ks, t_km, row, BK,
+                                           m_k2, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 2 * BK:
-            b_s3, b_m3 = _fwd_state_update(b_s3, b_m3, p_ks + 2 * BK, p_km + 2 * BK, m_k3, b_vt, b_nvt,
-                                           b_g0, b_g1, b_g2, DOT_MODE)
+            b_s3, b_m3 = _fwd_state_update(b_s3, b_m3, p_ks + 2 * BK, p_km + 2 * BK, t_ks, t_km, row, 2 * BK,
+                                           m_k3, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 3 * BK:
-            b_s4, b_m4 = _fwd_state_update(b_s4, b_m4, p_ks + 3 * BK, p_km + 3 * BK, m_k4, b_vt, b_nvt,
-                                           b_g0, b_g1, b_g2, DOT_MODE)
+            b_s4, b_m4 = _fwd_state_update(b_s4, b_m4, p_ks + 3 * BK, p_km + 3 * BK, t_ks, t_km, row, 3 * BK,
+                                           m_k4, b_vt, b_nvt, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
 
     if not RECOMPUTE:
         p_ht = ht + st_off + p_st
@@ -370,19 +452,21 @@ def _bwd_dg(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
 
 
 @triton.jit
-def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, m_k, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
-                      DOT_MODE: tl.constexpr):
-    """One [BK, BV] sub-tile of dS = gS dS' + Qa^T dO - Y^T dVt, dM = -gSM dS' + gM dM' - Qb^T dO + Z^T dVt
-    (b_ndo = -dO, b_ndvt = -dVt), accumulated into the states themselves (tl.dot acc=)."""
+def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, t_qa, t_y, t_qb, t_z, row, col: tl.constexpr, m_k,
+                      b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
+                      DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
+    """One [BK, BV] sub-tile (K columns col ...) of dS = gS dS' + Qa^T dO - Y^T dVt,
+    dM = -gSM dS' + gM dM' - Qb^T dO + Z^T dVt (b_ndo = -dO, b_ndvt = -dVt), accumulated into the states themselves
+    (tl.dot acc=). Operands as in _load_ck."""
     b_dm = b_g2 * b_dm - b_g1 * b_ds
     b_ds = b_g0 * b_ds
-    b_qa = tl.load(p_qa, mask=m_k[None, :], other=0.)   # [C, BK]
+    b_qa = _load_ck(p_qa, t_qa, row, col, m_k, LOAD_TMA)   # [C, BK]
     b_ds = _dot_acc(tl.trans(b_qa), b_do, b_ds, DOT_MODE)
-    b_y = tl.load(p_y, mask=m_k[None, :], other=0.)
+    b_y = _load_ck(p_y, t_y, row, col, m_k, LOAD_TMA)
     b_ds = _dot_acc(tl.trans(b_y), b_ndvt, b_ds, DOT_MODE)
-    b_qb = tl.load(p_qb, mask=m_k[None, :], other=0.)
+    b_qb = _load_ck(p_qb, t_qb, row, col, m_k, LOAD_TMA)
     b_dm = _dot_acc(tl.trans(b_qb), b_ndo, b_dm, DOT_MODE)
-    b_z = tl.load(p_z, mask=m_k[None, :], other=0.)
+    b_z = _load_ck(p_z, t_z, row, col, m_k, LOAD_TMA)
     b_dm = _dot_acc(tl.trans(b_z), b_dvt, b_dm, DOT_MODE)
     return b_ds, b_dm
 
@@ -400,6 +484,7 @@ def momentum_delta_rule_bwd_kernel_scan(
     BV: tl.constexpr,
     USE_DHT: tl.constexpr,
     DOT_MODE: tl.constexpr,
+    LOAD_TMA: tl.constexpr,
 ):
     """Reverse scan. Per chunk (last to first) stores the end-state grads dhc [NC, H, 2, K, V] (dS' then dM'),
     dvo [NC, H, 2C, V] (rows :C = dVt, rows C: = a copy of dO, so one GEMM against the states gives dY, dZ, dQa
@@ -430,6 +515,22 @@ def momentum_delta_rule_bwd_kernel_scan(
     p_ck = o_c[:, None] * K + o_k[None, :]          # [C, BK]  (sub-tile j: + j * BK)
     p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
     m_cv = m_v[None, :]
+    if LOAD_TMA:
+        # one descriptor per [C, K] operand, viewed as [NC * H * C, K] (chunk_offsets[N] = NC)
+        NR = (tl.load(chunk_offsets + N) * H * C).to(tl.int32)
+        t_qa = tl.make_tensor_descriptor(qa, [NR, K], [K, 1], [C, BK])
+        t_y = tl.make_tensor_descriptor(y, [NR, K], [K, 1], [C, BK])
+        t_qb = tl.make_tensor_descriptor(qb, [NR, K], [K, 1], [C, BK])
+        t_z = tl.make_tensor_descriptor(z, [NR, K], [K, 1], [C, BK])
+        t_ks = tl.make_tensor_descriptor(ks, [NR, K], [K, 1], [C, BK])
+        t_km = tl.make_tensor_descriptor(km, [NR, K], [K, 1], [C, BK])
+    else:
+        t_qa = qa
+        t_y = y
+        t_qb = qb
+        t_z = z
+        t_ks = ks
+        t_km = km
 
     b_ds1 = tl.zeros([BK, BV], dtype=tl.float32)
     b_dm1 = tl.zeros([BK, BV], dtype=tl.float32)
@@ -461,6 +562,7 @@ def momentum_delta_rule_bwd_kernel_scan(
         i_c = c_end - 1 - i  # int64
         base = i_c * H + i_h
         o_ck = base * C * K
+        row = (base * C).to(tl.int32)
         o_cv = base * C * V
         p_hc = base * 2 * K * V + p_st
         _store_state(dhc + p_hc, b_ds1, m_k1, m_v, DOT_MODE)
@@ -495,22 +597,22 @@ def momentum_delta_rule_bwd_kernel_scan(
         # dVt = -(-(Aqk^T dO + Ks dS') + Km dM'): sums over the K sub-tiles accumulate in place, and subtractions
         # negate a [C, BV] tile (exact), never a [C, BK] operand or a state
         p_ks = ks + o_ck + p_ck
-        b_dvt = _dot_acc(tl.load(p_ks, mask=m_k1[None, :], other=0.), b_ds1, b_dvt, DOT_MODE)
+        b_dvt = _dot_acc(_load_ck(p_ks, t_ks, row, 0, m_k1, LOAD_TMA), b_ds1, b_dvt, DOT_MODE)
         if K > BK:
-            b_dvt = _dot_acc(tl.load(p_ks + BK, mask=m_k2[None, :], other=0.), b_ds2, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_ks + BK, t_ks, row, BK, m_k2, LOAD_TMA), b_ds2, b_dvt, DOT_MODE)
         if K > 2 * BK:
-            b_dvt = _dot_acc(tl.load(p_ks + 2 * BK, mask=m_k3[None, :], other=0.), b_ds3, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_ks + 2 * BK, t_ks, row, 2 * BK, m_k3, LOAD_TMA), b_ds3, b_dvt, DOT_MODE)
         if K > 3 * BK:
-            b_dvt = _dot_acc(tl.load(p_ks + 3 * BK, mask=m_k4[None, :], other=0.), b_ds4, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_ks + 3 * BK, t_ks, row, 3 * BK, m_k4, LOAD_TMA), b_ds4, b_dvt, DOT_MODE)
         b_dvt = -b_dvt
         p_km = km + o_ck + p_ck
-        b_dvt = _dot_acc(tl.load(p_km, mask=m_k1[None, :], other=0.), b_dm1, b_dvt, DOT_MODE)
+        b_dvt = _dot_acc(_load_ck(p_km, t_km, row, 0, m_k1, LOAD_TMA), b_dm1, b_dvt, DOT_MODE)
         if K > BK:
-            b_dvt = _dot_acc(tl.load(p_km + BK, mask=m_k2[None, :], other=0.), b_dm2, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_km + BK, t_km, row, BK, m_k2, LOAD_TMA), b_dm2, b_dvt, DOT_MODE)
         if K > 2 * BK:
-            b_dvt = _dot_acc(tl.load(p_km + 2 * BK, mask=m_k3[None, :], other=0.), b_dm3, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_km + 2 * BK, t_km, row, 2 * BK, m_k3, LOAD_TMA), b_dm3, b_dvt, DOT_MODE)
         if K > 3 * BK:
-            b_dvt = _dot_acc(tl.load(p_km + 3 * BK, mask=m_k4[None, :], other=0.), b_dm4, b_dvt, DOT_MODE)
+            b_dvt = _dot_acc(_load_ck(p_km + 3 * BK, t_km, row, 3 * BK, m_k4, LOAD_TMA), b_dm4, b_dvt, DOT_MODE)
         b_dvt = _cast(-b_dvt, dvo.dtype.element_ty, DOT_MODE)
         tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
 
@@ -523,19 +625,21 @@ def momentum_delta_rule_bwd_kernel_scan(
         p_y = y + o_ck + p_ck
         p_qb = qb + o_ck + p_ck
         p_z = z + o_ck + p_ck
-        b_ds1, b_dm1 = _bwd_state_update(b_ds1, b_dm1, p_qa, p_y, p_qb, p_z, m_k1, b_do, b_ndo, b_dvt, b_ndvt,
-                                         b_g0, b_g1, b_g2, DOT_MODE)
+        b_ds1, b_dm1 = _bwd_state_update(b_ds1, b_dm1, p_qa, p_y, p_qb, p_z,
+                                         t_qa, t_y, t_qb, t_z, row, 0, m_k1, b_do, b_ndo, b_dvt, b_ndvt,
+                                         b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > BK:
-            b_ds2, b_dm2 = _bwd_state_update(b_ds2, b_dm2, p_qa + BK, p_y + BK, p_qb + BK, p_z + BK, m_k2,
-                                             b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2, DOT_MODE)
+            b_ds2, b_dm2 = _bwd_state_update(b_ds2, b_dm2, p_qa + BK, p_y + BK, p_qb + BK, p_z + BK,
+                                             t_qa, t_y, t_qb, t_z, row, BK, m_k2, b_do, b_ndo, b_dvt, b_ndvt,
+                                             b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 2 * BK:
-            b_ds3, b_dm3 = _bwd_state_update(b_ds3, b_dm3, p_qa + 2 * BK, p_y + 2 * BK, p_qb + 2 * BK,
-                                             p_z + 2 * BK, m_k3, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
-                                             DOT_MODE)
+            b_ds3, b_dm3 = _bwd_state_update(b_ds3, b_dm3, p_qa + 2 * BK, p_y + 2 * BK, p_qb + 2 * BK, p_z + 2 * BK,
+                                             t_qa, t_y, t_qb, t_z, row, 2 * BK, m_k3, b_do, b_ndo, b_dvt, b_ndvt,
+                                             b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 3 * BK:
-            b_ds4, b_dm4 = _bwd_state_update(b_ds4, b_dm4, p_qa + 3 * BK, p_y + 3 * BK, p_qb + 3 * BK,
-                                             p_z + 3 * BK, m_k4, b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
-                                             DOT_MODE)
+            b_ds4, b_dm4 = _bwd_state_update(b_ds4, b_dm4, p_qa + 3 * BK, p_y + 3 * BK, p_qb + 3 * BK, p_z + 3 * BK,
+                                             t_qa, t_y, t_qb, t_z, row, 3 * BK, m_k4, b_do, b_ndo, b_dvt, b_ndvt,
+                                             b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
 
     p_dh0 = dh0 + st_off + p_st
     p_dh0m = p_dh0 + N.to(tl.int64) * H * K * V
@@ -577,13 +681,14 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
     hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
     grid = (triton.cdiv(V, BV), N * H)
+    tma = _use_tma((y, z, qa, qb, ks, km))
     momentum_delta_rule_fwd_kernel_scan[grid](
         u, y, z, qa, qb, aqk, ks, km, g,
         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
         chunk_offsets, H,
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
-        DOT_MODE=_dot_mode(u.dtype),
+        DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma,
         num_warps=num_warps or cfg_nw,
         num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
     )
@@ -603,13 +708,14 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
     dgp = _empty((NC, H, NV, 3), torch.float32, dev)
     grid = (NV, N * H)
+    tma = _use_tma((y, z, qa, qb, ks, km))
     momentum_delta_rule_bwd_kernel_scan[grid](
         y, z, qa, qb, aqk, ks, km, g,
         do, dht, dh0, dvo, dhc, hc, dgp,
         chunk_offsets, H,
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
-        DOT_MODE=_dot_mode(y.dtype),
+        DOT_MODE=_dot_mode(y.dtype), LOAD_TMA=tma,
         num_warps=num_warps or cfg_nw,
         num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
     )
@@ -690,12 +796,14 @@ def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
 
 
 def scan_fwd_impl(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw):
+    scan_load()  # reject a bad MDN_SCAN_LOAD on every path
     if _use_triton(u):
         return scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw)
     return scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw)
 
 
 def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
+    scan_load()
     if _use_triton(y):
         return scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
     return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
