@@ -7,6 +7,7 @@
     python triton/mdn/bench/bench_op.py --eager-intra                 # intra part in eager torch (default: compiled)
     python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
     MDN_INTRA_GEMM=fp32 python triton/mdn/bench/bench_op.py           # fp32 GEMMs in the intra part (default: bf16)
+    MDN_SCAN_LOAD=tma python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load [C, K] tiles via descriptors
     python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
@@ -121,11 +122,13 @@ def run_profile(fn, top=12):
 def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=False):
     import torch
     from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
+    from mdn.ops.momentum_delta_rule.chunk_scan import scan_load
     H, K, V = SHAPES[shape]
     B = max(1, tokens // T)
     dev = "cuda"
     row = {"shape": shape, "B": B, "T": T, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""),
            "chunk_size": chunk_size, "scan_config": os.environ.get("MDN_SCAN_CONFIG", "default"),
+           "scan_load": scan_load(),
            "compile_intra": os.environ.get("MDN_CHUNK_COMPILE", "") != "0",
            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     import triton
@@ -234,6 +237,12 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     import torch
+    from mdn.ops.momentum_delta_rule.chunk_scan import scan_load
+    try:
+        scan_load()  # a bad MDN_SCAN_LOAD fails here, before any run
+    except ValueError as e:
+        print(f"bench_op.py: {e}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("bench_op.py needs a CUDA device", file=sys.stderr)
         return 2
@@ -257,7 +266,8 @@ def main(argv=None):
                     row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0,
                                    check=a.check and i_cfg == 0, prof=a.profile and i_cfg == 0)
                 except torch.cuda.OutOfMemoryError as e:
-                    row = {"shape": shape, "T": T, "scan_config": cfg or "default", "error": f"oom: {e}"}
+                    row = {"shape": shape, "T": T, "scan_config": cfg or "default", "scan_load": scan_load(),
+                           "error": f"oom: {e}"}
                     torch.cuda.empty_cache()
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -269,14 +279,14 @@ def main(argv=None):
     cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
     if not any("intra_fwd_triton" in r for r in rows):
         cols.remove("intra_fwd_triton")
-    print("| shape | T | B | scan cfg | " + " | ".join(c + " ms" for c in cols) + " | peak GiB |")
-    print("|---|---|---|---|" + "---|" * len(cols) + "---|")
+    print("| shape | T | B | scan cfg | scan load | " + " | ".join(c + " ms" for c in cols) + " | peak GiB |")
+    print("|---|---|---|---|---|" + "---|" * len(cols) + "---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['error'][:40]} |")
+            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['scan_load']} | {r['error'][:40]} |")
             continue
         vals = [f"{r[c]['ms']:.3f}" if c in r else "" for c in cols]
-        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | " + " | ".join(vals)
+        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | {r['scan_load']} | " + " | ".join(vals)
               + f" | {r['peak_mem_gib']:.2f} |")
     for r in rows:
         if "check" in r:
