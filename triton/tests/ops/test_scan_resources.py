@@ -125,7 +125,9 @@ def test_scan_shared_memory(key, C, monkeypatch):
 # (BK, phase, kernel run) of shipped bf16 configs that still spill registers (scripts/scan_regs.py shows how much):
 # at K = 256 the forward scan and the reverse scan spill at every BV >= 16. Strict xfail: fixing one fails the test
 # until it is taken off this list.
-SPILLING = {(256, "fwd", "fwd"), (256, "bwd", "bwd")}
+# (256, "bwd", "rec"): the K = 256 backward ships (64, 4) because it measured faster on an H200 than the spill-free
+# state recompute at (64, 8) (chunk_scan.SCAN_CONFIGS comment); spill-free is the goal, not a rule over timings.
+SPILLING = {(256, "fwd", "fwd"), (256, "bwd", "bwd"), (256, "bwd", "rec")}
 
 
 @pytest.mark.slow
