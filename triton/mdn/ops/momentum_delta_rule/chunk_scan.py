@@ -240,6 +240,18 @@ def _store_state(p, x, m_k, m_v, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _store_grad_state(p, x, m_k, m_v, LO: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Store an fp32 state gradient tile. With 16-bit operands (DOT_MODE 1, 2) as two bf16 tiles, hi = bf16(x) at p
+    and lo = bf16(x - hi) at p + LO, so that x keeps ~16 bits: rounding the end-state gradients to one bf16 cost
+    the gate gradients (dbeta) up to 1.5e-2 relative error at K = 256 (README section 4). fp32 (DOT_MODE 0): x at p."""
+    m = m_k[:, None] & m_v[None, :]
+    hi = _cast(x, p.dtype.element_ty, DOT_MODE)
+    tl.store(p, hi, mask=m)
+    if DOT_MODE != 0:
+        tl.store(p + LO, _cast(x - hi.to(tl.float32), p.dtype.element_ty, DOT_MODE), mask=m)
+
+
+@triton.jit
 def _fwd_state_update(b_s, b_m, p_ks, p_km, t_ks, t_km, row, col: tl.constexpr, m_k, b_vt, b_nvt,
                       b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
     """One [BK, BV] sub-tile (K columns col ...) of S' = gS S - gSM M + Ks^T Vt, M' = gM M - Km^T Vt
@@ -565,23 +577,25 @@ def momentum_delta_rule_bwd_kernel_scan(
         row = (base * C).to(tl.int32)
         o_cv = base * C * V
         p_hc = base * 2 * K * V + p_st
-        _store_state(dhc + p_hc, b_ds1, m_k1, m_v, DOT_MODE)
-        _store_state(dhc + K * V + p_hc, b_dm1, m_k1, m_v, DOT_MODE)
+        # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
+        p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+        _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, DOT_MODE)
+        _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM (partial over this V-block)
         b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
         if K > BK:
-            _store_state(dhc + BK * V + p_hc, b_ds2, m_k2, m_v, DOT_MODE)
-            _store_state(dhc + K * V + BK * V + p_hc, b_dm2, m_k2, m_v, DOT_MODE)
+            _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, DOT_MODE)
+            _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, DOT_MODE)
             d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
             b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         if K > 2 * BK:
-            _store_state(dhc + 2 * BK * V + p_hc, b_ds3, m_k3, m_v, DOT_MODE)
-            _store_state(dhc + K * V + 2 * BK * V + p_hc, b_dm3, m_k3, m_v, DOT_MODE)
+            _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, DOT_MODE)
+            _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, DOT_MODE)
             d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
             b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         if K > 3 * BK:
-            _store_state(dhc + 3 * BK * V + p_hc, b_ds4, m_k4, m_v, DOT_MODE)
-            _store_state(dhc + K * V + 3 * BK * V + p_hc, b_dm4, m_k4, m_v, DOT_MODE)
+            _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, DOT_MODE)
+            _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, DOT_MODE)
             d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
             b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         p_dg = (base * tl.num_programs(0) + i_v) * 3
@@ -704,7 +718,8 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     dvo = _empty((NC, H, 2 * C, V), y.dtype, dev)
-    dhc = _empty((NC, H, 2, K, V), y.dtype, dev)
+    # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
+    dhc = _empty((NC, H, 2 if y.dtype == torch.float32 else 4, K, V), y.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
     dgp = _empty((NC, H, NV, 3), torch.float32, dev)
     grid = (NV, N * H)
@@ -769,7 +784,7 @@ def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
     bf = y.dtype != torch.float32
     offs = chunk_offsets.tolist()
     dvo = y.new_empty(NC, H, 2 * C, V)
-    dhc = y.new_empty(NC, H, 2, K, V)
+    dhc = y.new_empty(NC, H, 2 if y.dtype == torch.float32 else 4, K, V)
     dh0 = y.new_empty(2, N, H, K, V, dtype=torch.float32)
     dg = y.new_zeros(NC, H, 3, dtype=torch.float32)
     gf = g.float()
@@ -781,6 +796,8 @@ def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
             dM = torch.zeros_like(dS)
         for c in range(offs[n + 1] - 1, offs[n] - 1, -1):
             dhc[c, :, 0], dhc[c, :, 1] = dS, dM
+            if dhc.shape[2] == 4:  # lo parts (see _store_grad_state)
+                dhc[c, :, 2], dhc[c, :, 3] = dS - dhc[c, :, 0].float(), dM - dhc[c, :, 1].float()
             hs, hm = hc[c, :, 0].float(), hc[c, :, 1].float()
             dg[c, :, 0], dg[c, :, 1], dg[c, :, 2] = ((dS * hs).sum((-1, -2)), -(dS * hm).sum((-1, -2)),
                                                      (dM * hm).sum((-1, -2)))
@@ -846,7 +863,7 @@ def scan_bwd(
     # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype)
     _, _, _, hc = scan_fwd_impl(u_dummy, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt=vt,
                                 store_states=True)
-    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2, K, V] = end-state grads (dS', dM'); dg [NC, H, 3]
+    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (dS', dM'; hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
     t = lambda x: x.transpose(-1, -2)  # noqa: E731
     # one GEMM against both states: [dVt; dO] [S; M]^T -> [[dVt S^T, dVt M^T], [dO S^T, dO M^T]]
@@ -855,9 +872,12 @@ def scan_bwd(
     dz = x[..., :C, K:].contiguous()
     dqa = x[..., C:, :K].contiguous()
     dqb = -x[..., C:, K:]
-    r = vt @ t(dhc.view(NC, H, 2 * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T]
-    dks = r[..., :K].contiguous()
-    dkm = -r[..., K:]
+    P = dhc.shape[2]
+    r = vt @ t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
+    if P == 4:
+        r = r[..., :2 * K].float() + r[..., 2 * K:].float()
+    dks = r[..., :K].to(ks.dtype).contiguous()
+    dkm = (-r[..., K:]).to(km.dtype)
     daqk = (do @ t(vt)).tril()               # [NC, H, C, C]
     du = dvo[..., :C, :].contiguous()
     if h0 is None:
