@@ -15,6 +15,7 @@
 #          SWEEP=sweeps/mqar.toml WORKERS=8 HARD_S=36000 scripts/gpu_mqar.sh     # the full grid (hours)
 # Env:     SWEEP (sweeps/mqar-h100.toml), OUT (results/<sweep name>), WORKERS (8), HARD_S (450: stop every
 #          worker after this many seconds; unfinished points have no row and the summary counts them),
+#          RESUME (1: keep OUT's rows and run only points without an ok row: a grid over several calls),
 #          MDN_CUDA_MEMORY_FRACTION (0.95 / WORKERS: each worker's cap on the GPU's memory),
 #          MDN_FLA_BYPASS_HOPPER_GUARD (1: let fla's GDN backward run on Hopper with Triton < 3.7.1; its rows
 #          then carry the dk caveat; 0: GDN fails there), MDNCTL (bin/mdnctl), MDN_PYTHON (.venv/bin/python)
@@ -47,7 +48,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' || true
 "$MDNCTL" sweep --plan "$SWEEP" --json >"$OUT/plan.json"
-(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS")
+resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
+(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS" "${resume[@]}")
 
 # Each worker may cache at most its share of the GPU's memory (mdn.runner: MDN_CUDA_MEMORY_FRACTION); without a cap,
 # 8 workers' cached blocks ran the 80 GB card out of memory (4 of 89 points, 2026-11-27).

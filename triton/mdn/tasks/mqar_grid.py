@@ -4,11 +4,13 @@ Small MQAR models leave most of an H100 idle, and ``mdnctl sweep`` runs one work
 the points of a sweep file (``mdnctl sweep --plan FILE --json``) into shard files and runs one
 ``mdnctl run-shard --sweep-file FILE`` per shard side by side; rows are exactly those of ``mdnctl sweep``.
 
-    python -m mdn.tasks.mqar_grid shards PLAN.json --out DIR --shards 8
+    python -m mdn.tasks.mqar_grid shards PLAN.json --out DIR --shards 8 [--resume]
     python -m mdn.tasks.mqar_grid summary DIR
 
 ``shards`` deals points in blocks of ``--block`` consecutive points (the learning rates of one model and split,
-which share their generated training data in a warm worker) round-robin into DIR/shard-<i>.jsonl.
+which share their generated training data in a warm worker) round-robin into DIR/shard-<i>.jsonl; with
+``--resume`` points that already have an ok row in DIR/rows-*.jsonl are left out, so a grid too long for one
+device call continues in the next (failed and unfinished points run again).
 ``summary`` reads DIR/rows-*.jsonl, writes them merged into DIR/results.jsonl (the latest row of each point;
 ``mdnctl report`` reads it) and prints, per model and split, the best accuracy over learning rates for each width
 with the (1024, 256) test accuracy of that run, as a markdown table.
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--shards", type=int, default=8)
     s.add_argument("--block", type=int, default=4, help="consecutive points kept together (default: the 4 lrs)")
+    s.add_argument("--resume", action="store_true",
+                   help="leave out points whose latest row in OUT/rows-*.jsonl is ok (the grid spans several calls)")
     t = sub.add_parser("summary", help="merge the rows and print the best-over-lr table")
     t.add_argument("dir")
     t.add_argument("--tsv", action="store_true")
@@ -155,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(points, list) or not all(isinstance(p, dict) and "point" in p for p in points):
             print("shards: the plan must be the JSON array of `mdnctl sweep --plan FILE --json`", file=sys.stderr)
             return 2
+        done = 0
+        if a.resume:
+            ok = {r.get("point") for r in read_rows(a.out) if r.get("status") == "ok"}
+            kept = [p for p in points if p["point"] not in ok]
+            done, points = len(points) - len(kept), kept
         paths = write_shards(points, a.out, max(1, a.shards), max(1, a.block))
-        print(f"{len(points)} points in {len(paths)} shards", file=sys.stderr)
+        print(f"{len(points)} points in {len(paths)} shards" + (f" ({done} already ok, skipped)" if a.resume else ""),
+              file=sys.stderr)
         return 0
     rows = read_rows(a.dir)
     with open(os.path.join(a.dir, "results.jsonl"), "w") as f:

@@ -66,3 +66,20 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0.700" in out and "6 points planned, 5 without a row" in out
     assert (tmp_path / "results.jsonl").read_text().count("\n") == 1
+
+
+def test_shards_resume_skips_only_ok_points(tmp_path, capsys):
+    plan = [{"point": f"p{i}"} for i in range(6)]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    rows = [{"point": "p0", "status": "ok"}, {"point": "p1", "status": "failed"},
+            {"point": "p2", "status": "failed"}, {"point": "p2", "status": "ok"},  # a re-run that succeeded
+            {"point": "p3", "status": "ok"}, {"point": "p3", "status": "timeout"}]  # the latest row counts
+    (tmp_path / "rows-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"point": "p4", "sta')
+    assert main(["shards", str(tmp_path / "plan.json"), "--out", str(tmp_path), "--shards", "2", "--block", "1",
+                 "--resume"]) == 0
+    dealt = sorted(json.loads(line)["point"] for f in tmp_path.glob("shard-*.jsonl") for line in f.open())
+    assert dealt == ["p1", "p3", "p4", "p5"]
+    assert "(2 already ok, skipped)" in capsys.readouterr().err
+    # without --resume every point is dealt again
+    assert main(["shards", str(tmp_path / "plan.json"), "--out", str(tmp_path), "--shards", "2"]) == 0
+    assert sum(1 for f in tmp_path.glob("shard-*.jsonl") for _ in f.open()) == 6
