@@ -555,9 +555,15 @@ func (b *plotBuilder) chunk(rows []Row) ([]*Figure, error) {
 
 // --- training -------------------------------------------------------------------------------------------
 
+// trainingRows are the rows of a training curve: they have a step. Sweep result rows (one per grid point, with a
+// "point" id) are left out even when they report their last step and loss, as MQAR points do: drawn as one
+// curve they would join the final losses of unrelated runs.
 func trainingRows(rows []Row) []Row {
 	var sub []Row
 	for _, r := range rows {
+		if _, isPoint := r.Str("point"); isPoint {
+			continue
+		}
 		if _, ok := r.Num("step"); ok {
 			sub = append(sub, r)
 		}

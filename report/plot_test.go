@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"fmt"
 	"image/png"
 	"math"
 	"os"
@@ -270,5 +271,34 @@ func TestUseLog(t *testing.T) {
 		if got := useLog(c.vals); got != c.want {
 			t.Errorf("useLog(%v) = %v, want %v", c.vals, got, c.want)
 		}
+	}
+}
+
+// MQAR sweep rows carry their last step and loss; they are one row per grid point, not a training curve, and
+// must not be joined into a "training loss" line (it happened with the H100 MQAR rows of 2026-11-27).
+func TestSweepPointRowsAreNoTrainingCurve(t *testing.T) {
+	dir := t.TempDir()
+	var b strings.Builder
+	n := 0
+	for _, d := range []string{"64", "128"} {
+		for _, lr := range []string{"0.0001", "0.001", "0.01"} {
+			n++
+			b.WriteString(fmt.Sprintf(`{"point": "p%d", "status": "ok", "task": "mqar", "model": "mdn", "constraint": "trig", `+
+				`"d_model": %s, "seq_len": 128, "num_pairs": 8, "lr": %s, "accuracy": 0.5, "step": %d, "loss": 8.4, `+
+				`"tokens_per_s": 1000, "device": "NVIDIA H100 80GB HBM3"}`+"\n", n, d, lr, 10*n))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.jsonl"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	figs, err := BuildPlots(load(t, dir), PlotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := figNames(figs); got != "mqar_accuracy" {
+		t.Errorf("figures %s, want only the MQAR accuracy figure", got)
+	}
+	if _, err := BuildPlots(load(t, dir), PlotOptions{Kinds: []string{"loss"}}); err == nil || !strings.Contains(err.Error(), "no row has step and loss") {
+		t.Errorf("asked for the loss figure explicitly: want a clear error, got %v", err)
 	}
 }
