@@ -73,6 +73,19 @@ def test_query_logits_only_at_labelled_positions():
     assert logits.shape == (2, 64) and tgt.tolist() == [40, 50]
     full = model(x)
     assert torch.allclose(logits, full[[0, 2], [5, 9]])
+    # with the count known in advance (no host sync): the same positions in the same order
+    logits2, tgt2 = query_logits(model, x, y, n_query=2)
+    assert torch.equal(logits2, logits) and torch.equal(tgt2, tgt)
+
+
+def test_query_logits_with_known_count_on_real_mqar_batches():
+    from mdn.tasks.mqar import mqar_batch
+    x, y = mqar_batch(TASK, 5, seed=3)
+    model = Lookup(TASK.vocab_size)
+    a = query_logits(model, x, y)
+    b = query_logits(model, x, y, n_query=5 * TASK.num_pairs)  # exactly num_pairs labels per example
+    assert a[1].numel() == 5 * TASK.num_pairs
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_config_validation_names_the_field():
