@@ -291,9 +291,8 @@ func (b *plotBuilder) lines(rows []Row, s lineSpec) ([]*Figure, error) {
 				name += "_" + slug(v)
 			}
 		}
-		sort.Strings(notes)
 		if len(notes) > 0 {
-			notes = []string{"not shown (no value): " + strings.Join(notes, "; ")}
+			notes = []string{"rows not drawn (no value): " + strings.Join(countDuplicates(notes), "; ")}
 		}
 		figs = append(figs, &Figure{Kind: s.kind, Name: name, Title: strings.ReplaceAll(title, "\n", " — "), Notes: notes, Plot: p, Legend: leg, Series: exportSeries(ss)})
 	}
@@ -551,6 +550,26 @@ func (b *plotBuilder) chunk(rows []Row) ([]*Figure, error) {
 		xlabel: axisLabel("chunk_size"), ylabel: fmt.Sprintf("speed-up vs chunk_size=%s (×, >1 is faster)", FormatValue(ref)),
 		x: "chunk_size", y: yf, series: series, axes: DefaultAxes, agg: "median", markers: true, refY: &one,
 	})
+}
+
+// countDuplicates sorts notes and folds repeats into one entry with a count ("mdn at T=8192: failed (×3 rows)"),
+// so that points merged over an axis (e.g. learning rates) do not repeat the same note.
+func countDuplicates(notes []string) []string {
+	sort.Strings(notes)
+	var out []string
+	for i := 0; i < len(notes); {
+		j := i
+		for j < len(notes) && notes[j] == notes[i] {
+			j++
+		}
+		if n := j - i; n > 1 {
+			out = append(out, fmt.Sprintf("%s (×%d rows)", notes[i], n))
+		} else {
+			out = append(out, notes[i])
+		}
+		i = j
+	}
+	return out
 }
 
 // --- training -------------------------------------------------------------------------------------------

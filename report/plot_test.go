@@ -302,3 +302,10 @@ func TestSweepPointRowsAreNoTrainingCurve(t *testing.T) {
 		t.Errorf("asked for the loss figure explicitly: want a clear error, got %v", err)
 	}
 }
+
+func TestCountDuplicatesFoldsRepeatedNotes(t *testing.T) {
+	got := countDuplicates([]string{"b: failed", "a: timeout", "b: failed", "b: failed"})
+	if strings.Join(got, "; ") != "a: timeout; b: failed (×3 rows)" {
+		t.Errorf("got %q", got)
+	}
+}
