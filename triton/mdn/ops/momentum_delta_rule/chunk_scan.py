@@ -497,6 +497,7 @@ def momentum_delta_rule_bwd_kernel_scan(
     USE_DHT: tl.constexpr,
     DOT_MODE: tl.constexpr,
     LOAD_TMA: tl.constexpr,
+    ABLATE: tl.constexpr = 0,
 ):
     """Reverse scan. Per chunk (last to first) stores the end-state grads dhc [NC, H, 2, K, V] (dS' then dM'),
     dvo [NC, H, 2C, V] (rows :C = dVt, rows C: = a copy of dO, so one GEMM against the states gives dY, dZ, dQa
@@ -509,6 +510,9 @@ def momentum_delta_rule_bwd_kernel_scan(
 
     and finally the initial-state grads dh0 [2, N, H, K, V] (fp32). K is split into sub-tiles of BK (<= 64) rows
     as in the forward kernel (b_ds1..b_ds4, b_dm1..b_dm4).
+
+    ABLATE (timing experiments only, bench_scan.py; any bit set gives WRONG gradients): bit 1 skips the <dS', S>
+    partial sums (and their hc loads), bit 2 the lo planes of dhc, bit 4 every dhc store, bit 8 the dvo stores.
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -579,25 +583,34 @@ def momentum_delta_rule_bwd_kernel_scan(
         p_hc = base * 2 * K * V + p_st
         # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
         p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
-        _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, DOT_MODE)
-        _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, DOT_MODE)
+        GRAD_MODE: tl.constexpr = DOT_MODE if (ABLATE & 2) == 0 else 0
+        # dhc planes: sub-tile j of dS' at + j * BK * V, of dM' at + K * V + j * BK * V
+        if (ABLATE & 4) == 0:
+            _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, GRAD_MODE)
+            _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, GRAD_MODE)
+            if K > BK:
+                _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, GRAD_MODE)
+                _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, GRAD_MODE)
+            if K > 2 * BK:
+                _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, GRAD_MODE)
+                _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, GRAD_MODE)
+            if K > 3 * BK:
+                _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, GRAD_MODE)
+                _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, GRAD_MODE)
         # gradients of the chunk's scalars gS, gSM, gM (partial over this V-block)
-        b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
-        if K > BK:
-            _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
-        if K > 2 * BK:
-            _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
-        if K > 3 * BK:
-            _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+        if (ABLATE & 1) == 0:
+            b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
+            if K > BK:
+                d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
+                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+            if K > 2 * BK:
+                d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
+                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+            if K > 3 * BK:
+                d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
+                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+        else:
+            b_dg0, b_dg1, b_dg2 = 0., 0., 0.
         p_dg = (base * tl.num_programs(0) + i_v) * 3
         tl.store(dgp + p_dg, b_dg0)
         tl.store(dgp + p_dg + 1, -b_dg1)
@@ -605,7 +618,8 @@ def momentum_delta_rule_bwd_kernel_scan(
 
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
-        tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
+        if (ABLATE & 8) == 0:
+            tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
         b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])
         b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE)  # [C, BV]
         # dVt = -(-(Aqk^T dO + Ks dS') + Km dM'): sums over the K sub-tiles accumulate in place, and subtractions
@@ -628,7 +642,8 @@ def momentum_delta_rule_bwd_kernel_scan(
         if K > 3 * BK:
             b_dvt = _dot_acc(_load_ck(p_km + 3 * BK, t_km, row, 3 * BK, m_k4, LOAD_TMA), b_dm4, b_dvt, DOT_MODE)
         b_dvt = _cast(-b_dvt, dvo.dtype.element_ty, DOT_MODE)
-        tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
+        if (ABLATE & 8) == 0:
+            tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
 
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
@@ -709,7 +724,9 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     return o, vt, ht, hc
 
 
-def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None):
+def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
+                    ablate=0):
+    """Reverse scan. ablate != 0 only for timing experiments (bench_scan.py): it gives wrong gradients."""
     NC, H, C, V = do.shape
     K = y.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -730,7 +747,7 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
         chunk_offsets, H,
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
-        DOT_MODE=_dot_mode(y.dtype), LOAD_TMA=tma,
+        DOT_MODE=_dot_mode(y.dtype), LOAD_TMA=tma, ABLATE=ablate,
         num_warps=num_warps or cfg_nw,
         num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
     )
