@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from .chunk_intra import chunk_mdn_intra
+from .chunk_intra_pqk import chunk_mdn_intra_pqk
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
+from .chunk_scan_pqk import chunk_scan_pqk
 from .validation import check_inputs
 from .autocast import no_autocast
 
@@ -73,15 +75,18 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
-                  use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool):
+                  use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool,
+                  form: str = "six"):
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
-    backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100)."""
+    backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
+    form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-    return chunk_mdn_intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                           use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
+    intra = chunk_mdn_intra_pqk if form == "pqk" else chunk_mdn_intra
+    return intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                 use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
 
 
 _compiled_intra = None
@@ -104,6 +109,19 @@ def _bf16_gemm_wanted(op_dtype: torch.dtype) -> bool:
     if env not in ("", "bf16", "fp32"):
         raise ValueError(f"MDN_INTRA_GEMM={env!r}: expected 'bf16' (default for 16-bit inputs) or 'fp32'")
     return op_dtype == torch.bfloat16 and env != "fp32"
+
+
+SCAN_FORMS = ("six", "pqk")
+
+
+def scan_form() -> str:
+    """MDN_SCAN_FORM: "six" (default; chunk_scan.py loads Y, Z, Qa, Qb, Ks, Km) or "pqk" (chunk_scan_pqk.py loads
+    P, Q, K_w and rebuilds the six in registers; README §6). Any other value is a ValueError, on every call."""
+    env = os.environ.get("MDN_SCAN_FORM", "") or "six"
+    if env not in SCAN_FORMS:
+        raise ValueError(f"MDN_SCAN_FORM={env!r}: expected one of {', '.join(repr(x) for x in SCAN_FORMS)} "
+                         f"(default 'six')")
+    return env
 
 
 def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
@@ -230,6 +248,7 @@ def chunk_momentum_delta_rule(
     _, scale = check_inputs(q, k, v, log_alpha, beta, log_mu, eta, scale=scale, initial_state=initial_state,
                             cu_seqlens=cu_seqlens, chunk_size=chunk_size,
                             check_values=not torch.compiler.is_compiling())
+    form = scan_form()
     B, T, H, K = q.shape
     C = int(chunk_size)
     # operands of the scan (and its stored states): bf16 for 16-bit inputs, fp32 for fp32 inputs
@@ -242,17 +261,19 @@ def chunk_momentum_delta_rule(
     else:
         pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
 
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
     if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C):
+        # the fused Triton intra (no-grad only) produces the six-form operands, whatever MDN_SCAN_FORM says
         pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
         gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
         intra = chunk_mdn_intra_fwd_triton(pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2],
                                            gates[..., 3], scale, use_qk_l2norm_in_kernel, use_p_times_alpha,
                                            out_dtype=op_dtype)
+        oc, ht = chunk_scan(*intra, h0, chunk_offsets)
     else:
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
-                           use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype))
-    h0 = initial_state.float().contiguous() if initial_state is not None else None
-    oc, ht = chunk_scan(*intra, h0, chunk_offsets)
+                           use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype), form)
+        oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
 
     o = _unpack_dense(oc, B, T) if cu_seqlens is None else _unpack_varlen(oc, pos)
     return o.to(q.dtype), (ht if output_final_state else None)

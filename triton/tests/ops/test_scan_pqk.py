@@ -1,0 +1,338 @@
+"""The "pqk" scan form (MDN_SCAN_FORM=pqk; chunk_scan_pqk.py, chunk_intra_pqk.py): the scan kernels load P, Q, K_w
+and rebuild the six virtual operands (Y, Z, Qa, Qb, Ks, Km) in registers.
+
+Checked: the whole op vs the fp64 recurrence (o, final states, every gradient; fp32 <= 1e-5 relative RMS, bf16
+o <= 5e-3 and grads <= 1e-2), the pqk kernels vs their torch mirror, descriptor loads vs pointer loads, pqk vs six
+for bf16, torch.compile, and the MDN_SCAN_FORM check. Outputs are NaN-poisoned (MDN_POISON_OUTPUTS=1).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, make_inputs, rel_rms, run_op, to_fp64
+from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
+from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+from mdn.ops.naive import naive_recurrent_momentum_delta_rule
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+FP32_TOL = 1e-5
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.fixture(autouse=True)
+def _pqk(monkeypatch):
+    monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+
+
+@pytest.fixture
+def pqk_calls(monkeypatch):
+    """Counts launches of the pqk scans (so a test cannot pass on the six form by accident)."""
+    calls = []
+    real = sp.scan_pqk_fwd_impl
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(sp, "scan_pqk_fwd_impl", spy)
+    return calls
+
+
+def _compare(inputs, *, dtype, tol_o, tol_grad, tol_state=None, op_kwargs=None):
+    """The op and the fp64 oracle with the same random upstream grads (as test_chunk._compare); asserts every
+    error and returns them."""
+    op_kwargs = dict(op_kwargs or {})
+    ref_kwargs = {k: v for k, v in op_kwargs.items() if k != "chunk_size"}
+    tol_state = tol_state if tol_state is not None else tol_o
+    grads = tuple(g for g in ALL_GRAD_NAMES if g in inputs)
+    B, T, H, V = inputs["v"].shape
+    K = inputs["q"].shape[-1]
+    N = B if inputs.get("cu_seqlens") is None else inputs["cu_seqlens"].numel() - 1
+    do = torch.randn(B, T, H, V, dtype=torch.float64, device=inputs["q"].device)
+    dht = torch.randn(2, N, H, K, V, dtype=torch.float64, device=inputs["q"].device)
+    o, ht, g = run_op(chunk_momentum_delta_rule, inputs, grads=grads, do=do, dht=dht, **op_kwargs)
+    assert o.dtype == dtype and o.shape == (B, T, H, V)
+    ro, rht, rg = run_op(naive_recurrent_momentum_delta_rule, to_fp64(inputs), grads=grads, do=do, dht=dht,
+                         **ref_kwargs)
+    errs = {"o": assert_rel("o", ro, o, tol_o),
+            "S": assert_rel("S_T", rht[0], ht[0], tol_state),
+            "M": assert_rel("M_T", rht[1], ht[1], tol_state)}
+    for n in grads:
+        assert g[n] is not None and g[n].dtype == inputs[n].dtype, n
+        errs["d" + n] = assert_rel("d" + n, rg[n], g[n], tol_grad)
+    return errs
+
+
+# ------------------------------------------------------------------------------------------------------ accuracy
+@needs_kernels
+@pytest.mark.parametrize("T,C,K,V,B,H,p_alpha", [
+    (45, 16, 32, 24, 1, 2, True),
+    (45, 16, 32, 24, 1, 2, False),
+    (63, 32, 32, 48, 2, 1, True),
+    (70, 64, 32, 16, 1, 1, False),
+    (40, 16, 100, 20, 1, 1, True),
+    (20, 16, 128, 24, 1, 1, True),
+])
+def test_pqk_fp32_matches_oracle(pqk_calls, T, C, K, V, B, H, p_alpha):
+    inputs = make_inputs(B, T, H, K, V, device=DEV, initial_state=True)
+    errs = _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL,
+                    op_kwargs={"chunk_size": C, "use_p_times_alpha": p_alpha})
+    assert pqk_calls, "the pqk scan did not run"
+    print(errs)
+
+
+@needs_kernels
+@pytest.mark.parametrize("lengths,C", [([1, 17, 40, 3], 16), ([33, 1, 20], 32)])
+def test_pqk_varlen_matches_oracle(lengths, C):
+    inputs = make_inputs(1, sum(lengths), 2, 32, 24, device=DEV, initial_state=True, lengths=lengths)
+    _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs={"chunk_size": C})
+
+
+@needs_kernels
+def test_pqk_no_initial_state():
+    inputs = make_inputs(2, 37, 1, 32, 16, device=DEV)
+    _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs={"chunk_size": 16})
+
+
+@needs_kernels
+@pytest.mark.parametrize("T,C,K,V,p_alpha", [(65, 16, 32, 48, True), (130, 64, 32, 48, False), (40, 16, 100, 24, True),
+                                             (30, 16, 128, 40, True)])
+def test_pqk_bf16_matches_oracle(pqk_calls, T, C, K, V, p_alpha):
+    inputs = make_inputs(1, T, 2, K, V, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
+    errs = _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
+                    op_kwargs={"chunk_size": C, "use_p_times_alpha": p_alpha})
+    assert pqk_calls
+    print(errs)
+
+
+@needs_kernels
+def test_pqk_bf16_varlen_with_length_one():
+    lengths = [1, 40, 25]
+    inputs = make_inputs(1, sum(lengths), 2, 32, 24, dtype=torch.bfloat16, device=DEV, gates="layer",
+                         initial_state=True, lengths=lengths)
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2, op_kwargs={"chunk_size": 16})
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_pqk_fp32_k256_interpreter():
+    inputs = make_inputs(1, 20, 1, 256, 24, device=DEV, initial_state=True)
+    _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs={"chunk_size": 16})
+
+
+def test_pqk_torch_fallback_matches_oracle(monkeypatch, pqk_calls):
+    """CPU without the interpreter: the torch mirror of the pqk kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for dtype, tol_o, tol_g in ((torch.float32, FP32_TOL, FP32_TOL), (torch.bfloat16, 5e-3, 1e-2)):
+        inputs = make_inputs(1, 70, 2, 16, 24, dtype=dtype, device="cpu", initial_state=True, lengths=[1, 50, 19])
+        _compare(inputs, dtype=dtype, tol_o=tol_o, tol_grad=tol_g, tol_state=tol_g, op_kwargs={"chunk_size": 16})
+    assert pqk_calls
+
+
+@pytest.mark.slow
+def test_pqk_bf16_gate_grads_at_k256_one_head(monkeypatch):
+    """K = 256, V = 512, bf16, one head, T = 1000 (test_chunk's hardest bf16 case) through the torch mirror of the
+    pqk kernels: every gradient within 1e-2 of fp64 (seen: o 4.0e-3, dbeta 8.1e-3; six form 4.0e-3, 9.1e-3)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
+    torch.manual_seed(0)
+    inputs = make_inputs(1, 1000, 1, 256, 512, dtype=torch.bfloat16, gates="layer", initial_state=True)
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
+
+
+@needs_kernels
+def test_pqk_agrees_with_six_bf16(monkeypatch):
+    """Both forms compute the same function with different bf16 roundings: they agree far inside the oracle
+    tolerances (and the pqk form really ran something different: not bit-identical)."""
+    inputs = make_inputs(1, 70, 2, 64, 32, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
+    do = torch.randn(1, 70, 2, 32, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 1, 2, 64, 32, dtype=torch.float64, device=DEV)
+    res = {}
+    for form in ("six", "pqk"):
+        monkeypatch.setenv("MDN_SCAN_FORM", form)
+        res[form] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
+    (o6, h6, g6), (op, hp, gp) = res["six"], res["pqk"]
+    assert_rel("o", o6, op, 5e-3)
+    assert_rel("ht", h6, hp, 5e-3)
+    for n in ALL_GRAD_NAMES:
+        assert_rel("d" + n, g6[n], gp[n], 1e-2)
+    assert not torch.equal(o6, op)
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+def _pqk_inputs(NC, H, C, K, V, dtype, offsets, device=DEV):
+    mk = lambda *s, sc=1.0: (sc * torch.randn(*s, device=device)).to(dtype)  # noqa: E731
+    a = (torch.eye(C, device=device) + 0.1 * torch.randn(NC, H, C, C, device=device).tril(-1)).to(dtype)
+    r = torch.rand(NC, H, 6, C, device=device)
+    r[:, :, 1] *= 2.0  # b- up to 2
+    x = dict(u=mk(NC, H, C, V), p=mk(NC, H, C, K, sc=0.3), q=mk(NC, H, C, K), kw=mk(NC, H, C, K, sc=0.3), a=a,
+             aqk=mk(NC, H, C, C).tril(), r=r, g=torch.rand(NC, H, 3, device=device))
+    off = torch.tensor(offsets, dtype=torch.int32, device=device)
+    N = len(offsets) - 1
+    return x, off, torch.randn(2, N, H, K, V, device=device), mk(NC, H, C, V), torch.randn(2, N, H, K, V,
+                                                                                           device=device)
+
+
+def _args(x):
+    return x["u"], x["p"], x["q"], x["kw"], x["a"], x["aqk"], x["r"], x["g"]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K", [20, 100])
+def test_pqk_kernels_match_torch_mirror(dtype, K):
+    """Triton pqk scans (fwd, state recompute, reverse scan) vs their torch mirror, uneven and empty sequences,
+    masked K (20: one sub-tile; 100: two) and V edges."""
+    NC, H, C, V = 5, 2, 16, 40
+    x, off, h0, do, dht = _pqk_inputs(NC, H, C, K, V, dtype, [0, 2, 2, 5])  # sequence 1 is empty
+    a = _args(x)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for kw in ({}, {"block_v": 16, "num_warps": 2}):
+        t = sp.scan_pqk_fwd_triton(*a, h0, off, **kw)
+        m = sp.scan_pqk_fwd_torch(*a, h0, off)
+        for name, out, ref in zip(("o", "vt", "ht"), t[:3], m[:3]):
+            assert rel_rms(ref, out) <= tol, name
+        assert torch.equal(t[2][:, 1], h0[:, 1])  # the empty sequence passes its state through
+        hc = sp.scan_pqk_fwd_triton(*a, h0, off, vt=m[1], store_states=True, **kw)[3]
+        hc_ref = sp.scan_pqk_fwd_torch(*a, h0, off, vt=m[1], store_states=True)[3]
+        assert rel_rms(hc_ref, hc) <= tol
+        t = sp.scan_pqk_bwd_triton(*a[1:], do, dht, hc_ref, off, **kw)
+        m = sp.scan_pqk_bwd_torch(*a[1:], do, dht, hc_ref, off)
+        for name, out, ref in zip(("dvo", "dhc", "dh0", "dg"), t, m):
+            assert rel_rms(ref, out) <= (max(tol, 1e-6) if name == "dg" else tol), name
+        assert torch.equal(t[0][:, :, C:], do)  # the dO half of dvo is a copy
+        assert torch.equal(t[2][:, 1], dht[:, 1])
+
+
+def _virtual_six(x):
+    """The six-form operands the pqk kernels rebuild: (u, y, z, qa, qb, aqk, ks, km, g) in fp32."""
+    r = x["r"].float()
+    col = lambda i: r[:, :, i, :, None]  # noqa: E731
+    A, P, Q, Kw = x["a"].float(), x["p"].float(), x["q"].float(), x["kw"].float()
+    return (x["u"].float(), A @ (col(0) * P), A @ (col(1) * P), col(2) * Q, col(3) * Q, x["aqk"].float(),
+            col(4) * Kw, col(5) * Kw, x["g"])
+
+
+@needs_kernels
+def test_pqk_scan_equals_six_scan_fp32():
+    """fp32: the pqk scan gives the six-form scan's outputs on the virtual operands, and its custom-op backward
+    (GEMMs + chain rule) gives the gradients autograd finds through the six-form ops and the virtual operands."""
+    from mdn.ops.momentum_delta_rule import chunk_scan as cs
+    NC, H, C, K, V = 4, 2, 16, 40, 24
+    x, off, h0, do, dht = _pqk_inputs(NC, H, C, K, V, torch.float32, [0, 3, 4])
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    h0p, h0s = h0.clone().requires_grad_(), h0.clone().requires_grad_()
+    o, ht = sp.chunk_scan_pqk(*_args(leaves), h0p, off)
+    ((o * do).sum() + (ht * dht).sum()).backward()
+    ref = {n: t.clone().requires_grad_() for n, t in x.items()}
+    o6, ht6 = cs.chunk_scan(*_virtual_six(ref), h0s, off)
+    ((o6 * do).sum() + (ht6 * dht).sum()).backward()
+    assert_rel("o", o6, o, 1e-5)
+    assert_rel("ht", ht6, ht, 1e-5)
+    for n in x:
+        g, gr = leaves[n].grad, ref[n].grad
+        if n == "a":  # A is unit lower triangular: only its strictly lower part is a variable
+            gr = gr.tril(-1)
+        assert_rel("d" + n, gr, g, 1e-5)
+    assert_rel("dh0", h0s.grad, h0p.grad, 1e-5)
+
+
+@needs_kernels
+def test_pqk_tma_equals_ptr(monkeypatch):
+    """MDN_SCAN_LOAD=tma (descriptor loads of P, Q, K_w; emulated by the interpreter) gives the pointer path's
+    numbers; on the CPU without the interpreter and for fp32 it silently runs the pointer path."""
+    NC, H, C, K, V = 4, 1, 16, 64, 32
+    x, off, h0, do, dht = _pqk_inputs(NC, H, C, K, V, torch.bfloat16, [0, 1, 4])
+    a = _args(x)
+    calls = []
+    real = sp._use_tma
+    monkeypatch.setattr(sp, "_use_tma", lambda ops: calls.append(real(ops)) or calls[-1])
+    out = {}
+    for load in ("ptr", "tma"):
+        monkeypatch.setenv("MDN_SCAN_LOAD", load)
+        o, vt, ht, _ = sp.scan_pqk_fwd_triton(*a, h0, off)
+        hc = sp.scan_pqk_fwd_triton(*a, h0, off, vt=vt, store_states=True)[3]
+        out[load] = (o, vt, ht, hc) + tuple(sp.scan_pqk_bwd_triton(*a[1:], do, dht, hc, off))
+    assert calls == [False] * 3 + [True] * 3, calls  # the descriptor path really ran
+    for name, p, t in zip(("o", "vt", "ht", "hc", "dvo", "dhc", "dh0", "dg"), out["ptr"], out["tma"]):
+        if HAS_CUDA:
+            assert rel_rms(p, t) <= 1e-5, name
+        else:
+            assert torch.equal(p, t), name
+
+
+# ------------------------------------------------------------------------------------------------------ plumbing
+@needs_kernels
+@pytest.mark.parametrize("backend_env", ["intra", "fullgraph"])
+def test_pqk_under_torch_compile(monkeypatch, backend_env):
+    """The compiled intra wrapper (MDN_CHUNK_COMPILE=1, aot_eager) with form="pqk", and the whole op inside a
+    caller's torch.compile(fullgraph=True): same numbers as eager."""
+    from mdn.ops.momentum_delta_rule import chunk as ch
+    torch._dynamo.reset()
+    inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)
+    do = torch.randn(1, 37, 2, 16, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 1, 2, 16, 16, dtype=torch.float64, device=DEV)
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
+    eo, eht, eg = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    if backend_env == "intra":
+        monkeypatch.setenv("MDN_CHUNK_COMPILE", "1")
+        monkeypatch.setenv("MDN_CHUNK_COMPILE_BACKEND", "aot_eager")
+        monkeypatch.setattr(ch, "_compiled_intra", None)
+        monkeypatch.setattr(ch, "_compile_failed", False)
+        op = chunk_momentum_delta_rule
+    else:
+        op = torch.compile(chunk_momentum_delta_rule, fullgraph=True, backend="aot_eager")
+    with _no_warning():
+        co, cht, cg = run_op(op, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    if backend_env == "intra":
+        assert ch._compiled_intra is not None and not ch._compile_failed
+    assert rel_rms(eo, co) <= 1e-5 and rel_rms(eht, cht) <= 1e-5
+    for n in ALL_GRAD_NAMES:
+        assert rel_rms(eg[n], cg[n]) <= 1e-5, n
+
+
+class _no_warning:
+    """Fails on a RuntimeWarning (the compile fallback warns and switches to eager)."""
+
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+def test_fake_tensor_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        NC, H, C, K, V = 3, 2, 16, 8, 12
+        ck = lambda: torch.empty(NC, H, C, K, dtype=torch.bfloat16)  # noqa: E731
+        cc = lambda: torch.empty(NC, H, C, C, dtype=torch.bfloat16)  # noqa: E731
+        u, r, g = torch.empty(NC, H, C, V, dtype=torch.bfloat16), torch.empty(NC, H, 6, C), torch.empty(NC, H, 3)
+        off = torch.empty(3, dtype=torch.int32)
+        o, vt, ht = sp.scan_pqk_fwd(u, ck(), ck(), ck(), cc(), cc(), r, g, None, off)
+        assert o.shape == vt.shape == (NC, H, C, V) and ht.shape == (2, 2, H, K, V) and ht.dtype == torch.float32
+        grads = sp.scan_pqk_bwd(ck(), ck(), ck(), cc(), cc(), r, g, None, off, vt, o, None)
+        assert [t.shape for t in grads[:8]] == [u.shape] + [(NC, H, C, K)] * 3 + [(NC, H, C, C)] * 2 + [r.shape,
+                                                                                                     g.shape]
+        assert grads[8].shape == (2, 2, H, K, V)
+
+
+@pytest.mark.parametrize("value", ["PQK", "three", "6"])
+def test_scan_form_env_rejects_unknown_value(monkeypatch, value):
+    monkeypatch.setenv("MDN_SCAN_FORM", value)
+    inputs = make_inputs(1, 20, 1, 16, 16, dtype=torch.bfloat16)
+    for _ in range(2):  # on every call, not only the first
+        with pytest.raises(ValueError, match=f"MDN_SCAN_FORM='{value}'.*'six'.*'pqk'"):
+            chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+def test_scan_form_default_is_six(monkeypatch):
+    from mdn.ops.momentum_delta_rule.chunk import scan_form
+    monkeypatch.delenv("MDN_SCAN_FORM")
+    assert scan_form() == "six"
+    monkeypatch.setenv("MDN_SCAN_FORM", "")
+    assert scan_form() == "six"
