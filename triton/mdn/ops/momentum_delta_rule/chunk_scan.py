@@ -72,7 +72,9 @@ def _sub_k(K: int) -> int:
 # compiled intra with bf16 GEMMs, H6 K256 V512): 32,4;64,8 5.31/19.52, 64,4;64,4 5.93/19.08, 32,8;64,8 8.02/22.29,
 # 16,4;16,4 7.69/23.64 ms. The backward half of 64,4;64,4 is ~1.1 ms faster than with (64, 8) (by subtraction:
 # 13.15 vs 14.21 ms) although (64, 4) spills more, so bf16 K = 256 bwd is now (64, 4) with fwd (32, 4); that
-# combination itself is not timed yet.
+# combination itself is not timed yet. Kernel by kernel on the H100 (bench_scan.py, same call, H6 K256 V512, T = 4096):
+# recompute (32,4) 1.53 / (64,4) 1.76 ms, reverse scan (32,4) 6.92 / (64,4) 7.96 ms, so bf16 K = 256 bwd is (32, 4)
+# again; forward scan (32,4) 3.50, (64,4) 4.54, (16,4) 5.76, (32,8) 6.08 ms; MDN_SCAN_LOAD=tma slower at each.
 # Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
 # test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory and spills).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
@@ -83,7 +85,7 @@ SCAN_CONFIGS = {
     (16, True, "fwd"): (64, 4), (32, True, "fwd"): (64, 4), (64, True, "fwd"): (64, 4),
     (128, True, "fwd"): (32, 8), (256, True, "fwd"): (16, 8),
     (16, False, "bwd"): (64, 4), (32, False, "bwd"): (64, 4), (64, False, "bwd"): (32, 4),
-    (128, False, "bwd"): (32, 4), (256, False, "bwd"): (64, 4),
+    (128, False, "bwd"): (32, 4), (256, False, "bwd"): (32, 4),
     (16, True, "bwd"): (64, 4), (32, True, "bwd"): (64, 4), (64, True, "bwd"): (64, 4),
     (128, True, "bwd"): (32, 8), (256, True, "bwd"): (16, 8),
 }
@@ -464,6 +466,29 @@ def _bwd_dg(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
 
 
 @triton.jit
+def _bwd_dg_rows(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
+    """Row sums (over this V-block) of dS' * S, dS' * M, dM' * M for one [BK, BV] sub-tile: three [BK] vectors.
+    Summing only along V keeps the reduction inside each warp (the accumulator layout holds a row's columns in one
+    warp); the K rows and the V-blocks are summed afterwards in torch. A full tl.sum to a scalar per sub-tile
+    (_bwd_dg) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
+    reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1)."""
+    b_hs = _load_state(p_hc, m_k, m_v)
+    d0 = tl.sum(b_ds * b_hs, 1)
+    b_hm = _load_state(p_hc + KV, m_k, m_v)
+    d1 = tl.sum(b_ds * b_hm, 1)
+    d2 = tl.sum(b_dm * b_hm, 1)
+    return d0, d1, d2
+
+
+@triton.jit
+def _store_dg_rows(p, d0, d1, d2, o_k, m_k, K: tl.constexpr):
+    """Store the three [BK] row sums of _bwd_dg_rows at p (+ o_k), p + K, p + 2K (negating the <dS', M> one)."""
+    tl.store(p + o_k, d0, mask=m_k)
+    tl.store(p + K + o_k, -d1, mask=m_k)
+    tl.store(p + 2 * K + o_k, d2, mask=m_k)
+
+
+@triton.jit
 def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, t_qa, t_y, t_qb, t_z, row, col: tl.constexpr, m_k,
                       b_do, b_ndo, b_dvt, b_ndvt, b_g0, b_g1, b_g2,
                       DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
@@ -501,8 +526,8 @@ def momentum_delta_rule_bwd_kernel_scan(
 ):
     """Reverse scan. Per chunk (last to first) stores the end-state grads dhc [NC, H, 2, K, V] (dS' then dM'),
     dvo [NC, H, 2C, V] (rows :C = dVt, rows C: = a copy of dO, so one GEMM against the states gives dY, dZ, dQa
-    and dQb), the partial sums over this V-block of <dS', S>, <dS', M>, <dM', M> into dgp [NC, H, NV, 3]
-    (S, M = the chunk-start states hc [NC, H, 2, K, V]), then
+    and dQb), the partial sums over this V-block of <dS', S>, <dS', M>, <dM', M> into dgp
+    (S, M = the chunk-start states hc [NC, H, 2, K, V]; as row sums, dgp [NC, H, NV, 3, K]), then
 
         dVt = Aqk^T dO + Ks dS' - Km dM'
         dS  = gS dS' + Qa^T dO - Y^T dVt
@@ -597,24 +622,20 @@ def momentum_delta_rule_bwd_kernel_scan(
             if K > 3 * BK:
                 _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, GRAD_MODE)
                 _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, GRAD_MODE)
-        # gradients of the chunk's scalars gS, gSM, gM (partial over this V-block)
+        # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
         if (ABLATE & 1) == 0:
-            b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
+            p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
+            d0, d1, d2 = _bwd_dg_rows(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
+            _store_dg_rows(p_dg, d0, d1, d2, o_k, m_k1, K)
             if K > BK:
-                d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
-                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+                d0, d1, d2 = _bwd_dg_rows(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
+                _store_dg_rows(p_dg + BK, d0, d1, d2, o_k, m_k2, K)
             if K > 2 * BK:
-                d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
-                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
+                d0, d1, d2 = _bwd_dg_rows(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
+                _store_dg_rows(p_dg + 2 * BK, d0, d1, d2, o_k, m_k3, K)
             if K > 3 * BK:
-                d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
-                b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
-        else:
-            b_dg0, b_dg1, b_dg2 = 0., 0., 0.
-        p_dg = (base * tl.num_programs(0) + i_v) * 3
-        tl.store(dgp + p_dg, b_dg0)
-        tl.store(dgp + p_dg + 1, -b_dg1)
-        tl.store(dgp + p_dg + 2, b_dg2)
+                d0, d1, d2 = _bwd_dg_rows(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
+                _store_dg_rows(p_dg + 3 * BK, d0, d1, d2, o_k, m_k4, K)
 
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
@@ -738,7 +759,9 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
     # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
     dhc = _empty((NC, H, 2 if y.dtype == torch.float32 else 4, K, V), y.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
-    dgp = _empty((NC, H, NV, 3), torch.float32, dev)
+    # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zeros so that an ABLATE run
+    # that skips them stays finite
+    dgp = (torch.zeros if ablate & 1 else _empty)((NC, H, NV, 3, K), dtype=torch.float32, device=dev)
     grid = (NV, N * H)
     tma = _use_tma((y, z, qa, qb, ks, km))
     momentum_delta_rule_bwd_kernel_scan[grid](
@@ -751,7 +774,7 @@ def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *,
         num_warps=num_warps or cfg_nw,
         num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
     )
-    return dvo, dhc, dh0, dgp.sum(2)
+    return dvo, dhc, dh0, dgp.sum((2, 4))
 
 
 def _mm(a, b, dot_bf16):
