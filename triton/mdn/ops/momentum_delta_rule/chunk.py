@@ -89,8 +89,19 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
                  use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
 
 
-_compiled_intra = None
+_compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
 _compile_failed = False
+
+
+def _packed_intra_dense(*args, **kwargs):
+    """_packed_intra for dense batches. Its own code object, so that its compile (static shapes but B and T,
+    _run_intra) keeps its own cache and recompile state apart from the varlen one's."""
+    return _packed_intra(*args, **kwargs)
+
+
+def _packed_intra_varlen(*args, **kwargs):
+    """_packed_intra for varlen batches (automatic dynamic shapes: NC and T change with every batch)."""
+    return _packed_intra(*args, **kwargs)
 
 
 def _compile_wanted(q: torch.Tensor) -> bool:
@@ -148,14 +159,27 @@ def _run_intra(q, *args, **kwargs):
     warning is printed once and the eager function is used from then on. MDN_CHUNK_COMPILE_BACKEND picks the
     backend (default inductor; tests use aot_eager).
     """
-    global _compiled_intra, _compile_failed
+    global _compile_failed
     if torch.compiler.is_compiling() or _compile_failed or not _compile_wanted(q):
         return _packed_intra(q, *args, **kwargs)
+    dense = args[6] is None  # pos
     try:
-        if _compiled_intra is None:
+        fn = _compiled_intra.get("dense" if dense else "varlen")
+        if fn is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
-            _compiled_intra = torch.compile(_packed_intra, dynamic=None, backend=backend)
-        return _compiled_intra(q, *args, **kwargs)
+            # Dense: static shapes except B and T (marked dynamic below). With automatic dynamic shapes a second
+            # head shape in one process (a correctness check at a small size, a sweep over shapes) made H, K and
+            # V symbolic too; in one H100 call the op's forward took 7.6 ms after such a check (bench_ops.py) and
+            # 5.6 ms without (bench_op.py), H6 K256 V512, which this is meant to remove (not yet re-timed).
+            fn = torch.compile(_packed_intra_dense if dense else _packed_intra_varlen,
+                               dynamic=False if dense else None, backend=backend)
+            _compiled_intra["dense" if dense else "varlen"] = fn
+        if dense:
+            for x in (q,) + tuple(args[:6]):  # q, k, v and the gates: [B, T, ...]
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+                torch._dynamo.maybe_mark_dynamic(x, 1)
+            args = args[:7] + (0,) + args[8:]  # NC is unused when dense: no guard on its value
+        return fn(q, *args, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
