@@ -7,10 +7,10 @@ the points of a sweep file (``mdnctl sweep --plan FILE --json``) into shard file
     python -m mdn.tasks.mqar_grid shards PLAN.json --out DIR --shards 8 [--resume]
     python -m mdn.tasks.mqar_grid summary DIR
 
-``shards`` deals points in blocks of ``--block`` consecutive points (the learning rates of one model and split,
-which share their generated training data in a warm worker) round-robin into DIR/shard-<i>.jsonl; with
-``--resume`` points that already have an ok row in DIR/rows-*.jsonl are left out, so a grid too long for one
-device call continues in the next (failed and unfinished points run again).
+``shards`` deals points in blocks (by default the consecutive points that differ only in the learning rate: one
+model, split and width, which share their generated training data in a warm worker; ``--block K``: K points)
+round-robin into DIR/shard-<i>.jsonl; with ``--resume`` points that already have an ok row in DIR/rows-*.jsonl are
+left out, so a grid too long for one device call continues in the next (failed and unfinished points run again).
 ``summary`` reads DIR/rows-*.jsonl, writes them merged into DIR/results.jsonl (the latest row of each point;
 ``mdnctl report`` reads it) and prints, per model and split, the best accuracy over learning rates for each width
 with the (1024, 256) test accuracy of that run, as a markdown table.
@@ -24,11 +24,31 @@ import os
 import sys
 
 
+_BOOKKEEPING = ("point", "index", "variant", "lr")
+
+
+def lr_blocks(points: list[dict]) -> list[list[dict]]:
+    """Runs of consecutive points that differ only in ``lr`` (one model, split and width at each rate)."""
+    blocks: list[list[dict]] = []
+    prev = None
+    for p in points:
+        key = {k: v for k, v in p.items() if k not in _BOOKKEEPING}
+        if blocks and key == prev:
+            blocks[-1].append(p)
+        else:
+            blocks.append([p])
+        prev = key
+    return blocks
+
+
 def deal(points: list[dict], shards: int, block: int) -> list[list[str]]:
-    """Point ids dealt round-robin in blocks of ``block`` consecutive points."""
+    """Point ids dealt round-robin in blocks of ``block`` consecutive points (``block = 0``: the runs of
+    ``lr_blocks``). Shard i gets blocks i, i + shards, ...: run side by side, the workers go through the plan
+    roughly in its order, so the first points of a sweep file run first."""
     out: list[list[str]] = [[] for _ in range(shards)]
-    for i in range(0, len(points), block):
-        out[(i // block) % shards].extend(p["point"] for p in points[i:i + block])
+    blocks = lr_blocks(points) if block == 0 else [points[i:i + block] for i in range(0, len(points), block)]
+    for i, b in enumerate(blocks):
+        out[i % shards].extend(p["point"] for p in b)
     return out
 
 
@@ -147,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("plan", help="the plan JSON file ('-' for stdin)")
     s.add_argument("--out", required=True)
     s.add_argument("--shards", type=int, default=8)
-    s.add_argument("--block", type=int, default=4, help="consecutive points kept together (default: the 4 lrs)")
+    s.add_argument("--block", type=int, default=0,
+                   help="consecutive points kept together (default 0: the points that differ only in lr)")
     s.add_argument("--resume", action="store_true",
                    help="leave out points whose latest row in OUT/rows-*.jsonl is ok (the grid spans several calls)")
     t = sub.add_parser("summary", help="merge the rows and print the best-over-lr table")
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = {r.get("point") for r in read_rows(a.out) if r.get("status") == "ok"}
             kept = [p for p in points if p["point"] not in ok]
             done, points = len(points) - len(kept), kept
-        paths = write_shards(points, a.out, max(1, a.shards), max(1, a.block))
+        paths = write_shards(points, a.out, max(1, a.shards), max(0, a.block))
         print(f"{len(points)} points in {len(paths)} shards" + (f" ({done} already ok, skipped)" if a.resume else ""),
               file=sys.stderr)
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from mdn.tasks.mqar_grid import best_over_lr, deal, main, read_rows, summary_table
+from mdn.tasks.mqar_grid import best_over_lr, deal, lr_blocks, main, read_rows, summary_table
 
 
 def test_deal_keeps_blocks_together():
@@ -12,6 +12,25 @@ def test_deal_keeps_blocks_together():
     shards = deal(pts, 3, 4)
     assert shards == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"], ["p8", "p9"]]
     assert sorted(sum(deal(pts, 4, 1), [])) == sorted(p["point"] for p in pts)
+
+
+def test_deal_by_lr_runs_keeps_plan_order():
+    # a plan as `mdnctl sweep --plan --json` writes it: width 128 first, then the rest; 2 rates per cell
+    pts = []
+    for d in (128, 64):
+        for model in ("mdn", "gdn", "transformer"):
+            for lr in (1e-3, 3e-3):
+                pts.append({"point": f"{model}{d}-{lr}", "index": len(pts), "variant": "v", "model": model,
+                            "d_model": d, "lr": lr, "repeat": 0})
+    blocks = lr_blocks(pts)
+    assert [len(b) for b in blocks] == [2] * 6
+    assert [b[0]["model"] for b in blocks[:3]] == ["mdn", "gdn", "transformer"]
+    shards = deal(pts, 3, 0)
+    # each of the 3 workers starts with one width-128 cell (both rates), then a width-64 cell
+    assert [s[:2] for s in shards] == [["mdn128-0.001", "mdn128-0.003"], ["gdn128-0.001", "gdn128-0.003"],
+                                       ["transformer128-0.001", "transformer128-0.003"]]
+    assert [s[2][:-6] for s in shards] == ["mdn64", "gdn64", "transformer64"]
+    assert sorted(sum(shards, [])) == sorted(p["point"] for p in pts)
 
 
 def _row(point, model, constraint, d, lr, acc, status="ok", loss=1.0, nested=False, **kw):

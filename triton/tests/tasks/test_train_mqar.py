@@ -178,6 +178,26 @@ def test_evaluate_counts_every_query():
     assert res["loss"] == pytest.approx(want, rel=1e-5)
 
 
+def test_evaluate_uneven_query_counts():
+    """Rows with different numbers of labelled positions take the general path (no known count) and agree."""
+    model = Lookup(64)
+    from mdn.tasks.mqar import mqar_batch
+
+    x, y = mqar_batch(TASK, 10, seed=1)
+    y = y.clone()
+    first = (y[0] != IGNORE_INDEX).nonzero()[0, 0]
+    y[0, first] = IGNORE_INDEX  # row 0 now has one query less
+    res = evaluate(model, x, y, batch_size=4)
+    mask = y != IGNORE_INDEX
+    assert res["queries"] == int(mask.sum()) == 19
+    with torch.no_grad():
+        logits = model(x)[mask]
+        want_loss = float(torch.nn.functional.cross_entropy(logits, y[mask]))
+        want_acc = float((logits.argmax(-1) == y[mask]).float().mean())
+    assert res["loss"] == pytest.approx(want_loss, rel=1e-5)
+    assert res["accuracy"] == pytest.approx(want_acc)
+
+
 # --------------------------------------------------------------------------------------------- the runner job
 class Ctx:
     def __init__(self):
