@@ -7,19 +7,21 @@ virtual operands of the "six" form in registers from per-row scalars and the [C,
 
 Per sequence and head, with chunk-start states S, M ([K, V], fp32), every chunk in order:
 
-    W  = D(a-) P S - D(b-) P M               # [C, V]  fp32 accumulator over the K sub-tiles
-    Vt = U0 - A W                            # one [C, C] x [C, BV] dot
-    O  = Qa S - Qb M + Aqk Vt
-    S' = gS S - gSM M + Ks^T Vt,   M' = gM M - Km^T Vt
+    -W = D(b-) (P M) - D(a-) (P S)            # P S, P M: two fp32 [C, BV] tiles over the K sub-tiles
+    Vt = U0 + A (-W)                          # one [C, C] x [C, BV] dot
+    O  = D(s a) (Q S) - D(s b) (Q M) + Aqk Vt
+    S' = gS S - gSM M + K_w^T (D(gamma) Vt),   M' = gM M + K_w^T (D(-rho) Vt)
 
 and the reverse scan, with dS', dM' the gradients of the chunk's end states:
 
-    dVt = Aqk^T dO + Ks dS' - Km dM',   X = A^T dVt
-    dS  = gS dS' + Qa^T dO - (D(a-) P)^T X
-    dM  = -gSM dS' + gM dM' - Qb^T dO + (D(b-) P)^T X
+    dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO,   X = A^T dVt
+    dS  = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X)
+    dM  = -gSM dS' + gM dM' + Q^T (D(-s b) dO) + P^T (D(b-) X)
 
-Row scalars: r [NC, H, 6, C] (fp32) = (a-, b-, s a, s b, gamma, rho); signs are applied to the scalars in registers
-(a [C] vector), so every product accumulates in place (tl.dot acc=). The backward's GEMM phase computes the six
+Row scalars: r [NC, H, 6, C] (fp32) = (a-, b-, s a, s b, gamma, rho). They are applied to [C, BV] tiles (fp32
+accumulators, or Vt, dO, X once per chunk), never to the [C, BK] operand tiles: those go from memory straight into
+the dots, as in the six form (scaling them in registers cost ~2x the spills of the six form at K = 256 in ptxas),
+and each is loaded once per chunk and used by two dots. The backward's GEMM phase computes the six
 virtual-operand gradients exactly as chunk_scan.scan_bwd does and maps them to P, Q, K_w, A and r by the chain rule.
 Helpers (dot modes, sub-tile loads, hi + lo end-state gradients, tile configs, TMA) come from chunk_scan.py.
 """
@@ -43,47 +45,30 @@ NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 # ---------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _rows(x, s):
-    """[C, BK] operand tile x with its rows scaled by s [C] (fp32): the product in fp32 (the dot rounds it)."""
-    return x.to(tl.float32) * s[:, None]
-
-
-@triton.jit
-def _fwd_w(b_w, b_s, b_m, p_p, t_p, row, col: tl.constexpr, m_k, b_nam, b_bm, FIRST: tl.constexpr,
-           DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One K sub-tile of -W = D(b-) P M - D(a-) P S (b_nam = -a-): P loaded once, scaled twice."""
-    b_p = _load_ck(p_p, t_p, row, col, m_k, LOAD_TMA)  # [C, BK]
+def _fwd_xsm(b_xs, b_xm, b_s, b_m, p_x, t_x, row, col: tl.constexpr, m_k, FIRST: tl.constexpr,
+             DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
+    """One K sub-tile of X S and X M (X = P or Q, [C, BK], loaded once and used by both dots), accumulated into
+    two [C, BV] fp32 tiles (FIRST: starts them)."""
+    b_x = _load_ck(p_x, t_x, row, col, m_k, LOAD_TMA)  # [C, BK]
     if FIRST:
-        b_w = _dot(_rows(b_p, b_bm), b_m, DOT_MODE)
+        b_xs = _dot(b_x, b_s, DOT_MODE)
+        b_xm = _dot(b_x, b_m, DOT_MODE)
     else:
-        b_w = _dot_acc(_rows(b_p, b_bm), b_m, b_w, DOT_MODE)
-    b_w = _dot_acc(_rows(b_p, b_nam), b_s, b_w, DOT_MODE)
-    return b_w
+        b_xs = _dot_acc(b_x, b_s, b_xs, DOT_MODE)
+        b_xm = _dot_acc(b_x, b_m, b_xm, DOT_MODE)
+    return b_xs, b_xm
 
 
 @triton.jit
-def _fwd_o(b_o, b_s, b_m, p_q, t_q, row, col: tl.constexpr, m_k, b_sa, b_nsb, FIRST: tl.constexpr,
-           DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One K sub-tile of O += D(s a) Q S - D(s b) Q M (b_nsb = -s b): Q loaded once, scaled twice."""
-    b_q = _load_ck(p_q, t_q, row, col, m_k, LOAD_TMA)  # [C, BK]
-    if FIRST:
-        b_o = _dot(_rows(b_q, b_nsb), b_m, DOT_MODE)
-    else:
-        b_o = _dot_acc(_rows(b_q, b_nsb), b_m, b_o, DOT_MODE)
-    b_o = _dot_acc(_rows(b_q, b_sa), b_s, b_o, DOT_MODE)
-    return b_o
-
-
-@triton.jit
-def _fwd_state_update_pqk(b_s, b_m, p_kw, t_kw, row, col: tl.constexpr, m_k, b_vt, b_ga, b_nrho,
+def _fwd_state_update_pqk(b_s, b_m, p_kw, t_kw, row, col: tl.constexpr, m_k, b_gvt, b_nrvt,
                           b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One [BK, BV] sub-tile of S' = gS S - gSM M + (D(gamma) K_w)^T Vt, M' = gM M - (D(rho) K_w)^T Vt
-    (b_nrho = -rho): K_w loaded once, scaled twice, accumulated into the states (tl.dot acc=)."""
+    """One [BK, BV] sub-tile of S' = gS S - gSM M + K_w^T (D(gamma) Vt), M' = gM M + K_w^T (D(-rho) Vt)
+    (b_gvt, b_nrvt: the row-scaled Vt tiles): K_w loaded once, accumulated into the states (tl.dot acc=)."""
     b_s = b_g0 * b_s - b_g1 * b_m
     b_m = b_g2 * b_m
     b_kw = _load_ck(p_kw, t_kw, row, col, m_k, LOAD_TMA)  # [C, BK]
-    b_s = _dot_acc(tl.trans(_rows(b_kw, b_ga)), b_vt, b_s, DOT_MODE)
-    b_m = _dot_acc(tl.trans(_rows(b_kw, b_nrho)), b_vt, b_m, DOT_MODE)
+    b_s = _dot_acc(tl.trans(b_kw), b_gvt, b_s, DOT_MODE)
+    b_m = _dot_acc(tl.trans(b_kw), b_nrvt, b_m, DOT_MODE)
     return b_s, b_m
 
 
@@ -110,7 +95,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     RECOMPUTE=True: reads the saved Vt instead and only advances the states (loads K_w only).
     STORE_STATES: stores the chunk-start states into hc [NC, H, 2, K, V] (S then M).
     K sub-tiles (b_s1..b_s4), DOT_MODE and LOAD_TMA as in chunk_scan.momentum_delta_rule_fwd_kernel_scan; each of
-    P, Q, K_w is loaded one [C, BK] sub-tile at a time and scaled by its row scalars r [NC, H, 6, C] in registers.
+    P, Q, K_w is loaded one [C, BK] sub-tile at a time (two dots each); the row scalars r [NC, H, 6, C] scale
+    [C, BV] tiles (module docstring).
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -189,58 +175,62 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
         if RECOMPUTE:
             b_vt = tl.load(vt + o_cv + p_cv, mask=m_cv, other=0.)
         else:
-            # -W = D(b-) P M - D(a-) P S over the K sub-tiles (one fp32 [C, BV] accumulator), Vt = U0 + A (-W)
-            b_nam = -tl.load(p_r)
-            b_bm = tl.load(p_r + C)
+            # P S and P M over the K sub-tiles (two fp32 [C, BV] tiles, P loaded once per sub-tile), then
+            # -W = D(b-) (P M) - D(a-) (P S) row-scaled in fp32 and Vt = U0 + A (-W)
             p_p = p + o_ck + p_ck
-            b_w = _fwd_w(b_s1, b_s1, b_m1, p_p, t_p, row, 0, m_k1, b_nam, b_bm, True, DOT_MODE, LOAD_TMA)
+            b_ps, b_pm = _fwd_xsm(b_s1, b_m1, b_s1, b_m1, p_p, t_p, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
             if K > BK:
-                b_w = _fwd_w(b_w, b_s2, b_m2, p_p + BK, t_p, row, BK, m_k2, b_nam, b_bm, False, DOT_MODE, LOAD_TMA)
+                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s2, b_m2, p_p + BK, t_p, row, BK, m_k2, False, DOT_MODE, LOAD_TMA)
             if K > 2 * BK:
-                b_w = _fwd_w(b_w, b_s3, b_m3, p_p + 2 * BK, t_p, row, 2 * BK, m_k3, b_nam, b_bm, False,
-                             DOT_MODE, LOAD_TMA)
+                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s3, b_m3, p_p + 2 * BK, t_p, row, 2 * BK, m_k3, False,
+                                      DOT_MODE, LOAD_TMA)
             if K > 3 * BK:
-                b_w = _fwd_w(b_w, b_s4, b_m4, p_p + 3 * BK, t_p, row, 3 * BK, m_k4, b_nam, b_bm, False,
-                             DOT_MODE, LOAD_TMA)
-            b_w = _cast(b_w, vt.dtype.element_ty, DOT_MODE)
+                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s4, b_m4, p_p + 3 * BK, t_p, row, 3 * BK, m_k4, False,
+                                      DOT_MODE, LOAD_TMA)
+            b_am = tl.load(p_r)
+            b_bm = tl.load(p_r + C)
+            b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
             b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
             b_a = tl.load(a + base * C * C + p_cc)  # [C, C]
-            b_vt = _dot_acc(b_a, b_w, b_vt, DOT_MODE)
+            b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
-            # O = D(s a) Q S - D(s b) Q M + Aqk Vt
-            b_sa = tl.load(p_r + 2 * C)
-            b_nsb = -tl.load(p_r + 3 * C)
+            # O = D(s a) (Q S) - D(s b) (Q M) + Aqk Vt
             p_q = q + o_ck + p_ck
-            b_o = _fwd_o(b_s1, b_s1, b_m1, p_q, t_q, row, 0, m_k1, b_sa, b_nsb, True, DOT_MODE, LOAD_TMA)
+            b_qs, b_qm = _fwd_xsm(b_s1, b_m1, b_s1, b_m1, p_q, t_q, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
             if K > BK:
-                b_o = _fwd_o(b_o, b_s2, b_m2, p_q + BK, t_q, row, BK, m_k2, b_sa, b_nsb, False, DOT_MODE, LOAD_TMA)
+                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s2, b_m2, p_q + BK, t_q, row, BK, m_k2, False, DOT_MODE, LOAD_TMA)
             if K > 2 * BK:
-                b_o = _fwd_o(b_o, b_s3, b_m3, p_q + 2 * BK, t_q, row, 2 * BK, m_k3, b_sa, b_nsb, False,
-                             DOT_MODE, LOAD_TMA)
+                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s3, b_m3, p_q + 2 * BK, t_q, row, 2 * BK, m_k3, False,
+                                      DOT_MODE, LOAD_TMA)
             if K > 3 * BK:
-                b_o = _fwd_o(b_o, b_s4, b_m4, p_q + 3 * BK, t_q, row, 3 * BK, m_k4, b_sa, b_nsb, False,
-                             DOT_MODE, LOAD_TMA)
+                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s4, b_m4, p_q + 3 * BK, t_q, row, 3 * BK, m_k4, False,
+                                      DOT_MODE, LOAD_TMA)
+            b_sa = tl.load(p_r + 2 * C)
+            b_sb = tl.load(p_r + 3 * C)
+            b_o = b_sa[:, None] * b_qs - b_sb[:, None] * b_qm
             b_aqk = tl.load(aqk + base * C * C + p_cc)  # [C, C]
             b_o = _dot_acc(b_aqk, b_vt, b_o, DOT_MODE)
             tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        b_ga = tl.load(p_r + 4 * C)
-        b_nrho = -tl.load(p_r + 5 * C)
+        # the write-side row scalars go on Vt (once per chunk), not on the [C, BK] K_w tiles
+        b_vtf = b_vt.to(tl.float32)
+        b_gvt = _cast(tl.load(p_r + 4 * C)[:, None] * b_vtf, vt.dtype.element_ty, DOT_MODE)
+        b_nrvt = _cast(-tl.load(p_r + 5 * C)[:, None] * b_vtf, vt.dtype.element_ty, DOT_MODE)
         p_kw = kw + o_ck + p_ck
-        b_s1, b_m1 = _fwd_state_update_pqk(b_s1, b_m1, p_kw, t_kw, row, 0, m_k1, b_vt, b_ga, b_nrho,
+        b_s1, b_m1 = _fwd_state_update_pqk(b_s1, b_m1, p_kw, t_kw, row, 0, m_k1, b_gvt, b_nrvt,
                                            b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > BK:
-            b_s2, b_m2 = _fwd_state_update_pqk(b_s2, b_m2, p_kw + BK, t_kw, row, BK, m_k2, b_vt, b_ga, b_nrho,
+            b_s2, b_m2 = _fwd_state_update_pqk(b_s2, b_m2, p_kw + BK, t_kw, row, BK, m_k2, b_gvt, b_nrvt,
                                                b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 2 * BK:
-            b_s3, b_m3 = _fwd_state_update_pqk(b_s3, b_m3, p_kw + 2 * BK, t_kw, row, 2 * BK, m_k3, b_vt, b_ga,
-                                               b_nrho, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
+            b_s3, b_m3 = _fwd_state_update_pqk(b_s3, b_m3, p_kw + 2 * BK, t_kw, row, 2 * BK, m_k3, b_gvt, b_nrvt,
+                                               b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 3 * BK:
-            b_s4, b_m4 = _fwd_state_update_pqk(b_s4, b_m4, p_kw + 3 * BK, t_kw, row, 3 * BK, m_k4, b_vt, b_ga,
-                                               b_nrho, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
+            b_s4, b_m4 = _fwd_state_update_pqk(b_s4, b_m4, p_kw + 3 * BK, t_kw, row, 3 * BK, m_k4, b_gvt, b_nrvt,
+                                               b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
 
     if not RECOMPUTE:
         p_ht = ht + st_off + p_st
@@ -259,30 +249,34 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
 
 
 @triton.jit
-def _bwd_dvt(b_dvt, b_ds, b_dm, p_kw, t_kw, row, col: tl.constexpr, m_k, b_ga, b_nrho,
-             DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One K sub-tile of dVt += D(gamma) K_w dS' - D(rho) K_w dM' (b_nrho = -rho): K_w loaded once."""
+def _bwd_kd(b_kds, b_kdm, b_ds, b_dm, p_kw, t_kw, row, col: tl.constexpr, m_k, FIRST: tl.constexpr,
+            DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
+    """One K sub-tile of K_w dS' and K_w dM' ([C, BV] fp32 each; K_w loaded once; FIRST: starts them)."""
     b_kw = _load_ck(p_kw, t_kw, row, col, m_k, LOAD_TMA)  # [C, BK]
-    b_dvt = _dot_acc(_rows(b_kw, b_ga), b_ds, b_dvt, DOT_MODE)
-    b_dvt = _dot_acc(_rows(b_kw, b_nrho), b_dm, b_dvt, DOT_MODE)
-    return b_dvt
+    if FIRST:
+        b_kds = _dot(b_kw, b_ds, DOT_MODE)
+        b_kdm = _dot(b_kw, b_dm, DOT_MODE)
+    else:
+        b_kds = _dot_acc(b_kw, b_ds, b_kds, DOT_MODE)
+        b_kdm = _dot_acc(b_kw, b_dm, b_kdm, DOT_MODE)
+    return b_kds, b_kdm
 
 
 @triton.jit
-def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr, m_k, b_do, b_x,
-                          b_sa, b_nsb, b_nam, b_bm, b_g0, b_g1, b_g2,
+def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr, m_k,
+                          b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
                           DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One [BK, BV] sub-tile of dS = gS dS' + (D(s a) Q)^T dO - (D(a-) P)^T X,
-    dM = -gSM dS' + gM dM' - (D(s b) Q)^T dO + (D(b-) P)^T X (X = A^T dVt; b_nsb = -s b, b_nam = -a-): Q and P
-    loaded once each, scaled twice, accumulated into the states (tl.dot acc=)."""
+    """One [BK, BV] sub-tile of dS = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X),
+    dM = -gSM dS' + gM dM' + Q^T (D(-s b) dO) + P^T (D(b-) X) (X = A^T dVt; the row-scaled [C, BV] tiles are made
+    once per chunk): Q and P loaded once each, accumulated into the states (tl.dot acc=)."""
     b_dm = b_g2 * b_dm - b_g1 * b_ds
     b_ds = b_g0 * b_ds
     b_q = _load_ck(p_q, t_q, row, col, m_k, LOAD_TMA)  # [C, BK]
-    b_ds = _dot_acc(tl.trans(_rows(b_q, b_sa)), b_do, b_ds, DOT_MODE)
-    b_dm = _dot_acc(tl.trans(_rows(b_q, b_nsb)), b_do, b_dm, DOT_MODE)
+    b_ds = _dot_acc(tl.trans(b_q), b_sado, b_ds, DOT_MODE)
+    b_dm = _dot_acc(tl.trans(b_q), b_nsbdo, b_dm, DOT_MODE)
     b_p = _load_ck(p_p, t_p, row, col, m_k, LOAD_TMA)
-    b_ds = _dot_acc(tl.trans(_rows(b_p, b_nam)), b_x, b_ds, DOT_MODE)
-    b_dm = _dot_acc(tl.trans(_rows(b_p, b_bm)), b_x, b_dm, DOT_MODE)
+    b_ds = _dot_acc(tl.trans(b_p), b_nax, b_ds, DOT_MODE)
+    b_dm = _dot_acc(tl.trans(b_p), b_bx, b_dm, DOT_MODE)
     return b_ds, b_dm
 
 
@@ -304,9 +298,9 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dvo = [dVt; dO], the partial sums dgp, dh0), with per chunk (last to first)
 
-        dVt = Aqk^T dO + D(gamma) K_w dS' - D(rho) K_w dM',   X = A^T dVt
-        dS  = gS dS' + (D(s a) Q)^T dO - (D(a-) P)^T X
-        dM  = -gSM dS' + gM dM' - (D(s b) Q)^T dO + (D(b-) P)^T X
+        dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO,   X = A^T dVt
+        dS  = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X)
+        dM  = -gSM dS' + gM dM' + Q^T (D(-s b) dO) + P^T (D(b-) X)
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -399,47 +393,51 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
         tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
-        b_aqk = tl.load(aqk + base * C * C + p_cc)
-        b_dvt = _dot(tl.trans(b_aqk), b_do, DOT_MODE)  # [C, BV]
-        b_ga = tl.load(p_r + 4 * C)
-        b_nrho = -tl.load(p_r + 5 * C)
+        # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
         p_kw = kw + o_ck + p_ck
-        b_dvt = _bwd_dvt(b_dvt, b_ds1, b_dm1, p_kw, t_kw, row, 0, m_k1, b_ga, b_nrho, DOT_MODE, LOAD_TMA)
+        b_kds, b_kdm = _bwd_kd(b_ds1, b_dm1, b_ds1, b_dm1, p_kw, t_kw, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
         if K > BK:
-            b_dvt = _bwd_dvt(b_dvt, b_ds2, b_dm2, p_kw + BK, t_kw, row, BK, m_k2, b_ga, b_nrho, DOT_MODE, LOAD_TMA)
+            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds2, b_dm2, p_kw + BK, t_kw, row, BK, m_k2, False,
+                                   DOT_MODE, LOAD_TMA)
         if K > 2 * BK:
-            b_dvt = _bwd_dvt(b_dvt, b_ds3, b_dm3, p_kw + 2 * BK, t_kw, row, 2 * BK, m_k3, b_ga, b_nrho,
-                             DOT_MODE, LOAD_TMA)
+            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds3, b_dm3, p_kw + 2 * BK, t_kw, row, 2 * BK, m_k3, False,
+                                   DOT_MODE, LOAD_TMA)
         if K > 3 * BK:
-            b_dvt = _bwd_dvt(b_dvt, b_ds4, b_dm4, p_kw + 3 * BK, t_kw, row, 3 * BK, m_k4, b_ga, b_nrho,
-                             DOT_MODE, LOAD_TMA)
+            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds4, b_dm4, p_kw + 3 * BK, t_kw, row, 3 * BK, m_k4, False,
+                                   DOT_MODE, LOAD_TMA)
+        b_ga = tl.load(p_r + 4 * C)
+        b_rho = tl.load(p_r + 5 * C)
+        b_dvt = b_ga[:, None] * b_kds - b_rho[:, None] * b_kdm
+        b_aqk = tl.load(aqk + base * C * C + p_cc)
+        b_dvt = _dot_acc(tl.trans(b_aqk), b_do, b_dvt, DOT_MODE)  # [C, BV]
         b_dvt = _cast(b_dvt, dvo.dtype.element_ty, DOT_MODE)
         tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
-        # X = A^T dVt, rounded once to the operands' dtype (it feeds eight dots)
+        # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
         b_a = tl.load(a + base * C * C + p_cc)
-        b_x = _cast(_dot(tl.trans(b_a), b_dvt, DOT_MODE), dvo.dtype.element_ty, DOT_MODE)  # [C, BV]
+        b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
+        b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvo.dtype.element_ty, DOT_MODE)
+        b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvo.dtype.element_ty, DOT_MODE)
+        b_dof = b_do.to(tl.float32)
+        b_sado = _cast(tl.load(p_r + 2 * C)[:, None] * b_dof, dvo.dtype.element_ty, DOT_MODE)
+        b_nsbdo = _cast(-tl.load(p_r + 3 * C)[:, None] * b_dof, dvo.dtype.element_ty, DOT_MODE)
 
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        b_nam = -tl.load(p_r)
-        b_bm = tl.load(p_r + C)
-        b_sa = tl.load(p_r + 2 * C)
-        b_nsb = -tl.load(p_r + 3 * C)
         p_q = q + o_ck + p_ck
         p_p = p + o_ck + p_ck
-        b_ds1, b_dm1 = _bwd_state_update_pqk(b_ds1, b_dm1, p_q, p_p, t_q, t_p, row, 0, m_k1, b_do, b_x,
-                                             b_sa, b_nsb, b_nam, b_bm, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
+        b_ds1, b_dm1 = _bwd_state_update_pqk(b_ds1, b_dm1, p_q, p_p, t_q, t_p, row, 0, m_k1,
+                                             b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > BK:
-            b_ds2, b_dm2 = _bwd_state_update_pqk(b_ds2, b_dm2, p_q + BK, p_p + BK, t_q, t_p, row, BK, m_k2, b_do,
-                                                 b_x, b_sa, b_nsb, b_nam, b_bm, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
+            b_ds2, b_dm2 = _bwd_state_update_pqk(b_ds2, b_dm2, p_q + BK, p_p + BK, t_q, t_p, row, BK, m_k2,
+                                                 b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
         if K > 2 * BK:
             b_ds3, b_dm3 = _bwd_state_update_pqk(b_ds3, b_dm3, p_q + 2 * BK, p_p + 2 * BK, t_q, t_p, row, 2 * BK,
-                                                 m_k3, b_do, b_x, b_sa, b_nsb, b_nam, b_bm, b_g0, b_g1, b_g2,
+                                                 m_k3, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
                                                  DOT_MODE, LOAD_TMA)
         if K > 3 * BK:
             b_ds4, b_dm4 = _bwd_state_update_pqk(b_ds4, b_dm4, p_q + 3 * BK, p_p + 3 * BK, t_q, t_p, row, 3 * BK,
-                                                 m_k4, b_do, b_x, b_sa, b_nsb, b_nam, b_bm, b_g0, b_g1, b_g2,
+                                                 m_k4, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
                                                  DOT_MODE, LOAD_TMA)
 
     p_dh0 = dh0 + st_off + p_st
@@ -529,7 +527,7 @@ def _row_scalars(r):
 
 
 def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False):
-    """The forward kernel's math in torch, with its rounding (scaled operands and W rounded for 16-bit)."""
+    """The forward kernel's math in torch, with its rounding (-W and the row-scaled Vt tiles rounded for 16-bit)."""
     NC, H, C, K, V, N = _dims(u, p, chunk_offsets)
     bf = u.dtype != torch.float32
     recompute = vt is not None
@@ -541,7 +539,6 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
     hc = u.new_empty(NC, H, 2, K, V) if store_states else None
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
-    pf, qf, kwf = p.float(), q.float(), kw.float()
     t = lambda x: x.transpose(-1, -2)  # noqa: E731
     for n in range(N):
         if h0 is not None:
@@ -555,20 +552,20 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
             if recompute:
                 b_vt = vt[c]
             else:
-                nw = _mm(bm[c] * pf[c], M, bf) + _mm(-am[c] * pf[c], S, bf)  # -W
-                nw = nw.to(vt.dtype)
+                nw = (bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)).to(vt.dtype)  # -W
                 b_vt = (u[c].float() + _mm(a[c], nw, bf)).to(vt.dtype)
                 vt[c] = b_vt
-                o[c] = (_mm(-sb[c] * qf[c], M, bf) + _mm(sa[c] * qf[c], S, bf) + _mm(aqk[c], b_vt, bf))
+                o[c] = sa[c] * _mm(q[c], S, bf) - sb[c] * _mm(q[c], M, bf) + _mm(aqk[c], b_vt, bf)
+            vtf = b_vt.float()
+            gvt, nrvt = (ga[c] * vtf).to(vt.dtype), (-rho[c] * vtf).to(vt.dtype)
             g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            S, M = (g0 * S - g1 * M + _mm(t(ga[c] * kwf[c]), b_vt, bf),
-                    g2 * M + _mm(t(-rho[c] * kwf[c]), b_vt, bf))
+            S, M = (g0 * S - g1 * M + _mm(t(kw[c]), gvt, bf), g2 * M + _mm(t(kw[c]), nrvt, bf))
         ht[0, n], ht[1, n] = S, M
     return o, vt, (None if recompute else ht), hc
 
 
 def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
-    """The reverse kernel's math in torch, with its rounding (dVt and X = A^T dVt rounded for 16-bit)."""
+    """The reverse kernel's math in torch, with its rounding (dVt and the row-scaled [C, V] tiles rounded)."""
     NC, H, C, V = do.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -580,7 +577,6 @@ def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     dg = p.new_zeros(NC, H, 3, dtype=torch.float32)
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
-    pf, qf, kwf = p.float(), q.float(), kw.float()
     t = lambda x: x.transpose(-1, -2)  # noqa: E731
     for n in range(N):
         if dht is not None:
@@ -595,14 +591,17 @@ def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
             hs, hm = hc[c, :, 0].float(), hc[c, :, 1].float()
             dg[c, :, 0], dg[c, :, 1], dg[c, :, 2] = ((dS * hs).sum((-1, -2)), -(dS * hm).sum((-1, -2)),
                                                      (dM * hm).sum((-1, -2)))
-            b_dvt = (_mm(t(aqk[c]), do[c], bf) + _mm(ga[c] * kwf[c], dS, bf)
-                     + _mm(-rho[c] * kwf[c], dM, bf)).to(dvo.dtype)
+            b_dvt = (ga[c] * _mm(kw[c], dS, bf) - rho[c] * _mm(kw[c], dM, bf)
+                     + _mm(t(aqk[c]), do[c], bf)).to(dvo.dtype)
             dvo[c, :, :C] = b_dvt
             dvo[c, :, C:] = do[c]
-            x = _mm(t(a[c]), b_dvt, bf).to(dvo.dtype)
+            x = _mm(t(a[c]), b_dvt, bf)
+            dof = do[c].float()
+            nax, bx = (-am[c] * x).to(dvo.dtype), (bm[c] * x).to(dvo.dtype)
+            sado, nsbdo = (sa[c] * dof).to(dvo.dtype), (-sb[c] * dof).to(dvo.dtype)
             g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            dS, dM = (g0 * dS + _mm(t(sa[c] * qf[c]), do[c], bf) + _mm(t(-am[c] * pf[c]), x, bf),
-                      g2 * dM - g1 * dS + _mm(t(-sb[c] * qf[c]), do[c], bf) + _mm(t(bm[c] * pf[c]), x, bf))
+            dS, dM = (g0 * dS + _mm(t(q[c]), sado, bf) + _mm(t(p[c]), nax, bf),
+                      g2 * dM - g1 * dS + _mm(t(q[c]), nsbdo, bf) + _mm(t(p[c]), bx, bf))
         dh0[0, n], dh0[1, n] = dS, dM
     return dvo, dhc, dh0, dg
 
