@@ -88,3 +88,56 @@ func TestSweepMQARTinyIntegration(t *testing.T) {
 		}
 	}
 }
+
+// sweeps/mqar-budget.toml: the same cells as the Zoology grid (5 models x 3 splits x 3 widths) at 2 learning
+// rates on a step budget; the points a one-call GPU run must reach first are width 128 x {MDN trig, GDN,
+// Transformer} x the three splits, all nine at one rate, then the same at the other rate (scripts/gpu_mqar.sh runs
+// the plan roughly in order).
+func TestMQARBudgetSweepOrder(t *testing.T) {
+	f, err := sweep.Load(filepath.Join("..", "..", "sweeps", "mqar-budget.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := f.Expand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Job != "mqar" || len(plan.Points) != 90 {
+		t.Fatalf("job %q, %d points, want mqar and 90", f.Job, len(plan.Points))
+	}
+	first := map[string]int{}
+	rates := map[string]bool{}
+	for _, p := range plan.Points[:18] {
+		if d := fmt.Sprint(p.Values["d_model"]); d != "128" {
+			t.Errorf("point %d has d_model %s; the first 18 should be width 128", p.Index, d)
+		}
+		first[fmt.Sprintf("%v/%v/%v", p.Values["model"], p.Values["constraint"], p.Values["seq_len"])]++
+		if p.Index < 9 {
+			rates[fmt.Sprint(p.Values["lr"])] = true
+		}
+	}
+	for _, m := range []string{"mdn/trig", "gdn/none", "transformer/none"} {
+		for _, l := range []string{"128", "256", "512"} {
+			if first[m+"/"+l] != 2 {
+				t.Errorf("first 18 points: %d of %s at seq_len %s, want 2 (one per learning rate)", first[m+"/"+l], m, l)
+			}
+		}
+	}
+	if len(rates) != 1 {
+		t.Errorf("the first 9 points use rates %v; want one rate (all nine cells before any second rate)", rates)
+	}
+	cells := map[string]bool{}
+	for _, p := range plan.Points {
+		cells[fmt.Sprintf("%v/%v/%v/%v", p.Values["model"], p.Values["constraint"], p.Values["seq_len"], p.Values["d_model"])] = true
+	}
+	if len(cells) != 45 {
+		t.Errorf("%d cells, want 45 (5 models x 3 splits x 3 widths)", len(cells))
+	}
+	// the budget is in steps; a time limit is only a guard (12 s per point learned nothing, docs/BENCHMARKS.md §4)
+	if n, _ := f.TaskParams["steps"].(int64); n < 1000 {
+		t.Errorf("steps = %v in [mqar]; want a budget of >= 1000 optimizer steps", f.TaskParams["steps"])
+	}
+	if s, ok := f.TaskParams["max_seconds"].(float64); ok && s < 300 {
+		t.Errorf("max_seconds = %v: a guard must not cut a point below ~1000 steps (want >= 300 s)", s)
+	}
+}
