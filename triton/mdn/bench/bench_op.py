@@ -8,6 +8,7 @@
     python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
     MDN_INTRA_GEMM=fp32 python triton/mdn/bench/bench_op.py           # fp32 GEMMs in the intra part (default: bf16)
     MDN_SCAN_LOAD=tma python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load [C, K] tiles via descriptors
+    MDN_SCAN_FORM=pqk python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load P, Q, K_w (3 [C, K] operands)
     python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
@@ -122,13 +123,14 @@ def run_profile(fn, top=12):
 def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=False):
     import torch
     from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
+    from mdn.ops.momentum_delta_rule.chunk import scan_form
     from mdn.ops.momentum_delta_rule.chunk_scan import scan_load
     H, K, V = SHAPES[shape]
     B = max(1, tokens // T)
     dev = "cuda"
     row = {"shape": shape, "B": B, "T": T, "H": H, "K": K, "V": V, "dtype": str(dtype).replace("torch.", ""),
            "chunk_size": chunk_size, "scan_config": os.environ.get("MDN_SCAN_CONFIG", "default"),
-           "scan_load": scan_load(),
+           "scan_load": scan_load(), "scan_form": scan_form(),
            "compile_intra": os.environ.get("MDN_CHUNK_COMPILE", "") != "0",
            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     import triton
@@ -177,8 +179,12 @@ def run_phases(xs, do, C):
     """Times of the pieces: intra fwd (torch; compiled unless --eager-intra), intra fwd (fused Triton, with
     --intra triton), intra fwd+bwd (autograd, scan grads random), scan fwd, scan bwd."""
     import torch
-    from mdn.ops.momentum_delta_rule.chunk import _pack_dense, _bf16_gemm_wanted, _run_intra
+    from mdn.ops.momentum_delta_rule.chunk import _pack_dense, _bf16_gemm_wanted, _run_intra, scan_form
     from mdn.ops.momentum_delta_rule.chunk_scan import scan_bwd, scan_fwd
+    from mdn.ops.momentum_delta_rule.chunk_scan_pqk import scan_pqk_bwd, scan_pqk_fwd
+    form = scan_form()
+    if form == "pqk":  # the scan ops of MDN_SCAN_FORM (same argument layout: intra outputs, h0, offsets, ...)
+        scan_fwd, scan_bwd = scan_pqk_fwd, scan_pqk_bwd
     q, k, v, la, beta, lm, eta = xs
     B, T, H, K = q.shape
     op_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
@@ -191,7 +197,8 @@ def run_phases(xs, do, C):
 
     def chunk_mdn_intra(q, k, v, la, beta, lm, eta, scale, out_dtype):
         """packing + intra exactly as the op runs it (compiled unless --eager-intra), from [B, T, H, D] inputs"""
-        return _run_intra(q, k, v, la, beta, lm, eta, None, B * NT, C, scale, True, True, out_dtype, bf16_gemm)
+        return _run_intra(q, k, v, la, beta, lm, eta, None, B * NT, C, scale, True, True, out_dtype, bf16_gemm,
+                          form)
 
     out = {}
     with torch.no_grad():
@@ -210,7 +217,7 @@ def run_phases(xs, do, C):
 
     def intra_fb():
         r = chunk_mdn_intra(*leaves, K ** -0.5, out_dtype=op_dtype)
-        torch.autograd.backward(list(r), list(grads[:9]))
+        torch.autograd.backward(list(r), list(grads[:len(r)]))
 
     out["intra_fwd_bwd"] = bench(intra_fb, grad_to_none=leaves)
     return out
@@ -237,9 +244,11 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     import torch
+    from mdn.ops.momentum_delta_rule.chunk import scan_form
     from mdn.ops.momentum_delta_rule.chunk_scan import scan_load
     try:
         scan_load()  # a bad MDN_SCAN_LOAD fails here, before any run
+        scan_form()  # and a bad MDN_SCAN_FORM
     except ValueError as e:
         print(f"bench_op.py: {e}", file=sys.stderr)
         return 2
@@ -267,7 +276,7 @@ def main(argv=None):
                                    check=a.check and i_cfg == 0, prof=a.profile and i_cfg == 0)
                 except torch.cuda.OutOfMemoryError as e:
                     row = {"shape": shape, "T": T, "scan_config": cfg or "default", "scan_load": scan_load(),
-                           "error": f"oom: {e}"}
+                           "scan_form": scan_form(), "error": f"oom: {e}"}
                     torch.cuda.empty_cache()
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -279,14 +288,17 @@ def main(argv=None):
     cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
     if not any("intra_fwd_triton" in r for r in rows):
         cols.remove("intra_fwd_triton")
-    print("| shape | T | B | scan cfg | scan load | " + " | ".join(c + " ms" for c in cols) + " | peak GiB |")
-    print("|---|---|---|---|---|" + "---|" * len(cols) + "---|")
+    print("| shape | T | B | scan cfg | scan load | scan form | " + " | ".join(c + " ms" for c in cols)
+          + " | peak GiB |")
+    print("|---|---|---|---|---|---|" + "---|" * len(cols) + "---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['scan_load']} | {r['error'][:40]} |")
+            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
+                  f"{r['error'][:40]} |")
             continue
         vals = [f"{r[c]['ms']:.3f}" if c in r else "" for c in cols]
-        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | {r['scan_load']} | " + " | ".join(vals)
+        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
+              + " | ".join(vals)
               + f" | {r['peak_mem_gib']:.2f} |")
     for r in rows:
         if "check" in r:

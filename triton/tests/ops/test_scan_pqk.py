@@ -266,8 +266,8 @@ def test_pqk_tma_equals_ptr(monkeypatch):
 @needs_kernels
 @pytest.mark.parametrize("backend_env", ["intra", "fullgraph"])
 def test_pqk_under_torch_compile(monkeypatch, backend_env):
-    """The compiled intra wrapper (MDN_CHUNK_COMPILE=1, aot_eager) with form="pqk", and the whole op inside a
-    caller's torch.compile(fullgraph=True): same numbers as eager."""
+    """The compiled intra wrapper and chain rule (MDN_CHUNK_COMPILE=1, aot_eager) with form="pqk", and the whole op
+    inside a caller's torch.compile(fullgraph=True): same numbers as eager."""
     from mdn.ops.momentum_delta_rule import chunk as ch
     torch._dynamo.reset()
     inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)

@@ -27,6 +27,8 @@ Helpers (dot modes, sub-tile loads, hi + lo end-state gradients, tile configs, T
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Optional
 
 import torch
@@ -676,6 +678,34 @@ def _chain_rule(x, rr, p, q, kw, a, r):
     return dp.to(p.dtype), dq.to(q.dtype), dkw.to(kw.dtype), da.to(a.dtype), dr.to(r.dtype)
 
 
+_compiled_chain = None
+_chain_compile_failed = False
+
+
+def _chain(x, rr, p, q, kw, a, r):
+    """_chain_rule through torch.compile where the intra part is compiled (chunk.py's MDN_CHUNK_COMPILE policy: on
+    CUDA by default, =1 anywhere, =0 never; backend MDN_CHUNK_COMPILE_BACKEND), so that its row scalings and row
+    sums over [NC, H, C, K] fuse into a few kernels instead of ~20 eager passes. A compiler error warns once and
+    runs eager from then on."""
+    global _compiled_chain, _chain_compile_failed
+    env = os.environ.get("MDN_CHUNK_COMPILE", "")
+    want = env == "1" if env in ("0", "1") else (p.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1")
+    if not want or _chain_compile_failed:
+        return _chain_rule(x, rr, p, q, kw, a, r)
+    try:
+        if _compiled_chain is None:
+            backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
+            _compiled_chain = torch.compile(_chain_rule, dynamic=None, backend=backend)
+        return _compiled_chain(x, rr, p, q, kw, a, r)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
+        _chain_compile_failed = True
+        warnings.warn(f"mdn pqk scan backward: torch.compile of the chain rule failed ({type(e).__name__}: "
+                      f"{str(e)[:300]}); using eager torch from now on", RuntimeWarning, stacklevel=2)
+        return _chain_rule(x, rr, p, q, kw, a, r)
+
+
 @torch.library.custom_op("mdn::scan_pqk_bwd", mutates_args=())
 def scan_pqk_bwd(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
@@ -696,7 +726,7 @@ def scan_pqk_bwd(
     P = dhc.shape[2]
     rr = vt @ t(dhc.view(NC, H, P * K, V))  # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
     rr = rr[..., :2 * K].float() + rr[..., 2 * K:].float() if P == 4 else rr.float()
-    dp, dq, dkw, da, dr = _chain_rule(x, rr, p, q, kw, a, r)
+    dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
     daqk = (do @ t(vt)).tril()               # [NC, H, C, C]
     du = dvo[..., :C, :].contiguous()
     if h0 is None:
