@@ -120,8 +120,9 @@ def main(argv=None):
         return 0
     if args.jobs:
         t0 = time.time()
-        argv0 = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--jobs")]
-        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv0, "--jobs", "0",
+        child = ["--shape", args.shape, "--chunk-size", str(args.chunk_size), "--configs", args.configs,
+                 "--loads", args.loads, "--ablate", args.ablate]
+        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *child,
                                    "--compile-only", ",".join(str(i) for i in range(j, len(vs), args.jobs))])
                  for j in range(min(args.jobs, len(vs)))]
         for pr in procs:
