@@ -55,6 +55,8 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
     sig.update(chunk_offsets="*i32", H="i32")
     consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1,
                   LOAD_TMA=load == "tma", **flags)
+    if kernel is cs.momentum_delta_rule_bwd_kernel_scan:
+        consts.setdefault("ABLATE", 0)  # the launcher's default (its constexpr default is not applied here)
     sig.update({n: "constexpr" for n in consts})
     # as the launcher specializes them: every pointer (torch allocations) 16-byte aligned
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)

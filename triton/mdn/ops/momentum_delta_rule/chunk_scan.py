@@ -454,24 +454,12 @@ def momentum_delta_rule_fwd_kernel_scan(
 
 
 @triton.jit
-def _bwd_dg(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
-    """Partial sums over one [BK, BV] sub-tile of <dS', S>, <dS', M>, <dM', M> (S, M: bf16/fp32 chunk-start
-    states at p_hc, p_hc + KV), each hc tile loaded right before its product."""
-    b_hs = _load_state(p_hc, m_k, m_v)
-    d0 = tl.sum(tl.sum(b_ds * b_hs, 1), 0)
-    b_hm = _load_state(p_hc + KV, m_k, m_v)
-    d1 = tl.sum(tl.sum(b_ds * b_hm, 1), 0)
-    d2 = tl.sum(tl.sum(b_dm * b_hm, 1), 0)
-    return d0, d1, d2
-
-
-@triton.jit
 def _bwd_dg_rows(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
     """Row sums (over this V-block) of dS' * S, dS' * M, dM' * M for one [BK, BV] sub-tile: three [BK] vectors.
     Summing only along V keeps the reduction inside each warp (the accumulator layout holds a row's columns in one
     warp); the K rows and the V-blocks are summed afterwards in torch. A full tl.sum to a scalar per sub-tile
-    (_bwd_dg) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
-    reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1)."""
+    (as before) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
+    reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1; docs/BENCHMARKS.md §1.7)."""
     b_hs = _load_state(p_hc, m_k, m_v)
     d0 = tl.sum(b_ds * b_hs, 1)
     b_hm = _load_state(p_hc + KV, m_k, m_v)

@@ -36,8 +36,9 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
-from .chunk_scan import (_bwd_dg, _cast, _dot, _dot_acc, _dot_mode, _empty, _load_ck, _load_state, _mm,
-                         _store_grad_state, _store_state, _sub_k, _use_tma, _use_triton, scan_config, scan_load)
+from .chunk_scan import (_bwd_dg_rows, _cast, _dot, _dot_acc, _dot_mode, _empty, _load_ck, _load_state, _mm,
+                         _store_dg_rows, _store_grad_state, _store_state, _sub_k, _use_tma, _use_triton, scan_config,
+                         scan_load)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 
@@ -370,27 +371,29 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
         _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, DOT_MODE)
         _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, DOT_MODE)
-        # gradients of the chunk's scalars gS, gSM, gM (partial over this V-block)
-        b_dg0, b_dg1, b_dg2 = _bwd_dg(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
         if K > BK:
             _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, DOT_MODE)
             _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         if K > 2 * BK:
             _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, DOT_MODE)
             _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
         if K > 3 * BK:
             _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, DOT_MODE)
             _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, DOT_MODE)
-            d0, d1, d2 = _bwd_dg(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
-            b_dg0, b_dg1, b_dg2 = b_dg0 + d0, b_dg1 + d1, b_dg2 + d2
-        p_dg = (base * tl.num_programs(0) + i_v) * 3
-        tl.store(dgp + p_dg, b_dg0)
-        tl.store(dgp + p_dg + 1, -b_dg1)
-        tl.store(dgp + p_dg + 2, b_dg2)
+        # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
+        # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
+        p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
+        d0, d1, d2 = _bwd_dg_rows(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
+        _store_dg_rows(p_dg, d0, d1, d2, o_k, m_k1, K)
+        if K > BK:
+            d0, d1, d2 = _bwd_dg_rows(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
+            _store_dg_rows(p_dg + BK, d0, d1, d2, o_k, m_k2, K)
+        if K > 2 * BK:
+            d0, d1, d2 = _bwd_dg_rows(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
+            _store_dg_rows(p_dg + 2 * BK, d0, d1, d2, o_k, m_k3, K)
+        if K > 3 * BK:
+            d0, d1, d2 = _bwd_dg_rows(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
+            _store_dg_rows(p_dg + 3 * BK, d0, d1, d2, o_k, m_k4, K)
 
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
@@ -506,7 +509,7 @@ def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, b
     dvo = _empty((NC, H, 2 * C, V), p.dtype, dev)
     dhc = _empty((NC, H, 2 if p.dtype == torch.float32 else 4, K, V), p.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
-    dgp = _empty((NC, H, NV, 3), torch.float32, dev)
+    dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)  # row sums (_bwd_dg_rows)
     grid = (NV, N * H)
     tma = _use_tma((p, q, kw))
     momentum_delta_rule_bwd_kernel_scan_pqk[grid](
@@ -519,7 +522,7 @@ def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, b
         num_warps=num_warps or cfg_nw,
         num_stages=1,
     )
-    return dvo, dhc, dh0, dgp.sum(2)
+    return dvo, dhc, dh0, dgp.sum((2, 4))
 
 
 def _row_scalars(r):
