@@ -24,6 +24,7 @@ import importlib
 import inspect
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -126,6 +127,13 @@ class BenchOp:
     def impl_label(self) -> str:
         return self.impl_name
 
+    def cache_token(self) -> tuple:
+        """What, besides the variant, shape, mode and environment, decides this op's gate once loaded: its class,
+        implementation label and load-time state (instance attributes: tile overrides, fallback, backend,
+        path). Part of the gate cache key (check.gate_key); override to add state kept elsewhere."""
+        cls = type(self)
+        return (cls.__module__, cls.__qualname__, self.impl_label, repr(sorted(vars(self).items())))
+
     # ------------------------------------------------------------------------------------------- shared
     def supports(self, variant: Variant, shape: Shape, device: str) -> None:
         """Raise Unavailable for a configuration this op cannot run (before anything is allocated)."""
@@ -142,7 +150,8 @@ class BenchOp:
             "v": torch.randn(B, T, H, V, generator=g, device=device, dtype=torch.float32).to(dtype),
         }
         gdtype = torch.float64 if dtype == torch.float64 else torch.float32
-        base.update(gates_mod.make_gates(constraint, B, T, H, seed=seed, device=device, dtype=gdtype))
+        base.update({n: t.to(device=device, copy=True) for n, t in _cpu_gates(constraint, B, T, H, int(seed),
+                                                                                gdtype).items()})
         return self.select(base)
 
     def fwd(self, impl: Callable, x: dict, variant: Variant) -> Callable[[], None]:
@@ -156,6 +165,26 @@ class BenchOp:
             o, _ = self.call(impl, x, variant)
             o.backward(do)
         return run
+
+
+_GATE_DRAWS: "OrderedDict[tuple, dict]" = OrderedDict()
+GATE_DRAWS_MAX = 4  # a sweep's fwd and fwdbwd points (and every op) at one shape draw the same gates
+
+
+def _cpu_gates(constraint: str, B: int, T: int, H: int, seed: int, dtype: torch.dtype) -> dict:
+    """gates.make_gates on the CPU (drawn in float64 there, cast to dtype: the same values as drawing them for
+    any device), remembered for the last few shapes: at 32k tokens x 16 heads the float64 draw takes ~0.2 s
+    of CPU per point. Callers get copies (make_inputs), so the cached tensors never become leaves with grads."""
+    key = (constraint, B, T, H, seed, dtype)
+    hit = _GATE_DRAWS.get(key)
+    if hit is None:
+        hit = gates_mod.make_gates(constraint, B, T, H, seed=seed, device="cpu", dtype=dtype)
+        _GATE_DRAWS[key] = hit
+        while len(_GATE_DRAWS) > GATE_DRAWS_MAX:
+            _GATE_DRAWS.popitem(last=False)
+    else:
+        _GATE_DRAWS.move_to_end(key)
+    return hit
 
 
 def _require_cuda(name: str, device: str) -> None:
@@ -292,6 +321,7 @@ class Official(_MDNBase):
         if not os.path.isdir(os.path.join(path, "fla", "ops", "momentum_delta_rule")):
             raise Unavailable(f"official_path={path!r} holds no fla/ops/momentum_delta_rule")
         _require_cuda(self.name, params.get("device", "cpu"))
+        self._path = path
         if Official._fn is None:
             try:
                 with _isolated_fla(path):
@@ -344,6 +374,9 @@ class _FLAOp(BenchOp):
         if self.uses_guarded_bwd and params.get("mode") == "fwdbwd":
             hopper_guard_bypassed()
         return fn
+
+    def cache_token(self):
+        return super().cache_token() + (("hopper_guard_bypassed", _GUARD["bypassed"]),)
 
     def notes(self, variant, mode):
         if self.uses_guarded_bwd and mode == "fwdbwd" and _GUARD["bypassed"]:

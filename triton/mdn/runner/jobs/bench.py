@@ -5,9 +5,15 @@ mode (fwd | fwdbwd), B, T, H, K, V, check_shape {B, T, H, K, V}, check (bool), t
 device (cuda | cpu), timer (do_bench | wall_clock), warmup_ms, rep_ms, allow_naive_fallback, official_path.
 With {"probe": true, "device": ...} it only reports the environment and how long the imports took.
 
-Result: device_name, versions, impl, check {passed, errors, tol, ...}, median_ms, p20_ms, p80_ms, timer,
-tokens_per_s, peak_mem_gib (CUDA only; None on the CPU), first_call_s (compile/autotune), timed_s, notes,
-job_timing {import_s, load_s, check_s, first_call_s, timed_s, job_s}.
+Result: device_name, versions, impl, check {passed, errors, tol, ..., cached, cached_from}, median_ms, p20_ms,
+p80_ms, timer, tokens_per_s, peak_mem_gib (CUDA only; None on the CPU), first_call_s (compile/autotune),
+timed_s, notes, job_timing {import_s, load_s, check_s, check_cached, check_reference_cached, check_op_s,
+check_reference_s, first_call_s, timed_s, job_s} (the check_* parts of a gate that ran).
+
+The gate is cached in the worker process (mdn.bench.check): points that differ only in B and T share one
+verdict, shown as check.cached = true with check.cached_from = the point that computed it (a cached failure is
+still `incorrect`); the float64 reference is shared by every op with the same reference and inputs.
+MDN_BENCH_CACHE=0 turns both caches off.
 Errors: unavailable (missing library/device/configuration), incorrect (the gate failed; its errors are sent as a
 metric first), nan (non-finite output at the timed shape), oom, user (bad params).
 """
@@ -97,8 +103,14 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
 
     if params.get("check", True):
         p = time.perf_counter()
-        g = check.gate(op, impl, variant, check_shape, device, mode, seed, float(params.get("tolerance") or 0))
+        gt: dict = {}
+        g = check.gate(op, impl, variant, check_shape, device, mode, seed, float(params.get("tolerance") or 0),
+                       cache=check.cache_enabled(), origin=params.get("point"), timing=gt)
         jt["check_s"] = time.perf_counter() - p
+        jt["check_cached"] = gt.get("gate_cached", False)
+        for k in ("reference_cached", "op_s", "reference_s"):
+            if k in gt:
+                jt["check_" + k] = gt[k]
         res["check"] = g
         if not g["passed"]:
             ctx.metric({"check": g, "impl": res["impl"], "notes": res["notes"]})
