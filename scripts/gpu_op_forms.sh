@@ -16,7 +16,7 @@ t0=$(date +%s)
 step() { echo "$1 rc $2 $(( $(date +%s) - t0 )) s" | tee -a "$O/steps.txt"; }
 for form in six pqk; do
   MDN_SCAN_FORM=$form timeout "${T_WARM:-130}" "$PY" triton/mdn/bench/bench_op.py --T 128 --tokens 256 \
-      --shapes "$SHAPES" --phases > "$O/warm_$form.txt" 2>&1 &
+      --shapes "$SHAPES" --phases --check > "$O/warm_$form.txt" 2>&1 &
 done
 wait; step warm 0
 for form in six pqk; do
