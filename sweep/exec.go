@@ -96,6 +96,11 @@ type OverheadStats struct {
 	WarmCheckS   float64 `json:"warm_point_check_s_median"`      // the correctness gate
 	WarmFirstS   float64 `json:"warm_point_first_call_s_median"` // compile/autotune, or the cache hit
 	WarmTimedPct float64 `json:"warm_point_timed_pct_median"`    // share of a warm point's wall in the timed loop
+	// The worker caches gate verdicts (mdn.bench.check): of the warm points' gates, how many were cached, and
+	// the median time of those that ran.
+	WarmChecks       int     `json:"warm_point_checks"`
+	WarmChecksCached int     `json:"warm_point_checks_cached"`
+	WarmCheckFreshS  float64 `json:"warm_point_check_fresh_s_median"`
 }
 
 // ErrNoWorker means no slot could start a worker.
@@ -141,6 +146,8 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 		launchMS []float64
 		launchPc []float64
 		checkS   []float64
+		freshS   []float64
+		cachedN  int
 		firstS   []float64
 		timedPct []float64
 	)
@@ -215,6 +222,11 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 						if jt, ok := row["job_timing"].(map[string]any); ok {
 							if c, ok := jt["check_s"].(float64); ok {
 								checkS = append(checkS, c)
+								if jt["check_cached"] == true {
+									cachedN++
+								} else {
+									freshS = append(freshS, c)
+								}
 							}
 							if c, ok := jt["first_call_s"].(float64); ok {
 								firstS = append(firstS, c)
@@ -241,7 +253,8 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 	}
 	sum.Overhead = OverheadStats{SpawnS: median(spawn), ImportS: median(imp), LauncherMS: median(launchMS),
 		LauncherPct: median(launchPc), WarmWallS: median(warmWall), WarmCheckS: median(checkS),
-		WarmFirstS: median(firstS), WarmTimedPct: median(timedPct)}
+		WarmFirstS: median(firstS), WarmTimedPct: median(timedPct), WarmChecks: len(checkS), WarmChecksCached: cachedN,
+		WarmCheckFreshS: median(freshS)}
 	if opts.Progress != nil {
 		opts.Progress.End(sum)
 	}

@@ -488,3 +488,33 @@ func TestRerunSelection(t *testing.T) {
 		t.Fatalf("from rows: %+v", back)
 	}
 }
+
+// The summary counts the warm points whose gate the worker answered from its cache, and the median of the others.
+func TestOverheadCountsCachedGates(t *testing.T) {
+	f, pts := smallPlan(t, 3)
+	r, sink := newFake(), &memSink{}
+	cached := map[string]bool{pts[2].ID: true, pts[3].ID: true, pts[5].ID: true}
+	r.behave = func(w *fakeWorker, spec launcher.Spec) (*launcher.Outcome, error) {
+		check := 2.0
+		if cached[spec.ID] {
+			check = 0.001
+		}
+		res, _ := json.Marshal(map[string]any{"median_ms": 1.0, "timed_s": 0.1, "device_name": "Fake",
+			"job_timing": map[string]any{"job_s": 3.0, "check_s": check, "check_cached": cached[spec.ID]}})
+		return &launcher.Outcome{JobID: spec.ID, Result: res, Host: "fakehost"}, nil
+	}
+	sum, err := Execute(context.Background(), f, pts, 0, opts(r, sink))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oh := sum.Overhead // the first point is cold and not counted: 5 warm points, 3 cached
+	if oh.WarmChecks != 5 || oh.WarmChecksCached != 3 || oh.WarmCheckFreshS != 2.0 || oh.WarmCheckS != 0.001 {
+		t.Errorf("overhead %+v", oh)
+	}
+	b, _ := json.Marshal(oh)
+	for _, k := range []string{`"warm_point_checks":5`, `"warm_point_checks_cached":3`, `"warm_point_check_s_median":0.001`} {
+		if !strings.Contains(string(b), k) {
+			t.Errorf("json %s lacks %s", b, k)
+		}
+	}
+}

@@ -473,9 +473,17 @@ func printSweepSummary(w io.Writer, f *sweep.File, plan *sweep.Plan, sum *sweep.
 		fmt.Fprintf(w, "launcher overhead: worker spawn %.2fs + imports %.2fs per worker start (median of %d starts, %d restarts)\n",
 			oh.SpawnS, oh.ImportS, len(sum.Workers), sum.Restarts)
 		if oh.WarmWallS > 0 {
-			fmt.Fprintf(w, "warm point (medians): %.3fs wall, of which %.1f ms (%.1f%%) outside the Python job; in it the gate %.3fs, "+
+			gates := ""
+			if oh.WarmChecks > 0 {
+				gates = fmt.Sprintf(" (%d of %d gates cached", oh.WarmChecksCached, oh.WarmChecks)
+				if oh.WarmChecksCached < oh.WarmChecks {
+					gates += fmt.Sprintf("; a gate that ran %.3fs", oh.WarmCheckFreshS)
+				}
+				gates += ")"
+			}
+			fmt.Fprintf(w, "warm point (medians): %.3fs wall, of which %.1f ms (%.1f%%) outside the Python job; in it the gate %.3fs%s, "+
 				"the first call (compile or cache hit) %.3fs, the timed loop %.0f%% of the wall\n",
-				oh.WarmWallS, oh.LauncherMS, oh.LauncherPct, oh.WarmCheckS, oh.WarmFirstS, oh.WarmTimedPct)
+				oh.WarmWallS, oh.LauncherMS, oh.LauncherPct, oh.WarmCheckS, gates, oh.WarmFirstS, oh.WarmTimedPct)
 		}
 	}
 }
