@@ -123,6 +123,9 @@ def test_bench_rows_show_the_cache():
     assert r2["check"]["cached"] is True and r2["check"]["cached_from"] == "a" and r2["check"]["passed"]
     assert r2["job_timing"]["check_cached"] is True and "check_reference_s" not in r2["job_timing"]
     assert r2["median_ms"] > 0
+    for k in ("inputs_s", "first_call_s", "timed_s", "cleanup_s", "job_s"):
+        assert r2["job_timing"][k] >= 0, k
+    assert "peak_mem_s" not in r2["job_timing"]  # CUDA only
     # verify shares the worker's cache too
     r3 = verify.run(params(T=96, point="c"), Ctx())
     assert r3["check"]["cached"] is True

@@ -8,7 +8,8 @@ With {"probe": true, "device": ...} it only reports the environment and how long
 Result: device_name, versions, impl, check {passed, errors, tol, ..., cached, cached_from}, median_ms, p20_ms,
 p80_ms, timer, tokens_per_s, peak_mem_gib (CUDA only; None on the CPU), first_call_s (compile/autotune),
 timed_s, notes, job_timing {import_s, load_s, check_s, check_cached, check_reference_cached, check_op_s,
-check_reference_s, first_call_s, timed_s, job_s} (the check_* parts of a gate that ran).
+check_reference_s, inputs_s, first_call_s, peak_mem_s, timed_s, cleanup_s, job_s} (check_reference_cached,
+check_op_s, check_reference_s only for a gate that ran; peak_mem_s on CUDA only).
 
 The gate is cached in the worker process (mdn.bench.check): points that differ only in B and T share one
 verdict, shown as check.cached = true with check.cached_from = the point that computed it (a cached failure is
@@ -122,10 +123,11 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
         res["job_timing"] = jt
         return res
 
+    p = time.perf_counter()
     x = op.make_inputs(shape, variant.torch_dtype, device, variant.constraint, seed)
+    jt["inputs_s"] = time.perf_counter() - p
+    leaves, do, fn, grads = list(x.values()), None, None, None
     try:
-        leaves = list(x.values())
-        do = None
         if mode == "fwdbwd":
             for t in leaves:
                 t.requires_grad_(True)
@@ -153,9 +155,11 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
         fn = op.fwd(impl, x, variant) if mode == "fwd" else op.fwdbwd(impl, x, variant, do)
         grads = leaves if mode == "fwdbwd" else None
         if device == "cuda":
+            p = time.perf_counter()
             res["peak_mem_gib"] = timing.peak_memory_gib(fn)
             for t in leaves:
                 t.grad = None
+            jt["peak_mem_s"] = time.perf_counter() - p
         else:
             res["peak_mem_gib"] = None
         p = time.perf_counter()
@@ -166,9 +170,12 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
             stats = timing.bench_wall(fn, warm, rep)
         jt["timed_s"] = time.perf_counter() - p
     finally:
-        del x
+        p = time.perf_counter()
+        # Drop every reference to the timed-shape tensors first, or empty_cache() has nothing to give back.
+        del x, leaves, do, fn, grads
         if device == "cuda":
             torch.cuda.empty_cache()
+        jt["cleanup_s"] = time.perf_counter() - p
     res.update(stats)
     res["tokens_per_s"] = shape.tokens / (stats["median_ms"] / 1e3) if stats["median_ms"] > 0 else None
     res["first_call_s"] = jt["first_call_s"]
