@@ -8,7 +8,7 @@
     python triton/mdn/bench/bench_op.py --check --profile             # + accuracy vs fp64 (T=1000), top kernels
     MDN_INTRA_GEMM=fp32 python triton/mdn/bench/bench_op.py           # fp32 GEMMs in the intra part (default: bf16)
     MDN_SCAN_LOAD=tma python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load [C, K] tiles via descriptors
-    MDN_SCAN_FORM=pqk python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load P, Q, K_w (3 [C, K] operands)
+    MDN_SCAN_FORM=six python triton/mdn/bench/bench_op.py --phases --T 4096  # the first scan form (default: pqk)
     python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 

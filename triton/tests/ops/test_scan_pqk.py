@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, make_inputs, rel_rms, run_op, to_fp64
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle as _compare, make_inputs,
+                      rel_rms, run_op, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -37,31 +38,6 @@ def pqk_calls(monkeypatch):
         return real(*a, **kw)
     monkeypatch.setattr(sp, "scan_pqk_fwd_impl", spy)
     return calls
-
-
-def _compare(inputs, *, dtype, tol_o, tol_grad, tol_state=None, op_kwargs=None):
-    """The op and the fp64 oracle with the same random upstream grads (as test_chunk._compare); asserts every
-    error and returns them."""
-    op_kwargs = dict(op_kwargs or {})
-    ref_kwargs = {k: v for k, v in op_kwargs.items() if k != "chunk_size"}
-    tol_state = tol_state if tol_state is not None else tol_o
-    grads = tuple(g for g in ALL_GRAD_NAMES if g in inputs)
-    B, T, H, V = inputs["v"].shape
-    K = inputs["q"].shape[-1]
-    N = B if inputs.get("cu_seqlens") is None else inputs["cu_seqlens"].numel() - 1
-    do = torch.randn(B, T, H, V, dtype=torch.float64, device=inputs["q"].device)
-    dht = torch.randn(2, N, H, K, V, dtype=torch.float64, device=inputs["q"].device)
-    o, ht, g = run_op(chunk_momentum_delta_rule, inputs, grads=grads, do=do, dht=dht, **op_kwargs)
-    assert o.dtype == dtype and o.shape == (B, T, H, V)
-    ro, rht, rg = run_op(naive_recurrent_momentum_delta_rule, to_fp64(inputs), grads=grads, do=do, dht=dht,
-                         **ref_kwargs)
-    errs = {"o": assert_rel("o", ro, o, tol_o),
-            "S": assert_rel("S_T", rht[0], ht[0], tol_state),
-            "M": assert_rel("M_T", rht[1], ht[1], tol_state)}
-    for n in grads:
-        assert g[n] is not None and g[n].dtype == inputs[n].dtype, n
-        errs["d" + n] = assert_rel("d" + n, rg[n], g[n], tol_grad)
-    return errs
 
 
 # ------------------------------------------------------------------------------------------------------ accuracy
@@ -329,12 +305,12 @@ def test_scan_form_env_rejects_unknown_value(monkeypatch, value):
             chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
-def test_scan_form_default_is_six(monkeypatch):
+def test_scan_form_default_is_pqk(monkeypatch):
     from mdn.ops.momentum_delta_rule.chunk import scan_form
-    monkeypatch.delenv("MDN_SCAN_FORM")
-    assert scan_form() == "six"
+    monkeypatch.delenv("MDN_SCAN_FORM", raising=False)
+    assert scan_form() == "pqk"
     monkeypatch.setenv("MDN_SCAN_FORM", "")
-    assert scan_form() == "six"
+    assert scan_form() == "pqk"
 
 
 # ------------------------------------------------------------------------------------------------------ GPU only

@@ -24,7 +24,10 @@ GRADS = ("q", "k", "v", "log_alpha", "beta", "log_mu", "eta", "initial_state")
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
+    """Poisoned outputs, and the six scan form whose descriptor loads these tests spy on (the pqk form's TMA path
+    has its own test in test_scan_pqk.py)."""
     monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("MDN_SCAN_FORM", "six")
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Pipeline (see README.md in this folder for the math):
 1. pack: pad every sequence to a multiple of the chunk size with identity gates and zero q/k/v, and lay all
    chunks out back to back as [NC, H, C, D] (varlen sequences are chunk-aligned, so no chunk straddles two);
-2. intra-chunk coefficients, triangular solve and operands in differentiable torch (chunk_intra.py);
-3. inter-chunk scan in Triton, a torch custom op with its own backward (chunk_scan.py);
+2. intra-chunk coefficients, triangular solve and operands in differentiable torch (chunk_intra_pqk.py; the
+   MDN_SCAN_FORM=six form: chunk_intra.py);
+3. inter-chunk scan in Triton, a torch custom op with its own backward (chunk_scan_pqk.py; six: chunk_scan.py);
 4. unpack the output.
 """
 from __future__ import annotations
@@ -90,12 +91,13 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
+_RECOMPILE_LIMIT = 64        # static graphs of the dense intra part per process (_run_intra)
 _compile_failed = False
 
 
 def _packed_intra_dense(*args, **kwargs):
-    """_packed_intra for dense batches. Its own code object, so that its compile (static shapes but B and T,
-    _run_intra) keeps its own cache and recompile state apart from the varlen one's."""
+    """_packed_intra for dense batches. Its own code object, so that its compile (static shapes, _run_intra) keeps
+    its own cache and recompile state apart from the varlen one's."""
     return _packed_intra(*args, **kwargs)
 
 
@@ -126,12 +128,14 @@ SCAN_FORMS = ("six", "pqk")
 
 
 def scan_form() -> str:
-    """MDN_SCAN_FORM: "six" (default; chunk_scan.py loads Y, Z, Qa, Qb, Ks, Km) or "pqk" (chunk_scan_pqk.py loads
-    P, Q, K_w and rebuilds the six in registers; README §6). Any other value is a ValueError, on every call."""
-    env = os.environ.get("MDN_SCAN_FORM", "") or "six"
+    """MDN_SCAN_FORM: "pqk" (default; chunk_scan_pqk.py loads P, Q, K_w and rebuilds the six operands in registers)
+    or "six" (chunk_scan.py loads Y, Z, Qa, Qb, Ks, Km; README §6). pqk is the default since it was measured: H100,
+    H6 K256 V512, T = 4096, same call: fwd 5.08 vs 6.63 ms, fwd+bwd 22.2 vs 24.8 ms, peak 8.9 vs 9.8 GiB, every error
+    vs fp64 <= 4.6e-3 (docs/BENCHMARKS.md §1.8). Any other value is a ValueError, on every call."""
+    env = os.environ.get("MDN_SCAN_FORM", "") or "pqk"
     if env not in SCAN_FORMS:
         raise ValueError(f"MDN_SCAN_FORM={env!r}: expected one of {', '.join(repr(x) for x in SCAN_FORMS)} "
-                         f"(default 'six')")
+                         f"(default 'pqk')")
     return env
 
 
@@ -167,18 +171,22 @@ def _run_intra(q, *args, **kwargs):
         fn = _compiled_intra.get("dense" if dense else "varlen")
         if fn is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
-            # Dense: static shapes except B and T (marked dynamic below). With automatic dynamic shapes a second
-            # head shape in one process (a correctness check at a small size, a sweep over shapes) made H, K and
-            # V symbolic too; in one H100 call the op's forward took 7.6 ms after such a check (bench_ops.py) and
-            # 5.6 ms without (bench_op.py), H6 K256 V512, which this is meant to remove (not yet re-timed).
+            # Dense: static shapes, one graph per (B, T, H, K, V, dtype, ...). Automatic dynamic shapes made a
+            # second head shape in one process (a correctness check at a small size, a sweep over shapes)
+            # symbolic in H, K and V: one H100 call timed the op's forward at 7.6 ms after such a check and 5.6 ms
+            # without. Marking only B and T dynamic was slower still (H100, H6 K256 V512, T = 4096, same call as a
+            # static run of the same code a call earlier: intra fwd 2.78 vs 1.85 ms, intra fwd+bwd 7.94 vs 5.06 ms;
+            # docs/BENCHMARKS.md §1.8). Varlen batches change NC with every batch: automatic dynamic there.
             fn = torch.compile(_packed_intra_dense if dense else _packed_intra_varlen,
                                dynamic=False if dense else None, backend=backend)
             _compiled_intra["dense" if dense else "varlen"] = fn
         if dense:
-            for x in (q,) + tuple(args[:6]):  # q, k, v and the gates: [B, T, ...]
-                torch._dynamo.maybe_mark_dynamic(x, 0)
-                torch._dynamo.maybe_mark_dynamic(x, 1)
             args = args[:7] + (0,) + args[8:]  # NC is unused when dense: no guard on its value
+            # one static graph per shape: allow more of them than dynamo's default 8 per function (a sweep times
+            # a dozen shapes in one worker) before it would silently run this part eagerly
+            with torch._dynamo.config.patch(recompile_limit=max(_RECOMPILE_LIMIT,
+                                                                torch._dynamo.config.recompile_limit)):
+                return fn(q, *args, **kwargs)
         return fn(q, *args, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
