@@ -180,7 +180,7 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 					q.close()
 					return
 				}
-				p, ok := q.pop()
+				p, ok := q.pop(slot.Name)
 				if !ok {
 					return
 				}
@@ -265,54 +265,6 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 		return sum, err
 	}
 	return sum, nil
-}
-
-// workQueue hands out points; a point given back (its slot could not start a worker) goes to the front.
-// pop waits while other slots still hold points that may come back.
-type workQueue struct {
-	mu       sync.Mutex
-	cond     *sync.Cond
-	items    []Point
-	inflight int
-	closed   bool
-}
-
-func newWorkQueue(points []Point) *workQueue {
-	q := &workQueue{items: append([]Point(nil), points...)}
-	q.cond = sync.NewCond(&q.mu)
-	return q
-}
-
-func (q *workQueue) pop() (Point, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for len(q.items) == 0 && q.inflight > 0 && !q.closed {
-		q.cond.Wait()
-	}
-	if q.closed || len(q.items) == 0 {
-		return Point{}, false
-	}
-	p := q.items[0]
-	q.items = q.items[1:]
-	q.inflight++
-	return p, true
-}
-
-func (q *workQueue) done(back *Point) {
-	q.mu.Lock()
-	q.inflight--
-	if back != nil {
-		q.items = append([]Point{*back}, q.items...)
-	}
-	q.mu.Unlock()
-	q.cond.Broadcast()
-}
-
-func (q *workQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	q.cond.Broadcast()
 }
 
 // slotRunner owns one slot's worker.
