@@ -51,6 +51,7 @@ type Options struct {
 	LogDir         string        // optional: each slot's worker stderr is appended to LogDir/<slot>.log
 	Version        string        // mdnctl version recorded in rows
 	StopAfter      time.Time     // zero: none; else no point starts after this time (points in flight finish)
+	SignalGrace    time.Duration // how long a runner killed by SIGTERM/SIGINT waits for our own cancel (0: 2 s)
 	Now            func() time.Time
 }
 
@@ -434,6 +435,12 @@ func (r *slotRunner) run(ctx context.Context, p Point) (results.Row, bool) {
 			restart = je.Kind == "oom" || je.Kind == "internal" || je.Kind == "protocol"
 		}
 	default: // crash, protocol error, stdout closed: the worker is gone
+		if killedByStopSignal(err) && cancelledWithin(ctx, r.opts.SignalGrace) {
+			// Slurm's scancel (or a terminal's Ctrl-C) signals the whole process group: the runner may die of
+			// it a moment before our own context is cancelled. That is an interruption, not a failed point.
+			r.kill()
+			return nil, false
+		}
 		status, restart = results.StatusFailed, true
 		row["error_kind"] = crashKind(err)
 		row["reason"] = firstLine(err.Error())
@@ -542,6 +549,34 @@ func jobSeconds(row results.Row) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// killedByStopSignal: the runner was killed by SIGTERM, SIGINT or SIGHUP, the signals that stop a whole job.
+func killedByStopSignal(err error) bool {
+	var ee *launcher.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	switch ee.Signal {
+	case "terminated", "interrupt", "hangup":
+		return true
+	}
+	return false
+}
+
+// cancelledWithin waits up to grace (default 2 s) for ctx to be cancelled.
+func cancelledWithin(ctx context.Context, grace time.Duration) bool {
+	if grace <= 0 {
+		grace = 2 * time.Second
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 func crashKind(err error) string {

@@ -518,3 +518,54 @@ func TestOverheadCountsCachedGates(t *testing.T) {
 		}
 	}
 }
+
+// scancel signals the whole process group: the runner can die of SIGTERM a moment before our own context is
+// cancelled. That point is an interruption (no row; resume runs it), not a failed point.
+func TestRunnerKilledBySIGTERMBeforeOurCancelIsNoRow(t *testing.T) {
+	f, pts := smallPlan(t, 3)
+	r, sink := newFake(), &memSink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	r.behave = func(w *fakeWorker, spec launcher.Spec) (*launcher.Outcome, error) {
+		n++
+		if n == 3 {
+			go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+			return nil, &launcher.ExitError{Job: spec.ID, Code: -1, Signal: "terminated"}
+		}
+		return okOutcome(spec, 1), nil
+	}
+	_, err := Execute(ctx, f, pts, 0, opts(r, sink))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	for _, row := range sink.rows {
+		if results.Str(row, "status") != results.StatusOK {
+			t.Fatalf("a point killed by the group's SIGTERM was recorded: %v", row)
+		}
+	}
+	if len(sink.rows) != 2 {
+		t.Fatalf("rows %d, want the 2 points before the signal", len(sink.rows))
+	}
+}
+
+// A runner killed by SIGTERM while we go on (someone killed the child alone) is a failed point, after the grace.
+func TestRunnerKilledBySIGTERMAloneIsAFailedRow(t *testing.T) {
+	f, pts := smallPlan(t, 1)
+	r, sink := newFake(), &memSink{}
+	r.behave = func(w *fakeWorker, spec launcher.Spec) (*launcher.Outcome, error) {
+		if spec.ID == pts[0].ID {
+			return nil, &launcher.ExitError{Job: spec.ID, Code: -1, Signal: "terminated"}
+		}
+		return okOutcome(spec, 1), nil
+	}
+	o := opts(r, sink)
+	o.SignalGrace = 20 * time.Millisecond
+	if _, err := Execute(context.Background(), f, pts, 0, o); err != nil {
+		t.Fatal(err)
+	}
+	row := byPoint(sink.rows)[pts[0].ID]
+	if results.Str(row, "status") != results.StatusFailed || !strings.Contains(results.Str(row, "reason"), "terminated") {
+		t.Fatalf("want a failed row naming the signal, got %v", row)
+	}
+}
