@@ -254,6 +254,135 @@ def _store_grad_state(p, x, m_k, m_v, LO: tl.constexpr, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _load_states(h, st_off, p_st, N, H, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, USE: tl.constexpr):
+    """The [BK, BV] fp32 sub-tiles of two [K, V] states S, M, returned as b_s1, b_m1, ..., b_s4, b_m4 (sub-tile j
+    holds rows j * BK ...; those at j * BK >= K stay unused zeros): zeros, plus (USE) S = h[0, n, h] and
+    M = h[1, n, h] of h [2, N, H, K, V] (st_off: the offset of [n, h]; p_st: [BK, BV] offsets of sub-tile 0; m_k:
+    the four row masks). The order of the returned tiles is the order of the kernels' loop-carried states."""
+    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m1 = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE:
+        p_h = h + st_off + p_st
+        p_hm = p_h + N.to(tl.int64) * H * K * V
+        b_s1 += _load_state(p_h, m_k[0], m_v)
+        b_m1 += _load_state(p_hm, m_k[0], m_v)
+    b_s2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m2 = tl.zeros([BK, BV], dtype=tl.float32)
+    if K > BK and USE:
+        b_s2 += _load_state(p_h + BK * V, m_k[1], m_v)
+        b_m2 += _load_state(p_hm + BK * V, m_k[1], m_v)
+    b_s3 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m3 = tl.zeros([BK, BV], dtype=tl.float32)
+    if K > 2 * BK and USE:
+        b_s3 += _load_state(p_h + 2 * BK * V, m_k[2], m_v)
+        b_m3 += _load_state(p_hm + 2 * BK * V, m_k[2], m_v)
+    b_s4 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_m4 = tl.zeros([BK, BV], dtype=tl.float32)
+    if K > 3 * BK and USE:
+        b_s4 += _load_state(p_h + 3 * BK * V, m_k[3], m_v)
+        b_m4 += _load_state(p_hm + 3 * BK * V, m_k[3], m_v)
+    return b_s1, b_m1, b_s2, b_m2, b_s3, b_m3, b_s4, b_m4
+
+
+@triton.jit
+def _store_states(p_s, p_m, b_s, b_m, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                  DOT_MODE: tl.constexpr):
+    """Store the sub-tiles b_s, b_m (tuples of four [BK, BV] tiles) of two [K, V] states at p_s and p_m ([BK, BV]
+    pointers of sub-tile 0; sub-tile j at + j * BK * V), cast to the pointers' dtype (_cast; DOT_MODE 0: fp32)."""
+    _store_state(p_s, b_s[0], m_k[0], m_v, DOT_MODE)
+    _store_state(p_m, b_m[0], m_k[0], m_v, DOT_MODE)
+    if K > BK:
+        _store_state(p_s + BK * V, b_s[1], m_k[1], m_v, DOT_MODE)
+        _store_state(p_m + BK * V, b_m[1], m_k[1], m_v, DOT_MODE)
+    if K > 2 * BK:
+        _store_state(p_s + 2 * BK * V, b_s[2], m_k[2], m_v, DOT_MODE)
+        _store_state(p_m + 2 * BK * V, b_m[2], m_k[2], m_v, DOT_MODE)
+    if K > 3 * BK:
+        _store_state(p_s + 3 * BK * V, b_s[3], m_k[3], m_v, DOT_MODE)
+        _store_state(p_m + 3 * BK * V, b_m[3], m_k[3], m_v, DOT_MODE)
+
+
+@triton.jit
+def _store_grad_states(dhc, p_dhc, b_ds, b_dm, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                       DOT_MODE: tl.constexpr):
+    """Store a chunk's end-state gradients dS', dM' (tuples of four [BK, BV] sub-tiles) into its dhc planes
+    (p_dhc: offsets of plane 0, sub-tile 0): dS' at + j * BK * V, dM' at + K * V + j * BK * V, each as hi + lo
+    (_store_grad_state, lo planes 2 K V further) with 16-bit operands."""
+    _store_grad_state(dhc + p_dhc, b_ds[0], m_k[0], m_v, 2 * K * V, DOT_MODE)
+    _store_grad_state(dhc + K * V + p_dhc, b_dm[0], m_k[0], m_v, 2 * K * V, DOT_MODE)
+    if K > BK:
+        _store_grad_state(dhc + BK * V + p_dhc, b_ds[1], m_k[1], m_v, 2 * K * V, DOT_MODE)
+        _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm[1], m_k[1], m_v, 2 * K * V, DOT_MODE)
+    if K > 2 * BK:
+        _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds[2], m_k[2], m_v, 2 * K * V, DOT_MODE)
+        _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm[2], m_k[2], m_v, 2 * K * V, DOT_MODE)
+    if K > 3 * BK:
+        _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds[3], m_k[3], m_v, 2 * K * V, DOT_MODE)
+        _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm[3], m_k[3], m_v, 2 * K * V, DOT_MODE)
+
+
+@triton.jit
+def _bwd_dg_rows(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
+    """Row sums (over this V-block) of dS' * S, dS' * M, dM' * M for one [BK, BV] sub-tile: three [BK] vectors.
+    Summing only along V keeps the reduction inside each warp (the accumulator layout holds a row's columns in one
+    warp); the K rows and the V-blocks are summed afterwards in torch. A full tl.sum to a scalar per sub-tile
+    (as before) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
+    reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1; docs/BENCHMARKS.md §1.7)."""
+    b_hs = _load_state(p_hc, m_k, m_v)
+    d0 = tl.sum(b_ds * b_hs, 1)
+    b_hm = _load_state(p_hc + KV, m_k, m_v)
+    d1 = tl.sum(b_ds * b_hm, 1)
+    d2 = tl.sum(b_dm * b_hm, 1)
+    return d0, d1, d2
+
+
+@triton.jit
+def _store_dg_rows(p, d0, d1, d2, o_k, m_k, K: tl.constexpr):
+    """Store the three [BK] row sums of _bwd_dg_rows at p (+ o_k), p + K, p + 2K (negating the <dS', M> one)."""
+    tl.store(p + o_k, d0, mask=m_k)
+    tl.store(p + K + o_k, -d1, mask=m_k)
+    tl.store(p + 2 * K + o_k, d2, mask=m_k)
+
+
+@triton.jit
+def _bwd_dg_states(p_dg, hc, p_hc, b_ds, b_dm, o_k, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr):
+    """The row sums of <dS', S>, <dS', M>, <dM', M> over this V-block for every sub-tile (b_ds, b_dm: tuples of
+    four; S, M the chunk-start states at hc + p_hc, sub-tile j at + j * BK * V), stored at p_dg (+ j * BK)."""
+    d0, d1, d2 = _bwd_dg_rows(b_ds[0], b_dm[0], hc + p_hc, m_k[0], m_v, K * V)
+    _store_dg_rows(p_dg, d0, d1, d2, o_k, m_k[0], K)
+    if K > BK:
+        d0, d1, d2 = _bwd_dg_rows(b_ds[1], b_dm[1], hc + BK * V + p_hc, m_k[1], m_v, K * V)
+        _store_dg_rows(p_dg + BK, d0, d1, d2, o_k, m_k[1], K)
+    if K > 2 * BK:
+        d0, d1, d2 = _bwd_dg_rows(b_ds[2], b_dm[2], hc + 2 * BK * V + p_hc, m_k[2], m_v, K * V)
+        _store_dg_rows(p_dg + 2 * BK, d0, d1, d2, o_k, m_k[2], K)
+    if K > 3 * BK:
+        d0, d1, d2 = _bwd_dg_rows(b_ds[3], b_dm[3], hc + 3 * BK * V + p_hc, m_k[3], m_v, K * V)
+        _store_dg_rows(p_dg + 3 * BK, d0, d1, d2, o_k, m_k[3], K)
+
+
+@triton.jit
+def _ck_dot(acc, p, t, row, b, m_k, K: tl.constexpr, BK: tl.constexpr, FIRST: tl.constexpr,
+            DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
+    """acc + X b = acc + sum_j X_j b[j] over the K sub-tiles of a chunk's [C, K] operand X (X_j: [C, BK], loaded
+    right before its dot, _load_ck with p the pointers of sub-tile 0; b: a tuple of four [BK, BV] tiles),
+    accumulated in place; FIRST: X b alone (acc unused)."""
+    b_x = _load_ck(p, t, row, 0, m_k[0], LOAD_TMA)  # [C, BK]
+    if FIRST:
+        b_acc = _dot(b_x, b[0], DOT_MODE)
+    else:
+        b_acc = _dot_acc(b_x, b[0], acc, DOT_MODE)
+    if K > BK:
+        b_acc = _dot_acc(_load_ck(p + BK, t, row, BK, m_k[1], LOAD_TMA), b[1], b_acc, DOT_MODE)
+    if K > 2 * BK:
+        b_acc = _dot_acc(_load_ck(p + 2 * BK, t, row, 2 * BK, m_k[2], LOAD_TMA), b[2], b_acc, DOT_MODE)
+    if K > 3 * BK:
+        b_acc = _dot_acc(_load_ck(p + 3 * BK, t, row, 3 * BK, m_k[3], LOAD_TMA), b[3], b_acc, DOT_MODE)
+    return b_acc
+
+
+@triton.jit
 def _fwd_state_update(b_s, b_m, p_ks, p_km, t_ks, t_km, row, col: tl.constexpr, m_k, b_vt, b_nvt,
                       b_g0, b_g1, b_g2, DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
     """One [BK, BV] sub-tile (K columns col ...) of S' = gS S - gSM M + Ks^T Vt, M' = gM M - Km^T Vt
@@ -306,6 +435,7 @@ def momentum_delta_rule_fwd_kernel_scan(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
     m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
+    m_k = (m_k1, m_k2, m_k3, m_k4)
     m_v = o_v < V
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V  # offset of [n, h] in [N, H, K, V]
     p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
@@ -329,50 +459,18 @@ def momentum_delta_rule_fwd_kernel_scan(
         t_ks = ks
         t_km = km
 
-    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_m1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        p_h0 = h0 + st_off + p_st
-        p_h0m = p_h0 + N.to(tl.int64) * H * K * V
-        b_s1 += _load_state(p_h0, m_k1, m_v)
-        b_m1 += _load_state(p_h0m, m_k1, m_v)
-    if K > BK:
-        b_s2 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m2 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s2 += _load_state(p_h0 + BK * V, m_k2, m_v)
-            b_m2 += _load_state(p_h0m + BK * V, m_k2, m_v)
-    if K > 2 * BK:
-        b_s3 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m3 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s3 += _load_state(p_h0 + 2 * BK * V, m_k3, m_v)
-            b_m3 += _load_state(p_h0m + 2 * BK * V, m_k3, m_v)
-    if K > 3 * BK:
-        b_s4 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m4 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s4 += _load_state(p_h0 + 3 * BK * V, m_k4, m_v)
-            b_m4 += _load_state(p_h0m + 3 * BK * V, m_k4, m_v)
+    b_s1, b_m1, b_s2, b_m2, b_s3, b_m3, b_s4, b_m4 = _load_states(h0, st_off, p_st, N, H, m_k, m_v, K, V, BK, BV,
+                                                                  USE_H0)
 
     for i_c in range(c_start, c_end):  # int64: c_start is int64
         base = i_c * H + i_h                  # index of [c, h]
         o_ck = base * C * K                   # offset of [c, h] in [NC, H, C, K]
         row = (base * C).to(tl.int32)         # first row of [c, h] in [NC * H * C, K] (LOAD_TMA)
         o_cv = base * C * V
+        b_S, b_M = (b_s1, b_s2, b_s3, b_s4), (b_m1, b_m2, b_m3, b_m4)
         if STORE_STATES:
             p_hc = hc + base * 2 * K * V + p_st
-            _store_state(p_hc, b_s1, m_k1, m_v, DOT_MODE)
-            _store_state(p_hc + K * V, b_m1, m_k1, m_v, DOT_MODE)
-            if K > BK:
-                _store_state(p_hc + BK * V, b_s2, m_k2, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + BK * V, b_m2, m_k2, m_v, DOT_MODE)
-            if K > 2 * BK:
-                _store_state(p_hc + 2 * BK * V, b_s3, m_k3, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + 2 * BK * V, b_m3, m_k3, m_v, DOT_MODE)
-            if K > 3 * BK:
-                _store_state(p_hc + 3 * BK * V, b_s4, m_k4, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + 3 * BK * V, b_m4, m_k4, m_v, DOT_MODE)
+            _store_states(p_hc, p_hc + K * V, b_S, b_M, m_k, m_v, K, V, BK, DOT_MODE)
         if RECOMPUTE:
             b_vt = tl.load(vt + o_cv + p_cv, mask=m_cv, other=0.)
         else:
@@ -380,42 +478,12 @@ def momentum_delta_rule_fwd_kernel_scan(
             # over the K sub-tiles accumulate in place, and subtractions negate a [C, BV] tile (exact), never a
             # [C, BK] operand or a state
             b_vt = -tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
-            p_y = y + o_ck + p_ck
-            b_vt = _dot_acc(_load_ck(p_y, t_y, row, 0, m_k1, LOAD_TMA), b_s1, b_vt, DOT_MODE)
-            if K > BK:
-                b_vt = _dot_acc(_load_ck(p_y + BK, t_y, row, BK, m_k2, LOAD_TMA), b_s2, b_vt, DOT_MODE)
-            if K > 2 * BK:
-                b_vt = _dot_acc(_load_ck(p_y + 2 * BK, t_y, row, 2 * BK, m_k3, LOAD_TMA), b_s3, b_vt, DOT_MODE)
-            if K > 3 * BK:
-                b_vt = _dot_acc(_load_ck(p_y + 3 * BK, t_y, row, 3 * BK, m_k4, LOAD_TMA), b_s4, b_vt, DOT_MODE)
-            b_vt = -b_vt
-            p_z = z + o_ck + p_ck
-            b_vt = _dot_acc(_load_ck(p_z, t_z, row, 0, m_k1, LOAD_TMA), b_m1, b_vt, DOT_MODE)
-            if K > BK:
-                b_vt = _dot_acc(_load_ck(p_z + BK, t_z, row, BK, m_k2, LOAD_TMA), b_m2, b_vt, DOT_MODE)
-            if K > 2 * BK:
-                b_vt = _dot_acc(_load_ck(p_z + 2 * BK, t_z, row, 2 * BK, m_k3, LOAD_TMA), b_m3, b_vt, DOT_MODE)
-            if K > 3 * BK:
-                b_vt = _dot_acc(_load_ck(p_z + 3 * BK, t_z, row, 3 * BK, m_k4, LOAD_TMA), b_m4, b_vt, DOT_MODE)
+            b_vt = _ck_dot(b_vt, y + o_ck + p_ck, t_y, row, b_S, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
+            b_vt = _ck_dot(-b_vt, z + o_ck + p_ck, t_z, row, b_M, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
-            p_qb = qb + o_ck + p_ck
-            b_o = _dot(_load_ck(p_qb, t_qb, row, 0, m_k1, LOAD_TMA), b_m1, DOT_MODE)
-            if K > BK:
-                b_o = _dot_acc(_load_ck(p_qb + BK, t_qb, row, BK, m_k2, LOAD_TMA), b_m2, b_o, DOT_MODE)
-            if K > 2 * BK:
-                b_o = _dot_acc(_load_ck(p_qb + 2 * BK, t_qb, row, 2 * BK, m_k3, LOAD_TMA), b_m3, b_o, DOT_MODE)
-            if K > 3 * BK:
-                b_o = _dot_acc(_load_ck(p_qb + 3 * BK, t_qb, row, 3 * BK, m_k4, LOAD_TMA), b_m4, b_o, DOT_MODE)
-            b_o = -b_o
-            p_qa = qa + o_ck + p_ck
-            b_o = _dot_acc(_load_ck(p_qa, t_qa, row, 0, m_k1, LOAD_TMA), b_s1, b_o, DOT_MODE)
-            if K > BK:
-                b_o = _dot_acc(_load_ck(p_qa + BK, t_qa, row, BK, m_k2, LOAD_TMA), b_s2, b_o, DOT_MODE)
-            if K > 2 * BK:
-                b_o = _dot_acc(_load_ck(p_qa + 2 * BK, t_qa, row, 2 * BK, m_k3, LOAD_TMA), b_s3, b_o, DOT_MODE)
-            if K > 3 * BK:
-                b_o = _dot_acc(_load_ck(p_qa + 3 * BK, t_qa, row, 3 * BK, m_k4, LOAD_TMA), b_s4, b_o, DOT_MODE)
+            b_o = _ck_dot(None, qb + o_ck + p_ck, t_qb, row, b_M, m_k, K, BK, True, DOT_MODE, LOAD_TMA)
+            b_o = _ck_dot(-b_o, qa + o_ck + p_ck, t_qa, row, b_S, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
             b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
             b_o = _dot_acc(b_a, b_vt, b_o, DOT_MODE)
             tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
@@ -439,41 +507,8 @@ def momentum_delta_rule_fwd_kernel_scan(
 
     if not RECOMPUTE:
         p_ht = ht + st_off + p_st
-        p_htm = p_ht + N.to(tl.int64) * H * K * V
-        tl.store(p_ht, b_s1, mask=m_k1[:, None] & m_v[None, :])
-        tl.store(p_htm, b_m1, mask=m_k1[:, None] & m_v[None, :])
-        if K > BK:
-            tl.store(p_ht + BK * V, b_s2, mask=m_k2[:, None] & m_v[None, :])
-            tl.store(p_htm + BK * V, b_m2, mask=m_k2[:, None] & m_v[None, :])
-        if K > 2 * BK:
-            tl.store(p_ht + 2 * BK * V, b_s3, mask=m_k3[:, None] & m_v[None, :])
-            tl.store(p_htm + 2 * BK * V, b_m3, mask=m_k3[:, None] & m_v[None, :])
-        if K > 3 * BK:
-            tl.store(p_ht + 3 * BK * V, b_s4, mask=m_k4[:, None] & m_v[None, :])
-            tl.store(p_htm + 3 * BK * V, b_m4, mask=m_k4[:, None] & m_v[None, :])
-
-
-@triton.jit
-def _bwd_dg_rows(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
-    """Row sums (over this V-block) of dS' * S, dS' * M, dM' * M for one [BK, BV] sub-tile: three [BK] vectors.
-    Summing only along V keeps the reduction inside each warp (the accumulator layout holds a row's columns in one
-    warp); the K rows and the V-blocks are summed afterwards in torch. A full tl.sum to a scalar per sub-tile
-    (as before) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
-    reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1; docs/BENCHMARKS.md §1.7)."""
-    b_hs = _load_state(p_hc, m_k, m_v)
-    d0 = tl.sum(b_ds * b_hs, 1)
-    b_hm = _load_state(p_hc + KV, m_k, m_v)
-    d1 = tl.sum(b_ds * b_hm, 1)
-    d2 = tl.sum(b_dm * b_hm, 1)
-    return d0, d1, d2
-
-
-@triton.jit
-def _store_dg_rows(p, d0, d1, d2, o_k, m_k, K: tl.constexpr):
-    """Store the three [BK] row sums of _bwd_dg_rows at p (+ o_k), p + K, p + 2K (negating the <dS', M> one)."""
-    tl.store(p + o_k, d0, mask=m_k)
-    tl.store(p + K + o_k, -d1, mask=m_k)
-    tl.store(p + 2 * K + o_k, d2, mask=m_k)
+        _store_states(p_ht, p_ht + N.to(tl.int64) * H * K * V, (b_s1, b_s2, b_s3, b_s4),
+                      (b_m1, b_m2, b_m3, b_m4), m_k, m_v, K, V, BK, 0)
 
 
 @triton.jit
@@ -538,6 +573,7 @@ def momentum_delta_rule_bwd_kernel_scan(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
     m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
+    m_k = (m_k1, m_k2, m_k3, m_k4)
     m_v = o_v < V
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V
     p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
@@ -561,31 +597,8 @@ def momentum_delta_rule_bwd_kernel_scan(
         t_ks = ks
         t_km = km
 
-    b_ds1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dm1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        p_dht = dht + st_off + p_st
-        p_dhtm = p_dht + N.to(tl.int64) * H * K * V
-        b_ds1 += _load_state(p_dht, m_k1, m_v)
-        b_dm1 += _load_state(p_dhtm, m_k1, m_v)
-    if K > BK:
-        b_ds2 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm2 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds2 += _load_state(p_dht + BK * V, m_k2, m_v)
-            b_dm2 += _load_state(p_dhtm + BK * V, m_k2, m_v)
-    if K > 2 * BK:
-        b_ds3 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm3 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds3 += _load_state(p_dht + 2 * BK * V, m_k3, m_v)
-            b_dm3 += _load_state(p_dhtm + 2 * BK * V, m_k3, m_v)
-    if K > 3 * BK:
-        b_ds4 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm4 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds4 += _load_state(p_dht + 3 * BK * V, m_k4, m_v)
-            b_dm4 += _load_state(p_dhtm + 3 * BK * V, m_k4, m_v)
+    b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(dht, st_off, p_st, N, H, m_k, m_v,
+                                                                          K, V, BK, BV, USE_DHT)
 
     for i in range(0, c_end - c_start):
         i_c = c_end - 1 - i  # int64
@@ -597,33 +610,13 @@ def momentum_delta_rule_bwd_kernel_scan(
         # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
         p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
         GRAD_MODE: tl.constexpr = DOT_MODE if (ABLATE & 2) == 0 else 0
-        # dhc planes: sub-tile j of dS' at + j * BK * V, of dM' at + K * V + j * BK * V
+        b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
         if (ABLATE & 4) == 0:
-            _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, GRAD_MODE)
-            _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, GRAD_MODE)
-            if K > BK:
-                _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, GRAD_MODE)
-                _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, GRAD_MODE)
-            if K > 2 * BK:
-                _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, GRAD_MODE)
-                _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, GRAD_MODE)
-            if K > 3 * BK:
-                _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, GRAD_MODE)
-                _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, GRAD_MODE)
+            _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, GRAD_MODE)
         # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
         if (ABLATE & 1) == 0:
             p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
-            d0, d1, d2 = _bwd_dg_rows(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
-            _store_dg_rows(p_dg, d0, d1, d2, o_k, m_k1, K)
-            if K > BK:
-                d0, d1, d2 = _bwd_dg_rows(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
-                _store_dg_rows(p_dg + BK, d0, d1, d2, o_k, m_k2, K)
-            if K > 2 * BK:
-                d0, d1, d2 = _bwd_dg_rows(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
-                _store_dg_rows(p_dg + 2 * BK, d0, d1, d2, o_k, m_k3, K)
-            if K > 3 * BK:
-                d0, d1, d2 = _bwd_dg_rows(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
-                _store_dg_rows(p_dg + 3 * BK, d0, d1, d2, o_k, m_k4, K)
+            _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
@@ -633,23 +626,8 @@ def momentum_delta_rule_bwd_kernel_scan(
         b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE)  # [C, BV]
         # dVt = -(-(Aqk^T dO + Ks dS') + Km dM'): sums over the K sub-tiles accumulate in place, and subtractions
         # negate a [C, BV] tile (exact), never a [C, BK] operand or a state
-        p_ks = ks + o_ck + p_ck
-        b_dvt = _dot_acc(_load_ck(p_ks, t_ks, row, 0, m_k1, LOAD_TMA), b_ds1, b_dvt, DOT_MODE)
-        if K > BK:
-            b_dvt = _dot_acc(_load_ck(p_ks + BK, t_ks, row, BK, m_k2, LOAD_TMA), b_ds2, b_dvt, DOT_MODE)
-        if K > 2 * BK:
-            b_dvt = _dot_acc(_load_ck(p_ks + 2 * BK, t_ks, row, 2 * BK, m_k3, LOAD_TMA), b_ds3, b_dvt, DOT_MODE)
-        if K > 3 * BK:
-            b_dvt = _dot_acc(_load_ck(p_ks + 3 * BK, t_ks, row, 3 * BK, m_k4, LOAD_TMA), b_ds4, b_dvt, DOT_MODE)
-        b_dvt = -b_dvt
-        p_km = km + o_ck + p_ck
-        b_dvt = _dot_acc(_load_ck(p_km, t_km, row, 0, m_k1, LOAD_TMA), b_dm1, b_dvt, DOT_MODE)
-        if K > BK:
-            b_dvt = _dot_acc(_load_ck(p_km + BK, t_km, row, BK, m_k2, LOAD_TMA), b_dm2, b_dvt, DOT_MODE)
-        if K > 2 * BK:
-            b_dvt = _dot_acc(_load_ck(p_km + 2 * BK, t_km, row, 2 * BK, m_k3, LOAD_TMA), b_dm3, b_dvt, DOT_MODE)
-        if K > 3 * BK:
-            b_dvt = _dot_acc(_load_ck(p_km + 3 * BK, t_km, row, 3 * BK, m_k4, LOAD_TMA), b_dm4, b_dvt, DOT_MODE)
+        b_dvt = _ck_dot(b_dvt, ks + o_ck + p_ck, t_ks, row, b_dS, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
+        b_dvt = _ck_dot(-b_dvt, km + o_ck + p_ck, t_km, row, b_dM, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
         b_dvt = _cast(-b_dvt, dvo.dtype.element_ty, DOT_MODE)
         if (ABLATE & 8) == 0:
             tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
@@ -680,18 +658,8 @@ def momentum_delta_rule_bwd_kernel_scan(
                                              b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
 
     p_dh0 = dh0 + st_off + p_st
-    p_dh0m = p_dh0 + N.to(tl.int64) * H * K * V
-    tl.store(p_dh0, b_ds1, mask=m_k1[:, None] & m_v[None, :])
-    tl.store(p_dh0m, b_dm1, mask=m_k1[:, None] & m_v[None, :])
-    if K > BK:
-        tl.store(p_dh0 + BK * V, b_ds2, mask=m_k2[:, None] & m_v[None, :])
-        tl.store(p_dh0m + BK * V, b_dm2, mask=m_k2[:, None] & m_v[None, :])
-    if K > 2 * BK:
-        tl.store(p_dh0 + 2 * BK * V, b_ds3, mask=m_k3[:, None] & m_v[None, :])
-        tl.store(p_dh0m + 2 * BK * V, b_dm3, mask=m_k3[:, None] & m_v[None, :])
-    if K > 3 * BK:
-        tl.store(p_dh0 + 3 * BK * V, b_ds4, mask=m_k4[:, None] & m_v[None, :])
-        tl.store(p_dh0m + 3 * BK * V, b_dm4, mask=m_k4[:, None] & m_v[None, :])
+    _store_states(p_dh0, p_dh0 + N.to(tl.int64) * H * K * V, (b_ds1, b_ds2, b_ds3, b_ds4),
+                  (b_dm1, b_dm2, b_dm3, b_dm4), m_k, m_v, K, V, BK, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -705,12 +673,15 @@ def _dims(u, y, chunk_offsets):
     return NC, H, C, K, V, N
 
 
-def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False,
-                    block_v=None, num_warps=None):
-    NC, H, C, K, V, N = _dims(u, y, chunk_offsets)
+def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
+                    num_warps=None):
+    """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
+    being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
+    ones).
+    Returns (o, vt, ht, hc); vt given: the state recompute (o, ht None), which takes the backward's tile config."""
+    NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
-    # the state recompute belongs to the backward pass: it takes the backward's tile config
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
     BV = block_v or cfg_bv
     o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
@@ -719,9 +690,8 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
     hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
     grid = (triton.cdiv(V, BV), N * H)
-    tma = _use_tma((y, z, qa, qb, ks, km))
-    momentum_delta_rule_fwd_kernel_scan[grid](
-        u, y, z, qa, qb, aqk, ks, km, g,
+    kernel[grid](
+        u, *ops,
         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
         chunk_offsets, H,
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
@@ -733,36 +703,52 @@ def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=No
     return o, vt, ht, hc
 
 
-def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    ablate=0):
-    """Reverse scan. ablate != 0 only for timing experiments (bench_scan.py): it gives wrong gradients."""
+def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
+                    zero_dg=False, **consts):
+    """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvo, dhc, hc, dgp, chunk_offsets, H,
+    ...), ops[0] a [C, K] operand; tma: LOAD_TMA; consts: extra constexprs. Returns (dvo, dhc, dh0, dg [NC, H, 3])."""
     NC, H, C, V = do.shape
-    K = y.shape[-1]
+    x = ops[0]
+    K = x.shape[-1]
     N = chunk_offsets.shape[0] - 1
     dev = do.device
-    cfg_bv, cfg_nw = scan_config(K, V, y.dtype, "bwd")
+    cfg_bv, cfg_nw = scan_config(K, V, x.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
-    dvo = _empty((NC, H, 2 * C, V), y.dtype, dev)
+    dvo = _empty((NC, H, 2 * C, V), x.dtype, dev)
     # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
-    dhc = _empty((NC, H, 2 if y.dtype == torch.float32 else 4, K, V), y.dtype, dev)
+    dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
-    # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zeros so that an ABLATE run
-    # that skips them stays finite
-    dgp = (torch.zeros if ablate & 1 else _empty)((NC, H, NV, 3, K), dtype=torch.float32, device=dev)
+    # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zero_dg: zeros, so that a
+    # kernel run that skips them (ABLATE) stays finite
+    dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K), dtype=torch.float32, device=dev)
     grid = (NV, N * H)
-    tma = _use_tma((y, z, qa, qb, ks, km))
-    momentum_delta_rule_bwd_kernel_scan[grid](
-        y, z, qa, qb, aqk, ks, km, g,
+    kernel[grid](
+        *ops,
         do, dht, dh0, dvo, dhc, hc, dgp,
         chunk_offsets, H,
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
-        DOT_MODE=_dot_mode(y.dtype), LOAD_TMA=tma, ABLATE=ablate,
+        DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts,
         num_warps=num_warps or cfg_nw,
         num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
     )
     return dvo, dhc, dh0, dgp.sum((2, 4))
+
+
+def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False,
+                    block_v=None, num_warps=None):
+    return launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan, u, (y, z, qa, qb, aqk, ks, km, g),
+                           _use_tma((y, z, qa, qb, ks, km)), h0, chunk_offsets, vt=vt,
+                           store_states=store_states, block_v=block_v, num_warps=num_warps)
+
+
+def scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
+                    ablate=0):
+    """Reverse scan. ablate != 0 only for timing experiments (bench_scan.py): it gives wrong gradients."""
+    return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan, (y, z, qa, qb, aqk, ks, km, g),
+                           _use_tma((y, z, qa, qb, ks, km)), do, dht, hc, chunk_offsets, block_v=block_v,
+                           num_warps=num_warps, zero_dg=bool(ablate & 1), ABLATE=ablate)
 
 
 def _mm(a, b, dot_bf16):
@@ -772,9 +758,12 @@ def _mm(a, b, dot_bf16):
     return a.float() @ b.float()
 
 
-def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False):
-    NC, H, C, K, V, N = _dims(u, y, chunk_offsets)
-    bf = u.dtype != torch.float32
+def torch_scan_fwd(u, K, h0, chunk_offsets, vt, store_states, step):
+    """The forward scan's chunk loop in torch (either form): per sequence from h0 (or zeros), per chunk c
+    hc[c] = (S, M) (store_states) and S, M = step(c, S, M, o, vt, recompute), step filling vt[c] and o[c] unless
+    recompute (vt given). Returns (o, vt, ht, hc) as the kernels."""
+    NC, H, C, V = u.shape
+    N = chunk_offsets.shape[0] - 1
     recompute = vt is not None
     offs = chunk_offsets.tolist()
     o = None if recompute else u.new_empty(NC, H, C, V)
@@ -782,7 +771,6 @@ def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=Non
         vt = u.new_empty(NC, H, C, V)
     ht = u.new_empty(2, N, H, K, V, dtype=torch.float32)
     hc = u.new_empty(NC, H, 2, K, V) if store_states else None
-    gf = g.float()
     for n in range(N):
         if h0 is not None:
             S, M = h0[0, n].float(), h0[1, n].float()  # [H, K, V]
@@ -792,35 +780,29 @@ def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=Non
         for c in range(offs[n], offs[n + 1]):
             if store_states:
                 hc[c, :, 0], hc[c, :, 1] = S, M
-            if recompute:
-                b_vt = vt[c]
-            else:
-                b_vt = (u[c].float() - _mm(y[c], S, bf) + _mm(z[c], M, bf)).to(vt.dtype)
-                vt[c] = b_vt
-                o[c] = _mm(qa[c], S, bf) - _mm(qb[c], M, bf) + _mm(aqk[c], b_vt, bf)
-            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            S, M = (g0 * S - g1 * M + _mm(ks[c].transpose(-1, -2), b_vt, bf),
-                    g2 * M - _mm(km[c].transpose(-1, -2), b_vt, bf))
+            S, M = step(c, S, M, o, vt, recompute)
         ht[0, n], ht[1, n] = S, M
     return o, vt, (None if recompute else ht), hc
 
 
-def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
+def torch_scan_bwd(x, do, dht, hc, chunk_offsets, step):
+    """The reverse scan's chunk loop in torch (either form; x: a [C, K] operand): per sequence from dht (or zeros),
+    per chunk c (last to first) the end-state grads into dhc (hi + lo planes for 16-bit, _store_grad_state), the
+    <dS', S>, -<dS', M>, <dM', M> into dg, and dS, dM = step(c, dS, dM, dvo), step filling dvo[c].
+    Returns (dvo, dhc, dh0, dg) as the kernels (dg summed)."""
     NC, H, C, V = do.shape
-    K = y.shape[-1]
+    K = x.shape[-1]
     N = chunk_offsets.shape[0] - 1
-    bf = y.dtype != torch.float32
     offs = chunk_offsets.tolist()
-    dvo = y.new_empty(NC, H, 2 * C, V)
-    dhc = y.new_empty(NC, H, 2 if y.dtype == torch.float32 else 4, K, V)
-    dh0 = y.new_empty(2, N, H, K, V, dtype=torch.float32)
-    dg = y.new_zeros(NC, H, 3, dtype=torch.float32)
-    gf = g.float()
+    dvo = x.new_empty(NC, H, 2 * C, V)
+    dhc = x.new_empty(NC, H, 2 if x.dtype == torch.float32 else 4, K, V)
+    dh0 = x.new_empty(2, N, H, K, V, dtype=torch.float32)
+    dg = x.new_zeros(NC, H, 3, dtype=torch.float32)
     for n in range(N):
         if dht is not None:
             dS, dM = dht[0, n].float(), dht[1, n].float()
         else:
-            dS = y.new_zeros(H, K, V, dtype=torch.float32)
+            dS = x.new_zeros(H, K, V, dtype=torch.float32)
             dM = torch.zeros_like(dS)
         for c in range(offs[n + 1] - 1, offs[n] - 1, -1):
             dhc[c, :, 0], dhc[c, :, 1] = dS, dM
@@ -829,15 +811,46 @@ def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
             hs, hm = hc[c, :, 0].float(), hc[c, :, 1].float()
             dg[c, :, 0], dg[c, :, 1], dg[c, :, 2] = ((dS * hs).sum((-1, -2)), -(dS * hm).sum((-1, -2)),
                                                      (dM * hm).sum((-1, -2)))
-            t = lambda x: x.transpose(-1, -2)  # noqa: E731
-            b_dvt = (_mm(t(aqk[c]), do[c], bf) + _mm(ks[c], dS, bf) - _mm(km[c], dM, bf)).to(dvo.dtype)
-            dvo[c, :, :C] = b_dvt
-            dvo[c, :, C:] = do[c]
-            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            dS, dM = (g0 * dS + _mm(t(qa[c]), do[c], bf) - _mm(t(y[c]), b_dvt, bf),
-                      g2 * dM - g1 * dS - _mm(t(qb[c]), do[c], bf) + _mm(t(z[c]), b_dvt, bf))
+            dS, dM = step(c, dS, dM, dvo)
         dh0[0, n], dh0[1, n] = dS, dM
     return dvo, dhc, dh0, dg
+
+
+def _t(x):
+    return x.transpose(-1, -2)
+
+
+def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False):
+    bf = u.dtype != torch.float32
+    gf = g.float()
+
+    def step(c, S, M, o, vt, recompute):
+        if recompute:
+            b_vt = vt[c]
+        else:
+            b_vt = (u[c].float() - _mm(y[c], S, bf) + _mm(z[c], M, bf)).to(vt.dtype)
+            vt[c] = b_vt
+            o[c] = _mm(qa[c], S, bf) - _mm(qb[c], M, bf) + _mm(aqk[c], b_vt, bf)
+        g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+        return g0 * S - g1 * M + _mm(_t(ks[c]), b_vt, bf), g2 * M - _mm(_t(km[c]), b_vt, bf)
+
+    return torch_scan_fwd(u, y.shape[-1], h0, chunk_offsets, vt, store_states, step)
+
+
+def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
+    C = do.shape[2]
+    bf = y.dtype != torch.float32
+    gf = g.float()
+
+    def step(c, dS, dM, dvo):
+        b_dvt = (_mm(_t(aqk[c]), do[c], bf) + _mm(ks[c], dS, bf) - _mm(km[c], dM, bf)).to(dvo.dtype)
+        dvo[c, :, :C] = b_dvt
+        dvo[c, :, C:] = do[c]
+        g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+        return (g0 * dS + _mm(_t(qa[c]), do[c], bf) - _mm(_t(y[c]), b_dvt, bf),
+                g2 * dM - g1 * dS - _mm(_t(qb[c]), do[c], bf) + _mm(_t(z[c]), b_dvt, bf))
+
+    return torch_scan_bwd(y, do, dht, hc, chunk_offsets, step)
 
 
 def scan_fwd_impl(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, **kw):
@@ -852,6 +865,24 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
     if _use_triton(y):
         return scan_bwd_triton(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
     return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
+
+
+def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0):
+    """The backward's reductions over V (either form), as batched matmuls: x = [dVt; dO] [S; M]^T
+    [NC, H, 2C, 2K] = [[dVt S^T, dVt M^T], [dO S^T, dO M^T]] (one GEMM against both states), r = Vt [dS'; dM']^T
+    [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit), du = dVt, daqk = tril(dO Vt^T), and dh0 (zeros
+    without h0; in h0's dtype)."""
+    NC, H, C, V = vt.shape
+    K = hc.shape[-2]
+    x = dvo @ _t(hc.view(NC, H, 2 * K, V))   # [NC, H, 2C, 2K]
+    P = dhc.shape[2]
+    r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
+    r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
+    daqk = (do @ _t(vt)).tril()               # [NC, H, C, C]
+    du = dvo[..., :C, :].contiguous()
+    if h0 is None:
+        dh0 = torch.zeros_like(dh0)
+    return x, r, du, daqk, dh0.to(h0.dtype if h0 is not None else torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -893,25 +924,14 @@ def scan_bwd(
                                 store_states=True)
     # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (dS', dM'; hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
-    t = lambda x: x.transpose(-1, -2)  # noqa: E731
-    # one GEMM against both states: [dVt; dO] [S; M]^T -> [[dVt S^T, dVt M^T], [dO S^T, dO M^T]]
-    x = dvo @ t(hc.view(NC, H, 2 * K, V))   # [NC, H, 2C, 2K]
+    x, r, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
     dy = -x[..., :C, :K]
     dz = x[..., :C, K:].contiguous()
     dqa = x[..., C:, :K].contiguous()
     dqb = -x[..., C:, K:]
-    P = dhc.shape[2]
-    r = vt @ t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
-    if P == 4:
-        r = r[..., :2 * K].float() + r[..., 2 * K:].float()
     dks = r[..., :K].to(ks.dtype).contiguous()
     dkm = (-r[..., K:]).to(km.dtype)
-    daqk = (do @ t(vt)).tril()               # [NC, H, C, C]
-    du = dvo[..., :C, :].contiguous()
-    if h0 is None:
-        dh0 = torch.zeros_like(dh0)
-    return (du, dy, dz, dqa, dqb, daqk, dks, dkm, dg.to(g.dtype),
-            dh0.to(h0.dtype if h0 is not None else torch.float32))
+    return du, dy, dz, dqa, dqb, daqk, dks, dkm, dg.to(g.dtype), dh0
 
 
 @scan_bwd.register_fake

@@ -23,7 +23,8 @@ accumulators, or Vt, dO, X once per chunk), never to the [C, BK] operand tiles: 
 the dots, as in the six form (scaling them in registers cost ~2x the spills of the six form at K = 256 in ptxas),
 and each is loaded once per chunk and used by two dots. The backward's GEMM phase computes the six
 virtual-operand gradients exactly as chunk_scan.scan_bwd does and maps them to P, Q, K_w, A and r by the chain rule.
-Helpers (dot modes, sub-tile loads, hi + lo end-state gradients, tile configs, TMA) come from chunk_scan.py.
+Helpers (dot modes, sub-tile loads, the state sub-tile loads and stores, hi + lo end-state gradients, the <dS', S>
+row sums, tile configs, TMA, the launchers, the torch chunk loops and the backward's GEMMs) come from chunk_scan.py.
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
-from .chunk_scan import (_bwd_dg_rows, _cast, _dot, _dot_acc, _dot_mode, _empty, _load_ck, _load_state, _mm,
-                         _store_dg_rows, _store_grad_state, _store_state, _sub_k, _use_tma, _use_triton, scan_config,
-                         scan_load)
+from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _store_grad_states,
+                         _store_states, _t, _use_tma, _use_triton, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
+                         scan_load, torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 
@@ -48,10 +49,10 @@ NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 # ---------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _fwd_xsm(b_xs, b_xm, b_s, b_m, p_x, t_x, row, col: tl.constexpr, m_k, FIRST: tl.constexpr,
+def _dot2_ck(b_xs, b_xm, b_s, b_m, p_x, t_x, row, col: tl.constexpr, m_k, FIRST: tl.constexpr,
              DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One K sub-tile of X S and X M (X = P or Q, [C, BK], loaded once and used by both dots), accumulated into
-    two [C, BV] fp32 tiles (FIRST: starts them)."""
+    """One K sub-tile (columns col ...) of X S and X M (X: a chunk's [C, K] operand, its [C, BK] sub-tile loaded
+    once and used by both dots), accumulated into two [C, BV] fp32 tiles (FIRST: starts them)."""
     b_x = _load_ck(p_x, t_x, row, col, m_k, LOAD_TMA)  # [C, BK]
     if FIRST:
         b_xs = _dot(b_x, b_s, DOT_MODE)
@@ -59,6 +60,23 @@ def _fwd_xsm(b_xs, b_xm, b_s, b_m, p_x, t_x, row, col: tl.constexpr, m_k, FIRST:
     else:
         b_xs = _dot_acc(b_x, b_s, b_xs, DOT_MODE)
         b_xm = _dot_acc(b_x, b_m, b_xm, DOT_MODE)
+    return b_xs, b_xm
+
+
+@triton.jit
+def _ck_dot2(p, t, row, b_s, b_m, m_k, K: tl.constexpr, BK: tl.constexpr, DOT_MODE: tl.constexpr,
+             LOAD_TMA: tl.constexpr):
+    """X S and X M, two [C, BV] fp32 tiles, over the K sub-tiles (_dot2_ck; b_s, b_m: tuples of four [BK, BV]
+    sub-tiles; p: the [C, BK] pointers of X's sub-tile 0)."""
+    b_xs, b_xm = _dot2_ck(None, None, b_s[0], b_m[0], p, t, row, 0, m_k[0], True, DOT_MODE, LOAD_TMA)
+    if K > BK:
+        b_xs, b_xm = _dot2_ck(b_xs, b_xm, b_s[1], b_m[1], p + BK, t, row, BK, m_k[1], False, DOT_MODE, LOAD_TMA)
+    if K > 2 * BK:
+        b_xs, b_xm = _dot2_ck(b_xs, b_xm, b_s[2], b_m[2], p + 2 * BK, t, row, 2 * BK, m_k[2], False,
+                              DOT_MODE, LOAD_TMA)
+    if K > 3 * BK:
+        b_xs, b_xm = _dot2_ck(b_xs, b_xm, b_s[3], b_m[3], p + 3 * BK, t, row, 3 * BK, m_k[3], False,
+                              DOT_MODE, LOAD_TMA)
     return b_xs, b_xm
 
 
@@ -112,6 +130,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
     m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
+    m_k = (m_k1, m_k2, m_k3, m_k4)
     m_v = o_v < V
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V  # offset of [n, h] in [N, H, K, V]
     p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
@@ -130,31 +149,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
         t_q = q
         t_kw = kw
 
-    b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_m1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        p_h0 = h0 + st_off + p_st
-        p_h0m = p_h0 + N.to(tl.int64) * H * K * V
-        b_s1 += _load_state(p_h0, m_k1, m_v)
-        b_m1 += _load_state(p_h0m, m_k1, m_v)
-    if K > BK:
-        b_s2 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m2 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s2 += _load_state(p_h0 + BK * V, m_k2, m_v)
-            b_m2 += _load_state(p_h0m + BK * V, m_k2, m_v)
-    if K > 2 * BK:
-        b_s3 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m3 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s3 += _load_state(p_h0 + 2 * BK * V, m_k3, m_v)
-            b_m3 += _load_state(p_h0m + 2 * BK * V, m_k3, m_v)
-    if K > 3 * BK:
-        b_s4 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_m4 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_s4 += _load_state(p_h0 + 3 * BK * V, m_k4, m_v)
-            b_m4 += _load_state(p_h0m + 3 * BK * V, m_k4, m_v)
+    b_s1, b_m1, b_s2, b_m2, b_s3, b_m3, b_s4, b_m4 = _load_states(h0, st_off, p_st, N, H, m_k, m_v, K, V, BK, BV,
+                                                                  USE_H0)
 
     for i_c in range(c_start, c_end):  # int64: c_start is int64
         base = i_c * H + i_h                  # index of [c, h]
@@ -162,34 +158,16 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
         row = (base * C).to(tl.int32)         # first row of [c, h] in [NC * H * C, K] (LOAD_TMA)
         o_cv = base * C * V
         p_r = r + base * 6 * C + o_c          # [C] pointers to row scalar 0 (a-) of [c, h]
+        b_S, b_M = (b_s1, b_s2, b_s3, b_s4), (b_m1, b_m2, b_m3, b_m4)
         if STORE_STATES:
             p_hc = hc + base * 2 * K * V + p_st
-            _store_state(p_hc, b_s1, m_k1, m_v, DOT_MODE)
-            _store_state(p_hc + K * V, b_m1, m_k1, m_v, DOT_MODE)
-            if K > BK:
-                _store_state(p_hc + BK * V, b_s2, m_k2, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + BK * V, b_m2, m_k2, m_v, DOT_MODE)
-            if K > 2 * BK:
-                _store_state(p_hc + 2 * BK * V, b_s3, m_k3, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + 2 * BK * V, b_m3, m_k3, m_v, DOT_MODE)
-            if K > 3 * BK:
-                _store_state(p_hc + 3 * BK * V, b_s4, m_k4, m_v, DOT_MODE)
-                _store_state(p_hc + K * V + 3 * BK * V, b_m4, m_k4, m_v, DOT_MODE)
+            _store_states(p_hc, p_hc + K * V, b_S, b_M, m_k, m_v, K, V, BK, DOT_MODE)
         if RECOMPUTE:
             b_vt = tl.load(vt + o_cv + p_cv, mask=m_cv, other=0.)
         else:
             # P S and P M over the K sub-tiles (two fp32 [C, BV] tiles, P loaded once per sub-tile), then
             # -W = D(b-) (P M) - D(a-) (P S) row-scaled in fp32 and Vt = U0 + A (-W)
-            p_p = p + o_ck + p_ck
-            b_ps, b_pm = _fwd_xsm(b_s1, b_m1, b_s1, b_m1, p_p, t_p, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
-            if K > BK:
-                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s2, b_m2, p_p + BK, t_p, row, BK, m_k2, False, DOT_MODE, LOAD_TMA)
-            if K > 2 * BK:
-                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s3, b_m3, p_p + 2 * BK, t_p, row, 2 * BK, m_k3, False,
-                                      DOT_MODE, LOAD_TMA)
-            if K > 3 * BK:
-                b_ps, b_pm = _fwd_xsm(b_ps, b_pm, b_s4, b_m4, p_p + 3 * BK, t_p, row, 3 * BK, m_k4, False,
-                                      DOT_MODE, LOAD_TMA)
+            b_ps, b_pm = _ck_dot2(p + o_ck + p_ck, t_p, row, b_S, b_M, m_k, K, BK, DOT_MODE, LOAD_TMA)
             b_am = tl.load(p_r)
             b_bm = tl.load(p_r + C)
             b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
@@ -199,16 +177,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
             # O = D(s a) (Q S) - D(s b) (Q M) + Aqk Vt
-            p_q = q + o_ck + p_ck
-            b_qs, b_qm = _fwd_xsm(b_s1, b_m1, b_s1, b_m1, p_q, t_q, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
-            if K > BK:
-                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s2, b_m2, p_q + BK, t_q, row, BK, m_k2, False, DOT_MODE, LOAD_TMA)
-            if K > 2 * BK:
-                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s3, b_m3, p_q + 2 * BK, t_q, row, 2 * BK, m_k3, False,
-                                      DOT_MODE, LOAD_TMA)
-            if K > 3 * BK:
-                b_qs, b_qm = _fwd_xsm(b_qs, b_qm, b_s4, b_m4, p_q + 3 * BK, t_q, row, 3 * BK, m_k4, False,
-                                      DOT_MODE, LOAD_TMA)
+            b_qs, b_qm = _ck_dot2(q + o_ck + p_ck, t_q, row, b_S, b_M, m_k, K, BK, DOT_MODE, LOAD_TMA)
             b_sa = tl.load(p_r + 2 * C)
             b_sb = tl.load(p_r + 3 * C)
             b_o = b_sa[:, None] * b_qs - b_sb[:, None] * b_qm
@@ -237,32 +206,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
 
     if not RECOMPUTE:
         p_ht = ht + st_off + p_st
-        p_htm = p_ht + N.to(tl.int64) * H * K * V
-        tl.store(p_ht, b_s1, mask=m_k1[:, None] & m_v[None, :])
-        tl.store(p_htm, b_m1, mask=m_k1[:, None] & m_v[None, :])
-        if K > BK:
-            tl.store(p_ht + BK * V, b_s2, mask=m_k2[:, None] & m_v[None, :])
-            tl.store(p_htm + BK * V, b_m2, mask=m_k2[:, None] & m_v[None, :])
-        if K > 2 * BK:
-            tl.store(p_ht + 2 * BK * V, b_s3, mask=m_k3[:, None] & m_v[None, :])
-            tl.store(p_htm + 2 * BK * V, b_m3, mask=m_k3[:, None] & m_v[None, :])
-        if K > 3 * BK:
-            tl.store(p_ht + 3 * BK * V, b_s4, mask=m_k4[:, None] & m_v[None, :])
-            tl.store(p_htm + 3 * BK * V, b_m4, mask=m_k4[:, None] & m_v[None, :])
-
-
-@triton.jit
-def _bwd_kd(b_kds, b_kdm, b_ds, b_dm, p_kw, t_kw, row, col: tl.constexpr, m_k, FIRST: tl.constexpr,
-            DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
-    """One K sub-tile of K_w dS' and K_w dM' ([C, BV] fp32 each; K_w loaded once; FIRST: starts them)."""
-    b_kw = _load_ck(p_kw, t_kw, row, col, m_k, LOAD_TMA)  # [C, BK]
-    if FIRST:
-        b_kds = _dot(b_kw, b_ds, DOT_MODE)
-        b_kdm = _dot(b_kw, b_dm, DOT_MODE)
-    else:
-        b_kds = _dot_acc(b_kw, b_ds, b_kds, DOT_MODE)
-        b_kdm = _dot_acc(b_kw, b_dm, b_kdm, DOT_MODE)
-    return b_kds, b_kdm
+        _store_states(p_ht, p_ht + N.to(tl.int64) * H * K * V, (b_s1, b_s2, b_s3, b_s4),
+                      (b_m1, b_m2, b_m3, b_m4), m_k, m_v, K, V, BK, 0)
 
 
 @triton.jit
@@ -316,6 +261,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
     m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
+    m_k = (m_k1, m_k2, m_k3, m_k4)
     m_v = o_v < V
     st_off = (i_n.to(tl.int64) * H + i_h) * K * V
     p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
@@ -333,31 +279,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         t_q = q
         t_kw = kw
 
-    b_ds1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dm1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        p_dht = dht + st_off + p_st
-        p_dhtm = p_dht + N.to(tl.int64) * H * K * V
-        b_ds1 += _load_state(p_dht, m_k1, m_v)
-        b_dm1 += _load_state(p_dhtm, m_k1, m_v)
-    if K > BK:
-        b_ds2 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm2 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds2 += _load_state(p_dht + BK * V, m_k2, m_v)
-            b_dm2 += _load_state(p_dhtm + BK * V, m_k2, m_v)
-    if K > 2 * BK:
-        b_ds3 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm3 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds3 += _load_state(p_dht + 2 * BK * V, m_k3, m_v)
-            b_dm3 += _load_state(p_dhtm + 2 * BK * V, m_k3, m_v)
-    if K > 3 * BK:
-        b_ds4 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_dm4 = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_DHT:
-            b_ds4 += _load_state(p_dht + 3 * BK * V, m_k4, m_v)
-            b_dm4 += _load_state(p_dhtm + 3 * BK * V, m_k4, m_v)
+    b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(dht, st_off, p_st, N, H, m_k, m_v,
+                                                                          K, V, BK, BV, USE_DHT)
 
     for i in range(0, c_end - c_start):
         i_c = c_end - 1 - i  # int64
@@ -369,47 +292,18 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         p_hc = base * 2 * K * V + p_st
         # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
         p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
-        _store_grad_state(dhc + p_dhc, b_ds1, m_k1, m_v, 2 * K * V, DOT_MODE)
-        _store_grad_state(dhc + K * V + p_dhc, b_dm1, m_k1, m_v, 2 * K * V, DOT_MODE)
-        if K > BK:
-            _store_grad_state(dhc + BK * V + p_dhc, b_ds2, m_k2, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + BK * V + p_dhc, b_dm2, m_k2, m_v, 2 * K * V, DOT_MODE)
-        if K > 2 * BK:
-            _store_grad_state(dhc + 2 * BK * V + p_dhc, b_ds3, m_k3, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + 2 * BK * V + p_dhc, b_dm3, m_k3, m_v, 2 * K * V, DOT_MODE)
-        if K > 3 * BK:
-            _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds4, m_k4, m_v, 2 * K * V, DOT_MODE)
-            _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm4, m_k4, m_v, 2 * K * V, DOT_MODE)
+        b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
+        _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
         # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
         p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
-        d0, d1, d2 = _bwd_dg_rows(b_ds1, b_dm1, hc + p_hc, m_k1, m_v, K * V)
-        _store_dg_rows(p_dg, d0, d1, d2, o_k, m_k1, K)
-        if K > BK:
-            d0, d1, d2 = _bwd_dg_rows(b_ds2, b_dm2, hc + BK * V + p_hc, m_k2, m_v, K * V)
-            _store_dg_rows(p_dg + BK, d0, d1, d2, o_k, m_k2, K)
-        if K > 2 * BK:
-            d0, d1, d2 = _bwd_dg_rows(b_ds3, b_dm3, hc + 2 * BK * V + p_hc, m_k3, m_v, K * V)
-            _store_dg_rows(p_dg + 2 * BK, d0, d1, d2, o_k, m_k3, K)
-        if K > 3 * BK:
-            d0, d1, d2 = _bwd_dg_rows(b_ds4, b_dm4, hc + 3 * BK * V + p_hc, m_k4, m_v, K * V)
-            _store_dg_rows(p_dg + 3 * BK, d0, d1, d2, o_k, m_k4, K)
+        _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
         b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
         tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
         # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
-        p_kw = kw + o_ck + p_ck
-        b_kds, b_kdm = _bwd_kd(b_ds1, b_dm1, b_ds1, b_dm1, p_kw, t_kw, row, 0, m_k1, True, DOT_MODE, LOAD_TMA)
-        if K > BK:
-            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds2, b_dm2, p_kw + BK, t_kw, row, BK, m_k2, False,
-                                   DOT_MODE, LOAD_TMA)
-        if K > 2 * BK:
-            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds3, b_dm3, p_kw + 2 * BK, t_kw, row, 2 * BK, m_k3, False,
-                                   DOT_MODE, LOAD_TMA)
-        if K > 3 * BK:
-            b_kds, b_kdm = _bwd_kd(b_kds, b_kdm, b_ds4, b_dm4, p_kw + 3 * BK, t_kw, row, 3 * BK, m_k4, False,
-                                   DOT_MODE, LOAD_TMA)
+        b_kds, b_kdm = _ck_dot2(kw + o_ck + p_ck, t_kw, row, b_dS, b_dM, m_k, K, BK, DOT_MODE, LOAD_TMA)
         b_ga = tl.load(p_r + 4 * C)
         b_rho = tl.load(p_r + 5 * C)
         b_dvt = b_ga[:, None] * b_kds - b_rho[:, None] * b_kdm
@@ -446,83 +340,25 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
                                                  DOT_MODE, LOAD_TMA)
 
     p_dh0 = dh0 + st_off + p_st
-    p_dh0m = p_dh0 + N.to(tl.int64) * H * K * V
-    tl.store(p_dh0, b_ds1, mask=m_k1[:, None] & m_v[None, :])
-    tl.store(p_dh0m, b_dm1, mask=m_k1[:, None] & m_v[None, :])
-    if K > BK:
-        tl.store(p_dh0 + BK * V, b_ds2, mask=m_k2[:, None] & m_v[None, :])
-        tl.store(p_dh0m + BK * V, b_dm2, mask=m_k2[:, None] & m_v[None, :])
-    if K > 2 * BK:
-        tl.store(p_dh0 + 2 * BK * V, b_ds3, mask=m_k3[:, None] & m_v[None, :])
-        tl.store(p_dh0m + 2 * BK * V, b_dm3, mask=m_k3[:, None] & m_v[None, :])
-    if K > 3 * BK:
-        tl.store(p_dh0 + 3 * BK * V, b_ds4, mask=m_k4[:, None] & m_v[None, :])
-        tl.store(p_dh0m + 3 * BK * V, b_dm4, mask=m_k4[:, None] & m_v[None, :])
+    _store_states(p_dh0, p_dh0 + N.to(tl.int64) * H * K * V, (b_ds1, b_ds2, b_ds3, b_ds4),
+                  (b_dm1, b_dm2, b_dm3, b_dm4), m_k, m_v, K, V, BK, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # launchers (Triton) and torch fallbacks (CPU without the interpreter; also the kernels' test reference)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _dims(u, p, chunk_offsets):
-    NC, H, C, V = u.shape
-    K = p.shape[-1]
-    N = chunk_offsets.shape[0] - 1
-    return NC, H, C, K, V, N
-
-
 def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False,
                         block_v=None, num_warps=None):
-    NC, H, C, K, V, N = _dims(u, p, chunk_offsets)
-    recompute = vt is not None
-    dev = u.device
-    cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
-    BV = block_v or cfg_bv
-    o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
-    if not recompute:
-        vt = _empty((NC, H, C, V), u.dtype, dev)
-    ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
-    hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
-    grid = (triton.cdiv(V, BV), N * H)
-    tma = _use_tma((p, q, kw))
-    momentum_delta_rule_fwd_kernel_scan_pqk[grid](
-        u, p, q, kw, a, aqk, r, g,
-        h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
-        chunk_offsets, H,
-        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
-        USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
-        DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma,
-        num_warps=num_warps or cfg_nw,
-        num_stages=1,  # the chunk loop is sequential
-    )
-    return o, vt, ht, hc
+    return launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
+                           _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states,
+                           block_v=block_v, num_warps=num_warps)
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None):
-    NC, H, C, V = do.shape
-    K = p.shape[-1]
-    N = chunk_offsets.shape[0] - 1
-    dev = do.device
-    cfg_bv, cfg_nw = scan_config(K, V, p.dtype, "bwd")
-    BV = block_v or cfg_bv
-    NV = triton.cdiv(V, BV)
-    dvo = _empty((NC, H, 2 * C, V), p.dtype, dev)
-    dhc = _empty((NC, H, 2 if p.dtype == torch.float32 else 4, K, V), p.dtype, dev)
-    dh0 = _empty((2, N, H, K, V), torch.float32, dev)
-    dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)  # row sums (_bwd_dg_rows)
-    grid = (NV, N * H)
-    tma = _use_tma((p, q, kw))
-    momentum_delta_rule_bwd_kernel_scan_pqk[grid](
-        p, q, kw, a, aqk, r, g,
-        do, dht, dh0, dvo, dhc, hc, dgp,
-        chunk_offsets, H,
-        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
-        USE_DHT=dht is not None,
-        DOT_MODE=_dot_mode(p.dtype), LOAD_TMA=tma,
-        num_warps=num_warps or cfg_nw,
-        num_stages=1,
-    )
-    return dvo, dhc, dh0, dgp.sum((2, 4))
+    return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
+                           _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
+                           num_warps=num_warps)
 
 
 def _row_scalars(r):
@@ -533,82 +369,47 @@ def _row_scalars(r):
 
 def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False):
     """The forward kernel's math in torch, with its rounding (-W and the row-scaled Vt tiles rounded for 16-bit)."""
-    NC, H, C, K, V, N = _dims(u, p, chunk_offsets)
     bf = u.dtype != torch.float32
-    recompute = vt is not None
-    offs = chunk_offsets.tolist()
-    o = None if recompute else u.new_empty(NC, H, C, V)
-    if not recompute:
-        vt = u.new_empty(NC, H, C, V)
-    ht = u.new_empty(2, N, H, K, V, dtype=torch.float32)
-    hc = u.new_empty(NC, H, 2, K, V) if store_states else None
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
-    t = lambda x: x.transpose(-1, -2)  # noqa: E731
-    for n in range(N):
-        if h0 is not None:
-            S, M = h0[0, n].float(), h0[1, n].float()  # [H, K, V]
+
+    def step(c, S, M, o, vt, recompute):
+        if recompute:
+            b_vt = vt[c]
         else:
-            S = u.new_zeros(H, K, V, dtype=torch.float32)
-            M = torch.zeros_like(S)
-        for c in range(offs[n], offs[n + 1]):
-            if store_states:
-                hc[c, :, 0], hc[c, :, 1] = S, M
-            if recompute:
-                b_vt = vt[c]
-            else:
-                nw = (bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)).to(vt.dtype)  # -W
-                b_vt = (u[c].float() + _mm(a[c], nw, bf)).to(vt.dtype)
-                vt[c] = b_vt
-                o[c] = sa[c] * _mm(q[c], S, bf) - sb[c] * _mm(q[c], M, bf) + _mm(aqk[c], b_vt, bf)
-            vtf = b_vt.float()
-            gvt, nrvt = (ga[c] * vtf).to(vt.dtype), (-rho[c] * vtf).to(vt.dtype)
-            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            S, M = (g0 * S - g1 * M + _mm(t(kw[c]), gvt, bf), g2 * M + _mm(t(kw[c]), nrvt, bf))
-        ht[0, n], ht[1, n] = S, M
-    return o, vt, (None if recompute else ht), hc
+            nw = (bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)).to(vt.dtype)  # -W
+            b_vt = (u[c].float() + _mm(a[c], nw, bf)).to(vt.dtype)
+            vt[c] = b_vt
+            o[c] = sa[c] * _mm(q[c], S, bf) - sb[c] * _mm(q[c], M, bf) + _mm(aqk[c], b_vt, bf)
+        vtf = b_vt.float()
+        gvt, nrvt = (ga[c] * vtf).to(vt.dtype), (-rho[c] * vtf).to(vt.dtype)
+        g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+        return g0 * S - g1 * M + _mm(_t(kw[c]), gvt, bf), g2 * M + _mm(_t(kw[c]), nrvt, bf)
+
+    return torch_scan_fwd(u, p.shape[-1], h0, chunk_offsets, vt, store_states, step)
 
 
 def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     """The reverse kernel's math in torch, with its rounding (dVt and the row-scaled [C, V] tiles rounded)."""
-    NC, H, C, V = do.shape
-    K = p.shape[-1]
-    N = chunk_offsets.shape[0] - 1
+    C = do.shape[2]
     bf = p.dtype != torch.float32
-    offs = chunk_offsets.tolist()
-    dvo = p.new_empty(NC, H, 2 * C, V)
-    dhc = p.new_empty(NC, H, 2 if p.dtype == torch.float32 else 4, K, V)
-    dh0 = p.new_empty(2, N, H, K, V, dtype=torch.float32)
-    dg = p.new_zeros(NC, H, 3, dtype=torch.float32)
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
-    t = lambda x: x.transpose(-1, -2)  # noqa: E731
-    for n in range(N):
-        if dht is not None:
-            dS, dM = dht[0, n].float(), dht[1, n].float()
-        else:
-            dS = p.new_zeros(H, K, V, dtype=torch.float32)
-            dM = torch.zeros_like(dS)
-        for c in range(offs[n + 1] - 1, offs[n] - 1, -1):
-            dhc[c, :, 0], dhc[c, :, 1] = dS, dM
-            if dhc.shape[2] == 4:  # lo parts (see chunk_scan._store_grad_state)
-                dhc[c, :, 2], dhc[c, :, 3] = dS - dhc[c, :, 0].float(), dM - dhc[c, :, 1].float()
-            hs, hm = hc[c, :, 0].float(), hc[c, :, 1].float()
-            dg[c, :, 0], dg[c, :, 1], dg[c, :, 2] = ((dS * hs).sum((-1, -2)), -(dS * hm).sum((-1, -2)),
-                                                     (dM * hm).sum((-1, -2)))
-            b_dvt = (ga[c] * _mm(kw[c], dS, bf) - rho[c] * _mm(kw[c], dM, bf)
-                     + _mm(t(aqk[c]), do[c], bf)).to(dvo.dtype)
-            dvo[c, :, :C] = b_dvt
-            dvo[c, :, C:] = do[c]
-            x = _mm(t(a[c]), b_dvt, bf)
-            dof = do[c].float()
-            nax, bx = (-am[c] * x).to(dvo.dtype), (bm[c] * x).to(dvo.dtype)
-            sado, nsbdo = (sa[c] * dof).to(dvo.dtype), (-sb[c] * dof).to(dvo.dtype)
-            g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
-            dS, dM = (g0 * dS + _mm(t(q[c]), sado, bf) + _mm(t(p[c]), nax, bf),
-                      g2 * dM - g1 * dS + _mm(t(q[c]), nsbdo, bf) + _mm(t(p[c]), bx, bf))
-        dh0[0, n], dh0[1, n] = dS, dM
-    return dvo, dhc, dh0, dg
+
+    def step(c, dS, dM, dvo):
+        b_dvt = (ga[c] * _mm(kw[c], dS, bf) - rho[c] * _mm(kw[c], dM, bf)
+                 + _mm(_t(aqk[c]), do[c], bf)).to(dvo.dtype)
+        dvo[c, :, :C] = b_dvt
+        dvo[c, :, C:] = do[c]
+        x = _mm(_t(a[c]), b_dvt, bf)
+        dof = do[c].float()
+        nax, bx = (-am[c] * x).to(dvo.dtype), (bm[c] * x).to(dvo.dtype)
+        sado, nsbdo = (sa[c] * dof).to(dvo.dtype), (-sb[c] * dof).to(dvo.dtype)
+        g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
+        return (g0 * dS + _mm(_t(q[c]), sado, bf) + _mm(_t(p[c]), nax, bf),
+                g2 * dM - g1 * dS + _mm(_t(q[c]), nsbdo, bf) + _mm(_t(p[c]), bx, bf))
+
+    return torch_scan_bwd(p, do, dht, hc, chunk_offsets, step)
 
 
 def scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_):
@@ -717,25 +518,14 @@ def scan_pqk_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """Returns the grads of (u, p, q, kw, a, aqk, r, g, h0); dh0 is fp32 [2, N, H, K, V]."""
-    NC, H, C, V = vt.shape
-    K = p.shape[-1]
     do = do.to(vt.dtype)
     # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype); vt stands in for u (shape/dtype only)
     _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
     # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
-    t = lambda x: x.transpose(-1, -2)  # noqa: E731
-    x = dvo @ t(hc.view(NC, H, 2 * K, V))   # [NC, H, 2C, 2K] = [[dVt S^T, dVt M^T], [dO S^T, dO M^T]]
-    P = dhc.shape[2]
-    rr = vt @ t(dhc.view(NC, H, P * K, V))  # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
-    rr = rr[..., :2 * K].float() + rr[..., 2 * K:].float() if P == 4 else rr.float()
+    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
     dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
-    daqk = (do @ t(vt)).tril()               # [NC, H, C, C]
-    du = dvo[..., :C, :].contiguous()
-    if h0 is None:
-        dh0 = torch.zeros_like(dh0)
-    return (du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype),
-            dh0.to(h0.dtype if h0 is not None else torch.float32))
+    return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
 @scan_pqk_bwd.register_fake
