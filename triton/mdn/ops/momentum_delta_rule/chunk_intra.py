@@ -50,6 +50,67 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~lower, float('-inf'))
 
 
+def compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """The intra part computes in fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, bf16_gemm: bool) -> torch.Tensor:
+    """a @ b, or with bf16 operands (fp32 accumulation) when bf16_gemm, back in a's dtype."""
+    if bf16_gemm:
+        return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(a.dtype)
+    return a @ b
+
+
+class IntraCoefficients(NamedTuple):
+    """What both scan forms' intra parts compute first (README §1-§2), in the compute dtype."""
+
+    q: torch.Tensor       # [NC, H, C, K]  queries (L2-normalised when asked)
+    v: torch.Tensor       # [NC, H, C, V]
+    p: torch.Tensor       # [NC, H, C, K]  read keys (alpha k^ or k^)
+    kw: torch.Tensor      # [NC, H, C, K]  write keys eta k^
+    abar: torch.Tensor    # [NC, H, C]     a_t = exp(sum_{l<=t} log alpha_l)
+    mbar: torch.Tensor    # [NC, H, C]     m_t = exp(sum_{l<=t} log mu_l)
+    Lm: torch.Tensor      # [NC, H, C, C]  mu_i / mu_j, i >= j
+    gam: torch.Tensor     # [NC, H, C, C]  Gamma = L_a D(beta) L_m
+    b: torch.Tensor       # [NC, H, C]     b = L_a (beta * m)
+    a_prev: torch.Tensor  # [NC, H, C]     a shifted down one row (1 first)
+    b_prev: torch.Tensor  # [NC, H, C]     b shifted down one row (0 first)
+    A: torch.Tensor       # [NC, H, C, C]  (I + (P K_w^T) * Gamma^-)^-1, unit lower triangular
+
+
+def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel: bool,
+                       use_p_times_alpha: bool, bf16_gemm: bool) -> IntraCoefficients:
+    """Keys, the overflow-free coefficients (every exp of a masked non-positive segment sum) and A, all chunks at
+    once; inputs [NC, H, C, D] and gates [NC, H, C] in any float dtype, results in the compute dtype."""
+    cd = compute_dtype(q)
+    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
+    C = q.shape[-2]
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    kw = eta.unsqueeze(-1) * k  # [NC, H, C, K] write key
+    p = log_alpha.exp().unsqueeze(-1) * k if use_p_times_alpha else k  # [NC, H, C, K] read key
+
+    abar, mbar = log_alpha.cumsum(-1).exp(), log_mu.cumsum(-1).exp()  # [NC, H, C]
+    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
+    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
+    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
+    b = (La @ (beta * mbar).unsqueeze(-1)).squeeze(-1)  # [NC, H, C]
+
+    # row-shifted ("previous token") versions
+    gam_prev = torch.cat([torch.zeros_like(gam[..., :1, :]), gam[..., :-1, :]], -2)  # strictly lower
+    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
+    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
+
+    lmat = _mm(p, kw.transpose(-1, -2), bf16_gemm) * gam_prev  # [NC, H, C, C]  strictly lower
+    # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then the wide products as batched GEMMs: cheaper
+    # than one solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
+    eye = torch.eye(C, dtype=cd, device=q.device)
+    A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
+    return IntraCoefficients(q, v, p, kw, abar, mbar, Lm, gam, b, a_prev, b_prev, A)
+
+
 def chunk_mdn_intra(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -72,41 +133,16 @@ def chunk_mdn_intra(
     K- and V-wide GEMMs (P K_w^T, Q K_w^T, A V, A D(a-)P, A D(b-)P) take bf16 operands and give bf16 results, as
     the official kernels do; Gamma, b and the triangular solve stay fp32.
     """
-    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out_dtype = out_dtype or cd
-    q, k, v = q.to(cd), k.to(cd), v.to(cd)
-    log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
-    C = q.shape[-2]
+    out_dtype = out_dtype or compute_dtype(q)
+    c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
+                           bf16_gemm)
+    C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
+    a_prev, b_prev, Lm, mbar = c.a_prev, c.b_prev, c.Lm, c.mbar
 
-    def mm(a, b):
-        if bf16_gemm:
-            return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(cd)
-        return a @ b
+    def mm(x, y):
+        return _mm(x, y, bf16_gemm)
 
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
-    kw = eta.unsqueeze(-1) * k  # [NC, H, C, K] write key
-    p = log_alpha.exp().unsqueeze(-1) * k if use_p_times_alpha else k  # [NC, H, C, K] read key
-
-    la = log_alpha.cumsum(-1)  # [NC, H, C]
-    lm = log_mu.cumsum(-1)
-    abar, mbar = la.exp(), lm.exp()
-    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
-    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
-    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
-    b = (La @ (beta * mbar).unsqueeze(-1)).squeeze(-1)  # [NC, H, C]
-
-    # row-shifted ("previous token") versions
-    gam_prev = torch.cat([torch.zeros_like(gam[..., :1, :]), gam[..., :-1, :]], -2)  # strictly lower
-    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
-    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
-
-    lmat = mm(p, kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
-    # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then U0, Y, Z as batched GEMMs: cheaper than one
-    # solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
-    eye = torch.eye(C, dtype=cd, device=q.device)
-    A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
-    u = mm(A, v)                                   # [NC, H, C, V]
+    u = mm(A, c.v)                                 # [NC, H, C, V]
     y = mm(A, a_prev.unsqueeze(-1) * p)            # [NC, H, C, K]
     z = mm(A, b_prev.unsqueeze(-1) * p)            # [NC, H, C, K]
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .chunk_intra import l2norm, segsum
+from .chunk_intra import _mm, compute_dtype, intra_coefficients
 
 
 class IntraChunkPQK(NamedTuple):
@@ -47,41 +47,18 @@ def chunk_mdn_intra_pqk(
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
     b, the row scalars and the triangular solve stay fp32.
     """
-    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out_dtype = out_dtype or cd
-    q, k, v = q.to(cd), k.to(cd), v.to(cd)
-    log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
-    C = q.shape[-2]
+    out_dtype = out_dtype or compute_dtype(q)
+    c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
+                           bf16_gemm)
+    C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
 
-    def mm(a, b):
-        if bf16_gemm:
-            return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).to(cd)
-        return a @ b
+    def mm(x, y):
+        return _mm(x, y, bf16_gemm)
 
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
-    kw = eta.unsqueeze(-1) * k  # [NC, H, C, K] write key
-    p = log_alpha.exp().unsqueeze(-1) * k if use_p_times_alpha else k  # [NC, H, C, K] read key
-
-    la = log_alpha.cumsum(-1)  # [NC, H, C]
-    lm = log_mu.cumsum(-1)
-    abar = la.exp()
-    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
-    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
-    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
-    b = (La @ (beta * lm.exp()).unsqueeze(-1)).squeeze(-1)  # [NC, H, C]
-
-    gam_prev = torch.cat([torch.zeros_like(gam[..., :1, :]), gam[..., :-1, :]], -2)  # strictly lower
-    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
-    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
-
-    lmat = mm(p, kw.transpose(-1, -2)) * gam_prev  # [NC, H, C, C]  strictly lower
-    eye = torch.eye(C, dtype=cd, device=q.device)
-    A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
-    u = mm(A, v)                                   # [NC, H, C, V]
+    u = mm(A, c.v)                                 # [NC, H, C, V]
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
-    r = torch.stack([a_prev, b_prev, scale * abar, scale * b, gam[..., C - 1, :], Lm[..., C - 1, :]], -2)
-    g = torch.stack([abar[..., C - 1], b[..., C - 1], lm[..., C - 1].exp()], -1)  # [NC, H, 3]
+    r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.Lm[..., C - 1, :]], -2)
+    g = torch.stack([abar[..., C - 1], b[..., C - 1], c.mbar[..., C - 1]], -1)  # [NC, H, 3]
 
     def cast(t):
         return t.to(out_dtype).contiguous()
