@@ -7,6 +7,7 @@ ptxas bundled with Triton (`ptxas -v --gpu-name sm_90a`). About 5 s per kernel.
     cd triton && ../.venv/bin/python ../scripts/scan_regs.py                       # shipped configs, K 64/128/256
     ../.venv/bin/python ../scripts/scan_regs.py --K 256 --V 512 --configs "32,4 64,8 32,8" --modes fwd,bwd
     ../.venv/bin/python ../scripts/scan_regs.py --K 128,256 --configs "16,4 32,4 64,4 16,8 32,8 64,8" --load ptr,tma
+    ../.venv/bin/python ../scripts/scan_regs.py --K 256 --form six,pqk      # both scan forms side by side
 
 Modes: fwd (forward scan), rec (the backward's state recompute, STORE_STATES), bwd (reverse scan). Without
 --configs each (K, dtype, mode) uses its shipped SCAN_CONFIGS entry (fwd: the "fwd" phase; rec, bwd: "bwd").
@@ -36,6 +37,8 @@ def main() -> int:
     ap.add_argument("--modes", default="fwd,rec,bwd", help="comma-separated subset of fwd,rec,bwd")
     ap.add_argument("--configs", default="", help='space-separated "BV,num_warps" list (default: shipped)')
     ap.add_argument("--load", default="ptr", help="comma-separated subset of ptr,tma (default ptr)")
+    ap.add_argument("--form", default="pqk", help="comma-separated subset of six,pqk: the scan form (MDN_SCAN_FORM; "
+                                                  "default pqk)")
     args = ap.parse_args()
 
     os.environ.pop("TRITON_INTERPRET", None)
@@ -47,7 +50,11 @@ def main() -> int:
     bad = [x for x in loads if x not in cs.SCAN_LOADS]
     if bad or not loads:
         ap.error(f"--load: unknown value(s) {bad or loads}; expected ptr, tma")
-    runs = {name: (kernel, flags) for phase in ("fwd", "bwd") for name, kernel, flags in scan_runs(phase)}
+    forms = [x for x in args.form.split(",") if x]
+    if not forms or any(x not in ("six", "pqk") for x in forms):
+        ap.error(f"--form: {args.form!r}; expected a subset of six,pqk")
+    runs = {(form, name): (kernel, flags) for form in forms for phase in ("fwd", "bwd")
+            for name, kernel, flags in scan_runs(phase, form)}
     configs = []
     for c in args.configs.split():
         try:
@@ -56,20 +63,21 @@ def main() -> int:
             ap.error(f"--configs: {c!r} is not 'BV,num_warps'")
         configs.append((bv, nw))
 
-    print(f"{'mode':4} {'load':4} {'K':>4} {'V':>4} {'dtype':5} {'BV':>4} {'nw':>3} {'regs':>5} {'stack':>6} "
+    print(f"{'form':4} {'mode':4} {'load':4} {'K':>4} {'V':>4} {'dtype':5} {'BV':>4} {'nw':>3} {'regs':>5} {'stack':>6} "
           f"{'spill st/ld (B)':>16} {'shared (B)':>11}")
     for K in (int(k) for k in args.K.split(",")):
         for mode in modes:
-            kernel, flags = runs[mode]
             phase = "fwd" if mode == "fwd" else "bwd"
             cfgs = configs or [cs.SCAN_CONFIGS[(cs._block_k(K), args.dtype == "fp32", phase)]]
             for bv, nw in cfgs:
-                for load in loads:
-                    r = compile_scan(kernel, args.dtype, K, args.V, args.C, bv, nw, load=load, **flags)
-                    spill = f"{r['spill_st']}/{r['spill_ld']}"
-                    flag = " OVER" if r["shared"] > HOPPER_SHARED_LIMIT else ""
-                    print(f"{mode:4} {load:4} {K:>4} {args.V:>4} {args.dtype:5} {bv:>4} {nw:>3} {r['regs']:>5} "
-                          f"{r['stack']:>6} {spill:>16} {r['shared']:>11}{flag}", flush=True)
+                for form in forms:
+                    kernel, flags = runs[(form, mode)]
+                    for load in loads:
+                        r = compile_scan(kernel, args.dtype, K, args.V, args.C, bv, nw, load=load, **flags)
+                        spill = f"{r['spill_st']}/{r['spill_ld']}"
+                        flag = " OVER" if r["shared"] > HOPPER_SHARED_LIMIT else ""
+                        print(f"{form:4} {mode:4} {load:4} {K:>4} {args.V:>4} {args.dtype:5} {bv:>4} {nw:>3} "
+                              f"{r['regs']:>5} {r['stack']:>6} {spill:>16} {r['shared']:>11}{flag}", flush=True)
     return 0
 
 

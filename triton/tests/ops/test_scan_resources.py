@@ -16,6 +16,7 @@ import tempfile
 import pytest
 
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
+from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 
 HOPPER_SHARED_LIMIT = 232448  # bytes per block (227 KB), sm_90
 
@@ -35,6 +36,21 @@ def ptxas_path() -> str:
     return path if os.path.exists(path) else (shutil.which("ptxas") or path)
 
 
+# pointer arguments of each scan kernel (both forms), and which of them are fp32 whatever the operand dtype
+SIGNATURES = {
+    "momentum_delta_rule_fwd_kernel_scan": (
+        ["u", "y", "z", "qa", "qb", "aqk", "ks", "km", "g", "h0", "o", "vt", "ht", "hc"], {"g", "h0", "ht"}),
+    "momentum_delta_rule_bwd_kernel_scan": (
+        ["y", "z", "qa", "qb", "aqk", "ks", "km", "g", "do", "dht", "dh0", "dvo", "dhc", "hc", "dgp"],
+        {"g", "dht", "dh0", "dgp"}),
+    "momentum_delta_rule_fwd_kernel_scan_pqk": (
+        ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc"], {"r", "g", "h0", "ht"}),
+    "momentum_delta_rule_bwd_kernel_scan_pqk": (
+        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvo", "dhc", "hc", "dgp"],
+        {"r", "g", "dht", "dh0", "dgp"}),
+}
+
+
 def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps: int, ptxas: bool = True,
                  load: str = "ptr", **flags) -> dict:
     """Compile one scan kernel for sm_90 (no GPU needed). Returns {"shared": bytes} and, with ptxas=True, what
@@ -45,17 +61,12 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
     from triton.compiler import ASTSource
 
     ptr = "*" + dtype
-    if kernel is cs.momentum_delta_rule_fwd_kernel_scan:
-        names = ["u", "y", "z", "qa", "qb", "aqk", "ks", "km", "g", "h0", "o", "vt", "ht", "hc"]
-        fp32_ptrs = {"g", "h0", "ht"}
-    else:
-        names = ["y", "z", "qa", "qb", "aqk", "ks", "km", "g", "do", "dht", "dh0", "dvo", "dhc", "hc", "dgp"]
-        fp32_ptrs = {"g", "dht", "dh0", "dgp"}
+    names, fp32_ptrs = SIGNATURES[kernel.fn.__name__]
     sig = {n: ("*fp32" if n in fp32_ptrs else ptr) for n in names}
     sig.update(chunk_offsets="*i32", H="i32")
     consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1,
                   LOAD_TMA=load == "tma", **flags)
-    if kernel is cs.momentum_delta_rule_bwd_kernel_scan:
+    if "ABLATE" in kernel.arg_names:
         consts.setdefault("ABLATE", 0)  # the launcher's default (its constexpr default is not applied here)
     sig.update({n: "constexpr" for n in consts})
     # as the launcher specializes them: every pointer (torch allocations) 16-byte aligned
@@ -91,21 +102,22 @@ def compile_shared_bytes(kernel, dtype: str, K: int, V: int, C: int, BV: int, nu
     return compile_scan(kernel, dtype, K, V, C, BV, num_warps, ptxas=False, **flags)["shared"]
 
 
-def scan_runs(phase: str) -> list:
+def scan_runs(phase: str, form: str = "six") -> list:
     """(name, kernel, constexpr flags) of every kernel launch of a phase ("fwd": forward scan; "bwd": the
-    backward's state recompute and reverse scan)."""
+    backward's state recompute and reverse scan) of a scan form ("six": chunk_scan.py, "pqk": chunk_scan_pqk.py)."""
+    fwd, bwd = ((cs.momentum_delta_rule_fwd_kernel_scan, cs.momentum_delta_rule_bwd_kernel_scan) if form == "six"
+                else (sp.momentum_delta_rule_fwd_kernel_scan_pqk, sp.momentum_delta_rule_bwd_kernel_scan_pqk))
     if phase == "fwd":
-        return [("fwd", cs.momentum_delta_rule_fwd_kernel_scan, dict(USE_H0=True, RECOMPUTE=False,
-                                                                     STORE_STATES=False))]
-    return [("rec", cs.momentum_delta_rule_fwd_kernel_scan, dict(USE_H0=True, RECOMPUTE=True, STORE_STATES=True)),
-            ("bwd", cs.momentum_delta_rule_bwd_kernel_scan, dict(USE_DHT=True))]
+        return [("fwd", fwd, dict(USE_H0=True, RECOMPUTE=False, STORE_STATES=False))]
+    return [("rec", fwd, dict(USE_H0=True, RECOMPUTE=True, STORE_STATES=True)), ("bwd", bwd, dict(USE_DHT=True))]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
+@pytest.mark.parametrize("form", ["six", "pqk"])
 @pytest.mark.parametrize("C", [64, 128])
 @pytest.mark.parametrize("key", sorted(k for k in cs.SCAN_CONFIGS if k[0] >= 128))
-def test_scan_shared_memory(key, C, monkeypatch):
+def test_scan_shared_memory(key, C, form, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     import triton
     if triton.knobs.runtime.interpret:
@@ -114,12 +126,7 @@ def test_scan_shared_memory(key, C, monkeypatch):
     BV, nw = cs.SCAN_CONFIGS[key]
     dtype = "fp32" if is_fp32 else "bf16"
     K, V = BK, 4 * BV
-    if phase == "fwd":
-        runs = [(cs.momentum_delta_rule_fwd_kernel_scan, dict(USE_H0=True, RECOMPUTE=False, STORE_STATES=False))]
-    else:
-        runs = [(cs.momentum_delta_rule_fwd_kernel_scan, dict(USE_H0=True, RECOMPUTE=True, STORE_STATES=True)),
-                (cs.momentum_delta_rule_bwd_kernel_scan, dict(USE_DHT=True))]
-    for kernel, flags in runs:
+    for _, kernel, flags in scan_runs(phase, form):
         shared = compile_shared_bytes(kernel, dtype, K, V, C, BV, nw, **flags)
         assert shared <= HOPPER_SHARED_LIMIT, f"{kernel.__name__} {key} C={C}: {shared} bytes of shared memory"
 
@@ -127,16 +134,19 @@ def test_scan_shared_memory(key, C, monkeypatch):
 # (BK, phase, kernel run) of shipped bf16 configs that still spill registers (scripts/scan_regs.py shows how much):
 # at K = 256 the forward scan and the reverse scan spill at every BV >= 16. Strict xfail: fixing one fails the test
 # until it is taken off this list.
-# (256, "bwd", "rec"): the K = 256 backward ships (64, 4) because it measured faster on an H200 than the spill-free
-# state recompute at (64, 8) (chunk_scan.SCAN_CONFIGS comment); spill-free is the goal, not a rule over timings.
-SPILLING = {(256, "fwd", "fwd"), (256, "bwd", "bwd"), (256, "bwd", "rec")}
+# (BK, phase, run, form). The K = 256 state recompute is spill-free again since the backward went back to (32, 4)
+# tiles (measured faster on the H100, chunk_scan.SCAN_CONFIGS comment). The six form's K = 128 reverse scan spills
+# 8 bytes since its <dS', S> partials became row sums (the pqk form's does not).
+SPILLING = {(256, "fwd", "fwd", "six"), (256, "fwd", "fwd", "pqk"), (256, "bwd", "bwd", "six"),
+            (256, "bwd", "bwd", "pqk"), (128, "bwd", "bwd", "six")}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
+@pytest.mark.parametrize("form", ["six", "pqk"])
 @pytest.mark.parametrize("run", ["fwd", "rec", "bwd"])
 @pytest.mark.parametrize("key", sorted(k for k in cs.SCAN_CONFIGS if k[0] >= 128 and not k[1]))
-def test_scan_bf16_no_spills(key, run, monkeypatch, request):
+def test_scan_bf16_no_spills(key, run, form, monkeypatch, request):
     """Shipped bf16 configs at K >= 128 compile for sm_90a without register spills (ptxas -v) within Hopper's
     shared memory: a spill inside the sequential chunk loop is local-memory traffic every chunk."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -144,10 +154,10 @@ def test_scan_bf16_no_spills(key, run, monkeypatch, request):
     if triton.knobs.runtime.interpret:
         pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
     BK, _, phase = key
-    runs = {name: (kernel, flags) for name, kernel, flags in scan_runs(phase)}
+    runs = {name: (kernel, flags) for name, kernel, flags in scan_runs(phase, form)}
     if run not in runs:
         pytest.skip(f"phase {phase!r} does not launch {run!r}")
-    if (BK, phase, run) in SPILLING:
+    if (BK, phase, run, form) in SPILLING:
         request.applymarker(pytest.mark.xfail(strict=True, reason="known to spill (SPILLING)"))
     BV, nw = cs.SCAN_CONFIGS[key]
     kernel, flags = runs[run]
