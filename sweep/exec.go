@@ -186,6 +186,11 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 					return
 				}
 				row, ok := r.run(ctx, p)
+				if !ok && r.requeue && ctx.Err() == nil {
+					r.requeue = false
+					q.done(&p) // back to the queue; this slot starts a fresh worker and goes on
+					continue
+				}
 				if !ok {
 					q.done(&p) // not done: back to the queue for another slot (or a later resume)
 					if ctx.Err() != nil {
@@ -283,6 +288,8 @@ type slotRunner struct {
 	startErr  error
 	log       *lineTail
 	logWriter io.WriteCloser
+	requeue   bool            // run gave its point back to the queue (killed from outside once): go on
+	signalled map[string]bool // points whose runner was killed by a stop signal from outside once
 }
 
 func (r *slotRunner) close() {
@@ -435,11 +442,25 @@ func (r *slotRunner) run(ctx context.Context, p Point) (results.Row, bool) {
 			restart = je.Kind == "oom" || je.Kind == "internal" || je.Kind == "protocol"
 		}
 	default: // crash, protocol error, stdout closed: the worker is gone
-		if killedByStopSignal(err) && cancelledWithin(ctx, r.opts.SignalGrace) {
-			// Slurm's scancel (or a terminal's Ctrl-C) signals the whole process group: the runner may die of
-			// it a moment before our own context is cancelled. That is an interruption, not a failed point.
-			r.kill()
-			return nil, false
+		if killedByStopSignal(err) {
+			// Slurm's scancel (or a terminal's Ctrl-C) signals the job's processes: the runner may die of it a
+			// moment before our own context is cancelled, or alone (Slurm signals by cgroup). That is an
+			// interruption, not a failed point: no row. Once per point the point goes back to the queue and this
+			// slot goes on with a fresh worker; a second such death is recorded as a failure.
+			if cancelledWithin(ctx, r.opts.SignalGrace) {
+				r.kill()
+				return nil, false
+			}
+			if r.signalled == nil {
+				r.signalled = map[string]bool{}
+			}
+			if !r.signalled[p.ID] {
+				r.signalled[p.ID] = true
+				fmt.Fprintf(r.stderr(), "mdnctl: point %s: %v; the point goes back to the queue\n", p.ID, err)
+				r.kill()
+				r.requeue = true
+				return nil, false
+			}
 		}
 		status, restart = results.StatusFailed, true
 		row["error_kind"] = crashKind(err)

@@ -549,7 +549,7 @@ func TestRunnerKilledBySIGTERMBeforeOurCancelIsNoRow(t *testing.T) {
 	}
 }
 
-// A runner killed by SIGTERM while we go on (someone killed the child alone) is a failed point, after the grace.
+// A runner killed by SIGTERM twice for the same point while we go on is a failed point.
 func TestRunnerKilledBySIGTERMAloneIsAFailedRow(t *testing.T) {
 	f, pts := smallPlan(t, 1)
 	r, sink := newFake(), &memSink{}
@@ -567,5 +567,37 @@ func TestRunnerKilledBySIGTERMAloneIsAFailedRow(t *testing.T) {
 	row := byPoint(sink.rows)[pts[0].ID]
 	if results.Str(row, "status") != results.StatusFailed || !strings.Contains(results.Str(row, "reason"), "terminated") {
 		t.Fatalf("want a failed row naming the signal, got %v", row)
+	}
+}
+
+// Slurm may signal the runner alone (by cgroup) while mdnctl is not cancelled: the point goes back to the queue
+// once and runs again on a fresh worker, so an interruption never becomes a failed row.
+func TestRunnerKilledBySIGTERMOnceIsRetried(t *testing.T) {
+	f, pts := smallPlan(t, 2)
+	r, sink := newFake(), &memSink{}
+	killed := false
+	r.behave = func(w *fakeWorker, spec launcher.Spec) (*launcher.Outcome, error) {
+		if spec.ID == pts[1].ID && !killed {
+			killed = true
+			w.dead = true
+			return nil, &launcher.ExitError{Job: spec.ID, Code: -1, Signal: "terminated"}
+		}
+		return okOutcome(spec, 1), nil
+	}
+	o := opts(r, sink)
+	o.SignalGrace = 20 * time.Millisecond
+	if _, err := Execute(context.Background(), f, pts, 0, o); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.rows) != len(pts) {
+		t.Fatalf("rows %d, want %d", len(sink.rows), len(pts))
+	}
+	for _, row := range sink.rows {
+		if results.Str(row, "status") != results.StatusOK {
+			t.Fatalf("every point should end ok, got %v", row)
+		}
+	}
+	if r.starts[CPUSlot().Name] != 2 {
+		t.Fatalf("workers started %d, want 2 (a fresh one after the kill)", r.starts[CPUSlot().Name])
 	}
 }
