@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -115,4 +116,33 @@ func oneLine(s string) string {
 		f[i] = strings.TrimSpace(f[i])
 	}
 	return strings.Join(f, " | ")
+}
+
+// KilledByStopSignal: the runner was killed by SIGTERM, SIGINT or SIGHUP from outside, the signals that stop a
+// whole job (scancel, Ctrl-C): often an interruption of the caller too, a moment later, not a failure of the job.
+func KilledByStopSignal(err error) bool {
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	switch ee.Signal {
+	case "terminated", "interrupt", "hangup":
+		return true
+	}
+	return false
+}
+
+// CancelledWithin waits up to grace (default 2 s) for ctx to be cancelled and reports whether it was.
+func CancelledWithin(ctx context.Context, grace time.Duration) bool {
+	if grace <= 0 {
+		grace = 2 * time.Second
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }

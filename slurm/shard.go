@@ -253,6 +253,25 @@ func RunShard(ctx context.Context, o ShardOptions) (ShardSummary, error) {
 				if ctx.Err() != nil {
 					return // Do tore the runner down; the deferred Close reaps it
 				}
+				if launcher.KilledByStopSignal(jerr) {
+					// scancel signals the job's processes (by cgroup): the runner may die of it a moment before
+					// our own context is cancelled, or alone. An interruption is no row (resume runs the point);
+					// killed from outside while we go on, the point runs once more on a fresh worker.
+					if launcher.CancelledWithin(ctx, 0) {
+						return
+					}
+					_ = w.Close()
+					nw, serr := launcher.Start(wo)
+					if serr != nil {
+						w = nil
+					} else {
+						w = nw
+						res, jerr = w.Do(ctx, p.Spec)
+						if ctx.Err() != nil {
+							return
+						}
+					}
+				}
 				if !w.Alive() {
 					_ = w.Close()
 					w = nil // a dead worker (crash, timeout, protocol error): the next point gets a fresh one

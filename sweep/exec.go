@@ -442,12 +442,12 @@ func (r *slotRunner) run(ctx context.Context, p Point) (results.Row, bool) {
 			restart = je.Kind == "oom" || je.Kind == "internal" || je.Kind == "protocol"
 		}
 	default: // crash, protocol error, stdout closed: the worker is gone
-		if killedByStopSignal(err) {
+		if launcher.KilledByStopSignal(err) {
 			// Slurm's scancel (or a terminal's Ctrl-C) signals the job's processes: the runner may die of it a
 			// moment before our own context is cancelled, or alone (Slurm signals by cgroup). That is an
 			// interruption, not a failed point: no row. Once per point the point goes back to the queue and this
 			// slot goes on with a fresh worker; a second such death is recorded as a failure.
-			if cancelledWithin(ctx, r.opts.SignalGrace) {
+			if launcher.CancelledWithin(ctx, r.opts.SignalGrace) {
 				r.kill()
 				return nil, false
 			}
@@ -570,34 +570,6 @@ func jobSeconds(row results.Row) (float64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// killedByStopSignal: the runner was killed by SIGTERM, SIGINT or SIGHUP, the signals that stop a whole job.
-func killedByStopSignal(err error) bool {
-	var ee *launcher.ExitError
-	if !errors.As(err, &ee) {
-		return false
-	}
-	switch ee.Signal {
-	case "terminated", "interrupt", "hangup":
-		return true
-	}
-	return false
-}
-
-// cancelledWithin waits up to grace (default 2 s) for ctx to be cancelled.
-func cancelledWithin(ctx context.Context, grace time.Duration) bool {
-	if grace <= 0 {
-		grace = 2 * time.Second
-	}
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return true
-	case <-t.C:
-		return false
-	}
 }
 
 func crashKind(err error) string {
