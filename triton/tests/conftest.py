@@ -285,3 +285,27 @@ def compare_with_oracle(inputs, *, dtype, tol_o, tol_grad, tol_state=None, op_kw
         assert g[n] is not None and g[n].dtype == inputs[n].dtype, n
         errs["d" + n] = assert_rel("d" + n, rg[n], g[n], tol_grad)
     return errs
+
+
+class JobCtx:
+    """The runner's job context, recording metrics (tests of runner jobs)."""
+
+    def __init__(self):
+        self.metrics = []
+
+    def metric(self, d):
+        self.metrics.append(d)
+
+    def progress(self, *a, **k):
+        pass
+
+
+def bench_params(**kw) -> dict:
+    """Parameters of a `bench` / `verify` runner job at a tiny CPU shape (the naive op), with overrides."""
+    p = dict(op="mdn_naive", chunk_size=16, BK="auto", BV="auto", num_warps="auto", num_stages="auto",
+             constraint="layer_init", dtype="float32", mode="fwd", B=2, T=24, H=2, K=8, V=8,
+             check_shape=dict(B=1, T=20, H=2, K=8, V=8), check=True, tolerance=0, seed=0, device="cpu",
+             timer="wall_clock", warmup_ms=0, rep_ms=5, allow_naive_fallback=False, official_path="")
+    p.update(kw)
+    return p
+

@@ -2,29 +2,14 @@ import math
 
 import pytest
 
+from conftest import JobCtx, bench_params
 from mdn.bench import registry
 from mdn.runner.jobs import bench, verify
 from mdn.runner.protocol import JobError
 
 
-class Ctx:
-    def __init__(self):
-        self.metrics = []
-
-    def metric(self, d):
-        self.metrics.append(d)
-
-    def progress(self, *a, **k):
-        pass
-
-
-def params(**kw):
-    p = dict(op="mdn_naive", chunk_size=16, BK="auto", BV="auto", num_warps="auto", num_stages="auto",
-             constraint="layer_init", dtype="float32", mode="fwd", B=2, T=24, H=2, K=8, V=8,
-             check_shape=dict(B=1, T=20, H=2, K=8, V=8), check=True, tolerance=0, seed=0, device="cpu",
-             timer="wall_clock", warmup_ms=0, rep_ms=5, allow_naive_fallback=False, official_path="")
-    p.update(kw)
-    return p
+Ctx = JobCtx
+params = bench_params
 
 
 def test_probe():

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import JobCtx, bench_params
 from mdn.bench import check, registry
 from mdn.bench.registry import Shape, Variant
 from mdn.runner.jobs import bench, verify
@@ -21,24 +22,11 @@ def _gate(op, v, shape=TINY, mode="fwd", **kw):
     return res, t
 
 
-class Ctx:
-    def __init__(self):
-        self.metrics = []
-
-    def metric(self, d):
-        self.metrics.append(d)
-
-    def progress(self, *a, **k):
-        pass
+Ctx = JobCtx
 
 
 def params(**kw):
-    p = dict(op="mdn_naive", chunk_size=16, BK="auto", BV="auto", num_warps="auto", num_stages="auto",
-             constraint="layer_init", dtype="float32", mode="fwd", B=2, T=24, H=2, K=8, V=8,
-             check_shape=dict(B=1, T=20, H=2, K=8, V=8), check=True, tolerance=0, seed=0, device="cpu",
-             timer="wall_clock", warmup_ms=0, rep_ms=2, allow_naive_fallback=False, official_path="", point="p1")
-    p.update(kw)
-    return p
+    return bench_params(**{"rep_ms": 2, "point": "p1", **kw})
 
 
 def test_second_identical_gate_is_a_cached_hit():
