@@ -13,6 +13,10 @@ type Point struct {
 	Values  map[string]any // every field, the derived extras, and "repeat"
 	Extras  []string       // derived names that are not fields, in file order
 	Generic bool           // a point of a task other than bench/verify
+	// CheckMode is the mode of the correctness gate when it differs from the point's: "fwdbwd" for a `fwd` point
+	// whose family (familyKey) also times the backward, so one forward+backward gate serves both (the forward
+	// point's verdict is then taken from the output and state errors only). Empty: the gate runs in Values["mode"].
+	CheckMode string
 }
 
 // Plan is the expanded grid.
@@ -109,7 +113,26 @@ func (f *File) Expand() (*Plan, error) {
 				Values: pv, Extras: extras, Generic: f.Generic})
 		}
 	}
+	if !f.Generic {
+		shareGates(plan.Points)
+	}
 	return plan, nil
+}
+
+// shareGates sets CheckMode = "fwdbwd" on the `fwd` points whose family has a `fwdbwd` point: the worker that
+// runs the family (the queue keeps a family on one slot) then computes one gate instead of two.
+func shareGates(points []Point) {
+	withBwd := map[string]bool{}
+	for _, p := range points {
+		if p.Values["mode"] == "fwdbwd" {
+			withBwd[familyKey(p)] = true
+		}
+	}
+	for i, p := range points {
+		if p.Values["mode"] == "fwd" && withBwd[familyKey(p)] {
+			points[i].CheckMode = "fwdbwd"
+		}
+	}
 }
 
 func (f *File) pointErr(key string, vals map[string]any, err error) error {

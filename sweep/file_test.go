@@ -282,3 +282,46 @@ func TestGenericTaskErrors(t *testing.T) {
 		}
 	}
 }
+
+// A `fwd` point whose family also has a `fwdbwd` point runs the forward+backward gate (check_mode), so the worker
+// computes one gate for both; a `fwd` point without such a sibling (here: the op filtered to fwd only) keeps its
+// own forward gate, and `fwdbwd` points never carry check_mode.
+func TestFwdPointsShareTheBackwardGateOfTheirFamily(t *testing.T) {
+	f := mustParse(t, `name = "share"
+where = "not (op == 'gdn' and mode == 'fwdbwd')"
+[axes]
+op = ["mdn", "gdn"]
+T = [64, 128]
+mode = ["fwd", "fwdbwd"]
+H = 2
+K = 32
+V = 32
+[derive]
+B = "256 // T"
+`)
+	plan, err := f.Expand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Points) != 6 {
+		t.Fatalf("points %d, want 6", len(plan.Points))
+	}
+	for _, p := range plan.Points {
+		params := JobParams(f, p, CPUSlot())
+		cm, has := params["check_mode"]
+		switch {
+		case p.Values["mode"] == "fwdbwd":
+			if has {
+				t.Errorf("fwdbwd point %v has check_mode %v", p.Values, cm)
+			}
+		case p.Values["op"] == "mdn":
+			if cm != "fwdbwd" {
+				t.Errorf("mdn fwd point %v: check_mode %v, want fwdbwd", p.Values, cm)
+			}
+		default:
+			if has {
+				t.Errorf("gdn fwd point without a fwdbwd sibling has check_mode %v", cm)
+			}
+		}
+	}
+}

@@ -73,6 +73,9 @@ func JobParams(f *File, p Point, slot Slot) map[string]any {
 		"H": min64(p.Values["H"].(int64), b.CheckH),
 		"K": p.Values["K"], "V": p.Values["V"],
 	}
+	if p.CheckMode != "" {
+		params["check_mode"] = p.CheckMode
+	}
 	params["seed"] = f.Seed
 	params["device"] = slot.Device
 	if slot.Device == "cuda" {

@@ -7,13 +7,15 @@ import (
 )
 
 // familyKey groups the points that share their correctness gate and most of their compiled kernels: every
-// value but the batch B, the sequence length T and the repeat index (the gate runs at a check shape of its own,
-// so the T axis of a sweep makes families of points that differ only in B and T). A worker keeps gate verdicts
-// and compiled kernels in memory, so the queue gives a slot the siblings of the families it has started.
+// value but the batch B, the sequence length T, the mode and the repeat index (the gate runs at a check shape of
+// its own, so the T axis of a sweep makes families of points that differ only in B and T; a `fwd` point shares
+// the forward+backward gate of its `fwdbwd` siblings, see shareGates, and their forward kernels). A worker keeps
+// gate verdicts and compiled kernels in memory, so the queue gives a slot the siblings of the families it has
+// started.
 func familyKey(p Point) string {
 	keys := make([]string, 0, len(p.Values))
 	for k := range p.Values {
-		if k != "B" && k != "T" && k != RepeatField {
+		if k != "B" && k != "T" && k != "mode" && k != RepeatField {
 			keys = append(keys, k)
 		}
 	}

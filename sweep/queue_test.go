@@ -10,17 +10,21 @@ func familyPoint(i int, op string, T int64, mode string) Point {
 		Values: map[string]any{"op": op, "T": T, "B": 32768 / T, "mode": mode, RepeatField: int64(0)}}
 }
 
-func TestFamilyKeyIgnoresBatchLengthAndRepeat(t *testing.T) {
+func TestFamilyKeyIgnoresBatchLengthModeAndRepeat(t *testing.T) {
 	a := familyPoint(0, "mdn", 2048, "fwd")
-	b := familyPoint(1, "mdn", 8192, "fwd")
+	b := familyPoint(1, "mdn", 8192, "fwdbwd")
 	b.Values[RepeatField] = int64(3)
 	if familyKey(a) != familyKey(b) {
-		t.Fatalf("points that differ only in B, T and repeat should share a family:\n%s\n%s", familyKey(a), familyKey(b))
+		t.Fatalf("points that differ only in B, T, mode and repeat should share a family:\n%s\n%s", familyKey(a), familyKey(b))
 	}
-	for _, c := range []Point{familyPoint(2, "gdn", 2048, "fwd"), familyPoint(3, "mdn", 2048, "fwdbwd")} {
-		if familyKey(a) == familyKey(c) {
-			t.Fatalf("op or mode differ but the family is the same: %v", c.Values)
-		}
+	c := familyPoint(2, "gdn", 2048, "fwd")
+	if familyKey(a) == familyKey(c) {
+		t.Fatalf("the op differs but the family is the same: %v", c.Values)
+	}
+	d := familyPoint(3, "mdn", 2048, "fwd")
+	d.Values["dtype"] = "float32"
+	if familyKey(a) == familyKey(d) {
+		t.Fatalf("the dtype differs but the family is the same: %v", d.Values)
 	}
 }
 
@@ -56,8 +60,11 @@ func TestQueueKeepsFamiliesOnOneSlot(t *testing.T) {
 	if _, ok := q.pop("gpu0"); ok {
 		t.Fatal("queue should be empty")
 	}
-	if got := order["gpu0"][:3]; got[0] != 0 || got[1] != 2 || got[2] != 4 {
-		t.Fatalf("gpu0 should run the mdn fwd family first (points 0, 2, 4), got %v", order["gpu0"])
+	if got := order["gpu0"]; len(got) != 6 || got[0] != 0 || got[5] != 5 {
+		t.Fatalf("gpu0 should run the whole mdn family (points 0-5, fwd and fwdbwd) first, got %v", order["gpu0"])
+	}
+	if got := order["gpu1"]; len(got) != 6 || got[0] != 6 {
+		t.Fatalf("gpu1 should run the gdn family (points 6-11), got %v", order["gpu1"])
 	}
 }
 

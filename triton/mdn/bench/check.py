@@ -243,6 +243,22 @@ def gate(op: BenchOp, fn, variant: Variant, shape: Shape, device: str, mode: str
     return res
 
 
+FORWARD_ERRORS = ("o", "state")
+
+
+def forward_verdict(res: dict) -> dict:
+    """The verdict of a forward-only point from a forward+backward gate of the same variant and inputs: the same
+    forward ran, so its output and state errors decide; the gradient errors are dropped. ``checked_with`` records
+    that the verdict came from the ``fwdbwd`` gate (the sweep shares one gate between a family's fwd and fwdbwd
+    points, sweep.shareGates)."""
+    errors = {n: e for n, e in res["errors"].items() if n in FORWARD_ERRORS}
+    tol = res["tol"]["output"]
+    failed = sorted(n for n, e in errors.items() if not (e <= tol))  # NaN fails
+    worst = max(errors, key=lambda n: math.inf if math.isnan(errors[n]) else errors[n])
+    return {**res, "passed": not failed, "errors": errors, "failed": failed, "worst": worst, "mode": "fwd",
+            "checked_with": "fwdbwd"}
+
+
 def describe_failure(res: dict) -> str:
     parts = [f"{n}: {res['errors'][n]:.3g} > {res['tol']['grad' if n.startswith('d') else 'output']:.1g}"
              for n in res["failed"]]

@@ -186,3 +186,61 @@ def test_gate_draws_are_copies():
     ref = gates.make_gates("trig", 1, 20, 2, seed=5)
     assert all(torch.equal(b[n], ref[n]) for n in ref)
     assert len(registry._GATE_DRAWS) <= registry.GATE_DRAWS_MAX
+
+
+class _WrongGrads(registry.MDNNaive):
+    """A right forward with a wrong backward (the scale of every input gradient doubled)."""
+
+    def call(self, impl, x, variant):
+        o, st = super().call(impl, x, variant)
+        return _DoubleGrad.apply(o), st
+
+
+class _DoubleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o):
+        return o.clone()
+
+    @staticmethod
+    def backward(ctx, do):
+        return 2 * do
+
+
+class _NoBackward(registry.MDNNaive):
+    def call(self, impl, x, variant):
+        if any(t.requires_grad for t in x.values()):
+            raise NotImplementedError("no backward here")
+        return super().call(impl, x, variant)
+
+
+def test_a_fwd_point_with_check_mode_fwdbwd_shares_the_family_gate():
+    fwd = bench.run(params(T=24, mode="fwd", check_mode="fwdbwd", point="f"), Ctx())
+    assert fwd["check"]["mode"] == "fwd" and fwd["check"]["checked_with"] == "fwdbwd" and fwd["check"]["passed"]
+    assert set(fwd["check"]["errors"]) == {"o", "state"} and fwd["check"]["cached"] is False
+    both = bench.run(params(T=48, B=1, mode="fwdbwd", point="b"), Ctx())  # the family's fwdbwd point: a hit
+    assert both["check"]["cached"] is True and both["check"]["cached_from"] == "f" and "dq" in both["check"]["errors"]
+    assert len(check.GATES) == 1
+
+
+def test_a_shared_gate_judges_a_fwd_point_by_its_forward_only(monkeypatch):
+    monkeypatch.setitem(registry.OPS, "mdn_naive", _WrongGrads())
+    fwd = bench.run(params(mode="fwd", check_mode="fwdbwd", point="f"), Ctx())
+    assert fwd["check"]["passed"] and fwd["median_ms"] > 0
+    with pytest.raises(JobError) as e:  # the same (cached) gate fails the fwdbwd point on its gradients
+        bench.run(params(mode="fwdbwd", point="b"), Ctx())
+    assert e.value.kind == "incorrect" and "cached verdict of point f" in e.value.message
+    assert "dv" in e.value.message
+
+
+def test_a_shared_gate_whose_backward_cannot_run_falls_back_to_the_forward_gate(monkeypatch):
+    monkeypatch.setitem(registry.OPS, "mdn_naive", _NoBackward())
+    r = bench.run(params(mode="fwd", check_mode="fwdbwd"), Ctx())
+    assert r["check"]["passed"] and r["check"]["mode"] == "fwd" and "checked_with" not in r["check"]
+    assert "NotImplementedError" in r["check"]["fwdbwd_gate_error"]
+
+
+def test_check_mode_is_validated():
+    for bad in (dict(mode="fwdbwd", check_mode="fwd"), dict(mode="fwd", check_mode="bwd")):
+        with pytest.raises(JobError) as e:
+            bench.run(params(**bad), Ctx())
+        assert e.value.kind == "user" and "check_mode=" in e.value.message

@@ -1,7 +1,9 @@
 """`bench`: one sweep point. The correctness gate at a small shape against the float64 reference, then timing.
 
 Params (resolved by Go, see sweep.JobParams): op, chunk_size, BK, BV, num_warps, num_stages, constraint, dtype,
-mode (fwd | fwdbwd), B, T, H, K, V, check_shape {B, T, H, K, V}, check (bool), tolerance (0: per dtype), seed,
+mode (fwd | fwdbwd), B, T, H, K, V, check_shape {B, T, H, K, V}, check (bool), check_mode (optional: "fwdbwd" on a
+fwd point whose sweep family also times the backward; the gate then runs forward+backward, is shared with those
+points through the cache, and the fwd point's verdict uses the forward errors only), tolerance (0: per dtype), seed,
 device (cuda | cpu), timer (do_bench | wall_clock), warmup_ms, rep_ms, allow_naive_fallback, official_path.
 With {"probe": true, "device": ...} it only reports the environment and how long the imports took.
 
@@ -69,6 +71,21 @@ def _all_finite(*ts) -> bool:
     return all(t is None or bool(torch.isfinite(t).all()) for t in ts)
 
 
+def _gate(op, impl, variant, check_shape, device, mode, check_mode, seed, params, gt) -> dict:
+    from mdn.bench import check
+    args = dict(tolerance=float(params.get("tolerance") or 0), cache=check.cache_enabled(),
+                origin=params.get("point"), timing=gt)
+    if check_mode == mode:
+        return check.gate(op, impl, variant, check_shape, device, mode, seed, **args)
+    try:
+        return check.forward_verdict(check.gate(op, impl, variant, check_shape, device, "fwdbwd", seed, **args))
+    except Exception as exc:  # the backward cannot run (e.g. a baseline without one): the forward gate decides
+        gt.clear()
+        g = check.gate(op, impl, variant, check_shape, device, mode, seed, **args)
+        g["fwdbwd_gate_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return g
+
+
 def run_point(params: dict, ctx, timed: bool) -> dict:
     t_job, p0 = time.time(), time.perf_counter()
     import torch
@@ -89,6 +106,9 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
     mode = params.get("mode", "fwd")
     if mode not in ("fwd", "fwdbwd"):
         raise JobError("user", f"mode={mode!r}: expected 'fwd' or 'fwdbwd'")
+    check_mode = params.get("check_mode") or mode
+    if check_mode not in ("fwd", "fwdbwd") or (mode == "fwdbwd" and check_mode != "fwdbwd"):
+        raise JobError("user", f"check_mode={check_mode!r}: expected 'fwdbwd' or the point's mode ({mode!r})")
     seed = int(params.get("seed", 0))
     _require_device(device)
     op = registry.get(variant.op)
@@ -105,8 +125,7 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
     if params.get("check", True):
         p = time.perf_counter()
         gt: dict = {}
-        g = check.gate(op, impl, variant, check_shape, device, mode, seed, float(params.get("tolerance") or 0),
-                       cache=check.cache_enabled(), origin=params.get("point"), timing=gt)
+        g = _gate(op, impl, variant, check_shape, device, mode, check_mode, seed, params, gt)
         jt["check_s"] = time.perf_counter() - p
         jt["check_cached"] = gt.get("gate_cached", False)
         for k in ("reference_cached", "op_s", "reference_s"):
