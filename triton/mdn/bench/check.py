@@ -117,14 +117,18 @@ def cache_enabled(env=None) -> bool:
 
 
 ENV_PREFIXES = ("MDN_", "FLA_", "TRITON_")
+# Left out of the key: MDN_BENCH_CACHE decides caching, not results; the others are where tools and caches live,
+# and libraries set them in the middle of a run (inductor sets TRITON_PTXAS_PATH at its first compile, and
+# TRITON_CACHE_DIR when unset), which made every gate after a worker's first compile a cache miss.
+ENV_NOT_KNOBS = frozenset({"MDN_BENCH_CACHE", "TRITON_PTXAS_PATH", "TRITON_CACHE_DIR", "TRITON_HOME",
+                           "TRITON_DUMP_DIR", "TRITON_OVERRIDE_DIR", "FLA_CONFIG_DIR"})
 
 
 def env_knobs(env=None) -> tuple:
     """The environment the kernels may read (MDN_SCAN_FORM, MDN_SCAN_CONFIG, MDN_SCAN_LOAD, MDN_INTRA, ...,
-    TRITON_INTERPRET, fla's switches), as a sorted tuple: part of the gate's cache key. MDN_BENCH_CACHE is left
-    out (it decides caching, not results)."""
+    TRITON_INTERPRET, fla's switches), as a sorted tuple: part of the gate's cache key (ENV_NOT_KNOBS left out)."""
     env = os.environ if env is None else env
-    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(ENV_PREFIXES) and k != "MDN_BENCH_CACHE"))
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(ENV_PREFIXES) and k not in ENV_NOT_KNOBS))
 
 
 def _fn_id(f) -> str:

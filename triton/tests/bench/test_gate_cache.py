@@ -244,3 +244,34 @@ def test_check_mode_is_validated():
         with pytest.raises(JobError) as e:
             bench.run(params(**bad), Ctx())
         assert e.value.kind == "user" and "check_mode=" in e.value.message
+
+
+def test_paths_that_libraries_set_mid_run_are_not_knobs(monkeypatch):
+    op, v = registry.get("mdn_naive"), _variant()
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    _gate(op, v, origin="p1")
+    monkeypatch.setenv("TRITON_PTXAS_PATH", "/somewhere/ptxas")  # what inductor does at its first compile
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/elsewhere")
+    res, _ = _gate(op, v, origin="p2")
+    assert res["cached"] is True and res["cached_from"] == "p1"
+
+
+class _GuardedBackward(registry.MDNNaive):
+    """Like fla's GDN on Hopper: the backward runs only when the op was loaded for a fwdbwd job."""
+
+    def load(self, variant, params):
+        self._for_bwd = params.get("mode") == "fwdbwd"
+        return super().load(variant, params)
+
+    def call(self, impl, x, variant):
+        if any(t.requires_grad for t in x.values()) and not self._for_bwd:
+            raise RuntimeError("guarded backward")
+        return super().call(impl, x, variant)
+
+
+def test_a_fwd_point_sharing_the_gate_loads_the_op_for_the_backward(monkeypatch):
+    monkeypatch.setitem(registry.OPS, "mdn_naive", _GuardedBackward())
+    fwd = bench.run(params(T=24, mode="fwd", check_mode="fwdbwd", point="f"), Ctx())
+    assert fwd["check"]["checked_with"] == "fwdbwd" and "fwdbwd_gate_error" not in fwd["check"]
+    both = bench.run(params(T=48, B=1, mode="fwdbwd", point="b"), Ctx())
+    assert both["check"]["cached"] is True and both["check"]["cached_from"] == "f"

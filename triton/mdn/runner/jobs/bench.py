@@ -116,7 +116,9 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
     p = time.perf_counter()
     try:
         op.supports(variant, shape, device)
-        impl = op.load(variant, params)
+        # Loaded for the gate's mode: a fwd point that runs its family's fwdbwd gate needs what a backward needs
+        # (fla's Hopper guard bypass, registry._FLAOp); its forward is the same either way.
+        impl = op.load(variant, {**params, "mode": check_mode} if params.get("check", True) else params)
     except registry.Unavailable as exc:
         raise JobError("unavailable", str(exc)) from None
     jt["load_s"] = time.perf_counter() - p
