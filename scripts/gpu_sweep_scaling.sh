@@ -14,6 +14,13 @@
 # upper bound. The caches (Triton, TorchInductor) live under CACHE_ROOT (default /tmp/sweep_scaling_cache) unless
 # TRITON_CACHE_DIR / TORCHINDUCTOR_CACHE_DIR are given; each run says whether they were empty when it started.
 #
+# Autotune results: fla's kernels autotune on their first call per shape in a process with an empty cache (KDA about
+# 4 minutes per head shape, GDN's backward over 2 minutes on a fresh H200), which no 10-minute call got past. With
+# AUTOTUNE_IN=FILE.tgz (Triton's *.autotune.json files of the same kernels, Triton version and GPU) they are unpacked
+# into TRITON_CACHE_DIR first (the runs then say "caches autotune-seeded" while nothing is compiled yet); at the end
+# every *.autotune.json of TRITON_CACHE_DIR is packed into $OUT/autotune.tgz (AUTOTUNE_OUT=0: not), so the next
+# call or session can carry them.
+#
 # Time: HARD_S (default 540 s, under the device call's 600 s) bounds this call. A run that is not the last of
 # RUNS may use FIRST_PCT percent (default 45) of what is left when it starts, the last one all that is left.
 # Each run gets `--max-time` = its budget - GRACE_S (default 60 s: points in flight may finish) and is stopped
@@ -49,6 +56,9 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
 copy_out() {
   if [ -n "${OUT:-}" ] && [ "$(cd "$R" && pwd)" != "$(cd "$OUT" && pwd)" ]; then cp "$SUMMARY" "$TIMES" "$OUT"/ 2>/dev/null; fi
+  if [ -n "${OUT:-}" ] && [ "${AUTOTUNE_OUT:-1}" = 1 ] && [ -d "${TRITON_CACHE_DIR:-}" ]; then
+    (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
+  fi
 }
 trap copy_out EXIT
 
@@ -61,6 +71,9 @@ planned=$(bin/mdnctl sweep --plan --json "$SWEEP" | "$PY" -c 'import json,sys; p
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$CACHE_ROOT/triton}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$CACHE_ROOT/inductor}
 mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
+if [ -n "${AUTOTUNE_IN:-}" ]; then
+  tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR" || { say "gpu_sweep_scaling: cannot unpack AUTOTUNE_IN=$AUTOTUNE_IN"; exit 2; }
+fi
 say "gpu_sweep_scaling $(date -u +%FT%TZ): $SWEEP, $planned points, $NGPU GPUs ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)), RUNS='$RUNS', HARD_S=$HARD_S, rows in $R"
 
 rows() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
@@ -78,7 +91,10 @@ while [ $# -gt 0 ]; do
   maxt=$((budget - GRACE_S))s
   [ -n "$MAX_TIME" ] && maxt=$MAX_TIME
   caches=warm
-  [ -z "$(ls -A "$TRITON_CACHE_DIR")" ] && [ -z "$(ls -A "$TORCHINDUCTOR_CACHE_DIR")" ] && caches=cold
+  if [ -z "$(ls -A "$TORCHINDUCTOR_CACHE_DIR")" ]; then
+    if [ -z "$(ls -A "$TRITON_CACHE_DIR")" ]; then caches=cold
+    elif [ -z "$(find "$TRITON_CACHE_DIR" -type f ! -name '*.autotune.json' | head -1)" ]; then caches=autotune-seeded; fi
+  fi
   rm -rf "${R:?}/$run"
   t0=$(date +%s.%N)
   timeout -k 10 "$budget" bin/mdnctl sweep "$SWEEP" --gpus "$gpus" --out "$R/$run" --max-time "$maxt" --quiet > "$R/$run.log" 2>&1
