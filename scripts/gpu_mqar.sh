@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MQAR accuracy grid on one GPU within one device call (default: sweeps/mqar-budget.toml, on one H100).
+# MQAR accuracy grid on the GPUs of one node within one device call (default: sweeps/mqar-budget.toml, on one H100).
 #
 # The grid is the Zoology Figure-2 grid of sweeps/mqar.toml: vocabulary 8192; (length, pairs) in (128, 8),
 # (256, 16), (512, 64); widths 64, 128, 256; 2 layers; every run also tested on (1024, 256); models MDN (trig,
@@ -17,7 +17,8 @@
 #          RESUME=1 HARD_S=540 bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml   # continue in the next call
 #          SWEEP=sweeps/mqar.toml HARD_S=36000 scripts/gpu_mqar.sh                  # the full grid (hours)
 # Env:     SWEEP (the first argument, else sweeps/mqar-budget.toml), OUT (results/<sweep name>), WORKERS (9:
-#          the first 9 points of mqar-budget.toml, one per worker, in the first round),
+#          the first 9 points of mqar-budget.toml, one per worker, in the first round; in all, over every GPU),
+#          GPUS (the GPU ids to deal the workers over, round-robin; default all that nvidia-smi lists),
 #          HARD_S (540: the script's wall-time limit; the workers are stopped 20 s before it; unfinished points
 #          have no row and the summary counts them), RESUME (1: keep OUT's rows and run only points without an ok row: a grid over several
 #          calls), MDN_CUDA_MEMORY_FRACTION (0.95 / WORKERS: each worker's cap on the GPU's memory),
@@ -64,12 +65,21 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
 (cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS" "${resume[@]}")
 
-# Each worker may cache at most its share of the GPU's memory (mdn.runner: MDN_CUDA_MEMORY_FRACTION); without a cap,
-# 8 workers' cached blocks ran the 80 GB card out of memory (4 of 89 points, 2026-11-27).
-export MDN_CUDA_MEMORY_FRACTION=${MDN_CUDA_MEMORY_FRACTION:-$(awk -v w="$WORKERS" 'BEGIN { printf "%.3f", 0.95 / w }')}
+# The GPUs: GPUS (comma-separated ids; default every GPU nvidia-smi lists, else 0). Shard i runs on GPU
+# GPUS[i % len(GPUS)], so WORKERS shards are dealt round-robin over the GPUs (on a 4-GPU node, WORKERS=24 runs six
+# per GPU).
+if [ -z "${GPUS:-}" ]; then
+  n=$(nvidia-smi -L 2>/dev/null | wc -l)
+  GPUS=$(seq -s, 0 $(( (n > 0 ? n : 1) - 1 )))
+fi
+IFS=, read -r -a gpu_ids <<<"$GPUS"
+per_gpu=$(( (WORKERS + ${#gpu_ids[@]} - 1) / ${#gpu_ids[@]} ))
+echo "gpu_mqar: $WORKERS workers over GPUs $GPUS ($per_gpu per GPU at most)"
+# Each worker may cache at most its share of its GPU's memory (mdn.runner: MDN_CUDA_MEMORY_FRACTION); without a
+# cap, 8 workers' cached blocks ran the 80 GB card out of memory (4 of 89 points, 2026-11-27).
+export MDN_CUDA_MEMORY_FRACTION=${MDN_CUDA_MEMORY_FRACTION:-$(awk -v w="$per_gpu" 'BEGIN { printf "%.3f", 0.95 / w }')}
 # One Triton cache for all workers, so a kernel compiled by one is loaded by the others.
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$OUT/triton-cache}
-export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-0}
 # HARD_S bounds the whole script: the workers get what is left of it after the set-up, less 20 s for the kill
 # grace and the summary.
 left=$(( HARD_S - ($(date +%s) - T0) - 20 ))
@@ -77,6 +87,7 @@ left=$(( HARD_S - ($(date +%s) - T0) - 20 ))
 pids=()
 for shard in "$OUT"/shard-*.jsonl; do
   i=${shard##*/shard-}; i=${i%.jsonl}
+  CUDA_VISIBLE_DEVICES=${gpu_ids[$(( 10#$i % ${#gpu_ids[@]} ))]} \
   timeout -s TERM -k 10 "$left" "$MDNCTL" run-shard --sweep-file "$SWEEP" --shard-file "$shard" \
     --out "$OUT/rows-$i.jsonl" --gpus slurm >"$OUT/worker-$i.log" 2>&1 &
   pids+=($!)

@@ -2,7 +2,7 @@
 # Does a sweep scale over the GPUs of one node (issue 4: 2 GPUs in <= 0.6x the 1-GPU time)?
 #
 # RUNS (default "all one") lists the runs, in order: a name starting with "one" runs `mdnctl sweep SWEEP --gpus 0`,
-# any other name `--gpus 0,1,...` (all GPUs); each writes $R/<name>/results.jsonl (started afresh) and
+# any other name `--gpus 0,1,...` (all GPUs, or GPUS_MULTI); each writes $R/<name>/results.jsonl (started afresh) and
 # $R/<name>.log, and appends "name gpus seconds rows planned complete caches" to $R/times.tsv. The ratio printed
 # at the end is that of the last complete all-GPU run to the last complete 1-GPU run in times.tsv, so the runs may
 # be spread over several device calls that share $R and the caches (the device machine keeps ignored folders
@@ -65,7 +65,11 @@ trap copy_out EXIT
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { say "gpu_sweep_scaling: build failed"; exit 2; }
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 [ "$NGPU" -ge 2 ] || { say "gpu_sweep_scaling: needs 2+ GPUs, found $NGPU"; exit 2; }
-ALL=$(seq -s, 0 $((NGPU - 1)))
+# GPUS_MULTI: the GPUs of the multi-GPU runs (default all; e.g. 0,1 on a 4-GPU node, whose other GPUs may do
+# other work meanwhile, although that shares the CPU cores with the sweep). The 1-GPU runs use the first of them.
+ALL=${GPUS_MULTI:-$(seq -s, 0 $((NGPU - 1)))}
+ONE=${ALL%%,*}
+[ "$ONE" != "$ALL" ] || { say "gpu_sweep_scaling: GPUS_MULTI=$ALL names one GPU; the multi-GPU runs need 2+"; exit 2; }
 planned=$(bin/mdnctl sweep --plan --json "$SWEEP" | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))') \
   || { say "gpu_sweep_scaling: cannot plan $SWEEP"; exit 2; }
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$CACHE_ROOT/triton}
@@ -80,7 +84,7 @@ rows() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 set -- $RUNS
 while [ $# -gt 0 ]; do
   run=$1; shift
-  gpus=$ALL; case $run in one*) gpus=0 ;; esac
+  gpus=$ALL; case $run in one*) gpus=$ONE ;; esac
   l=$(left)
   budget=$l
   [ $# -gt 0 ] && budget=$((l * FIRST_PCT / 100))
@@ -114,12 +118,12 @@ done
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 done = [r for r in rows if r[5] == "1" and r[4] == sys.argv[2]]
-one = [r for r in done if r[1] == "0"]
-multi = [r for r in done if r[1] != "0"]
+one = [r for r in done if "," not in r[1]]
+multi = [r for r in done if "," in r[1]]
 if not one or not multi:
     print(f"not comparable yet: complete runs {[(r[0], r[1]) for r in done]} of {len(rows)} recorded")
 else:
     a, o = multi[-1], one[-1]
-    print(f"{a[0]} (GPUs {a[1]}, caches {a[6]}) / {o[0]} (GPU 0, caches {o[6]}) wall time: "
+    print(f"{a[0]} (GPUs {a[1]}, caches {a[6]}) / {o[0]} (GPU {o[1]}, caches {o[6]}) wall time: "
           f"{float(a[2]) / float(o[2]):.3f} ({a[2]} s / {o[2]} s, {sys.argv[2]} points each)")
 PYEOF
