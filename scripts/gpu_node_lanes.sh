@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Several device jobs side by side on one 4-GPU node, in lanes of GPUs, so a 30-minute device budget buys four
+# GPUs' worth of work. Made for two calls on one held machine (PHASE=1, then PHASE=2 within its idle window); what
+# a lane keeps between calls lives in ignored folders of the tree (results/...), which the device machine keeps
+# while it is held.
+#
+# Lanes (GPU ids are those of the node):
+#   sweep  GPUs SWEEP_GPUS (0,1)  issue 4: scripts/gpu_sweep_scaling.sh on sweeps/baselines.toml with Triton's
+#                                 autotune results seeded from AUTOTUNE_IN (.cache/autotune_cache.tgz).
+#                                 PHASE 1: RUNS=fill (both GPUs; fills the compile and autotune caches).
+#                                 PHASE 2: RUNS="one all": the 1-GPU and the 2-GPU run, equally warm: the ratio
+#                                 (preceded by "fill2" when phase 1's fill did not complete).
+#   op     GPU OP_GPU (2)         issue 3. PHASE 1: scripts/bench_ops.py (our op, fla GDN, and the official kernel
+#                                 when .ext/official exists) at T=4096, then scripts/gpu_tests.sh (xdist) with what
+#                                 is left. PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN, Transformer
+#                                 1.3B on this one GPU), then the GPU tests again (those not yet passed).
+#   mqar   GPUs MQAR_GPUS (3)     issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, RESUME=1 (each phase goes on
+#                                 where the last stopped; rows in results/mqar-budget).
+# The sweep lane's timings are wall times of whole sweeps: the other lanes share the node's CPU cores with it
+# (64 on the 4-GPU kinds), so say so next to its ratio; kernel timings (do_bench) are not affected.
+#
+# Every lane stops by HARD_S (default 560 s) after the start. $OUT gets one <lane>.tgz per lane (the device tool
+# returns at most 8 files) and lanes.txt (each lane's exit status and seconds).
+#
+#   PHASE=1 bash scripts/gpu_node_lanes.sh        # first call
+#   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine
+# Env: PHASE, HARD_S, SWEEP_GPUS, OP_GPU, MQAR_GPUS, MQAR_WORKERS (8), LANES ("sweep op mqar": a subset runs only
+# those), AUTOTUNE_IN, MDN_PYTHON.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+T0=$(date +%s)
+PHASE=${PHASE:-1}
+HARD_S=${HARD_S:-560}
+SWEEP_GPUS=${SWEEP_GPUS:-0,1}
+OP_GPU=${OP_GPU:-2}
+MQAR_GPUS=${MQAR_GPUS:-3}
+LANES=${LANES:-"sweep op mqar"}
+AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
+O=${OUT:-$ROOT/results/node_lanes}
+mkdir -p "$O"
+export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+left() { echo $((HARD_S - ($(date +%s) - T0))); }
+case $PHASE in 1|2) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 or 2" >&2; exit 2 ;; esac
+nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
+[ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
+
+sweep_lane() {
+  local d=$O/sweep; mkdir -p "$d"
+  local runs=fill
+  if [ "$PHASE" = 2 ]; then
+    runs="one all"
+    # phase 1's fill did not get through every point (fla's cold autotuning): finish filling the caches first
+    awk -F'\t' '$1 == "fill" && $6 == 1 { ok = 1 } END { exit !ok }' results/sweep_scaling/times.tsv 2>/dev/null ||
+      runs="fill2 one all"
+  fi
+  local seed=(); [ -f "$AUTOTUNE_IN" ] && [ "$PHASE" = 1 ] && seed=(AUTOTUNE_IN="$AUTOTUNE_IN")
+  env "${seed[@]}" RUNS="$runs" GPUS_MULTI="$SWEEP_GPUS" HARD_S=$(( $(left) - 15 )) FIRST_PCT=50 GRACE_S=40 \
+    RESULTS_DIR=results/sweep_scaling CACHE_ROOT=$ROOT/results/sweep_scaling_cache OUT="$d" bash scripts/gpu_sweep_scaling.sh sweeps/baselines.toml > "$d/lane.log" 2>&1
+  local rc=$?
+  for r in $runs; do
+    cp "results/sweep_scaling/$r/results.jsonl" "$d/${r}_results.jsonl" 2>/dev/null
+    cp "results/sweep_scaling/$r.log" "$d/$r.log" 2>/dev/null
+  done
+  return $rc
+}
+
+op_lane() {
+  local d=$O/op; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/op_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"
+  [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
+  if [ "$PHASE" = 1 ]; then
+    local impls=gdn,mdn; [ -d .ext/official/fla ] && impls=gdn,mdn,official
+    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$(( $(left) / 2 ))" "$MDN_PYTHON" scripts/bench_ops.py \
+      --impls "$impls" --T 4096 --out "$d/ops.jsonl" > "$d/ops.txt" 2>&1
+    echo "ops rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  else
+    OUT=$d/train timeout -k 10 "$(( $(left) * 2 / 3 ))" bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
+    echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    rm -rf "$d"/train/*/checkpoints
+  fi
+  local t=$(( $(left) - 20 ))
+  if [ "$t" -gt 60 ]; then
+    local deselect=()
+    # phase 2: only the tests phase 1 did not pass (JUnit report kept on the machine)
+    if [ "$PHASE" = 2 ] && [ -f results/gpu_tests/passed.txt ]; then
+      while read -r id; do deselect+=(--deselect "$id"); done < results/gpu_tests/passed.txt
+    fi
+    mkdir -p results/gpu_tests
+    OUT=$d JOBS=8 T_ALL=$t bash scripts/gpu_tests.sh "${deselect[@]}" > /dev/null 2>&1
+    echo "tests rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    "$MDN_PYTHON" - "$d/gpu_tests.xml" >> results/gpu_tests/passed.txt <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    sys.exit(0)
+for tc in root.iter("testcase"):
+    if not any(c.tag in ("failure", "error", "skipped") for c in tc):
+        mod = tc.get("classname", "").replace(".", "/")
+        print(f"{mod}.py::{tc.get('name')}")
+PYEOF
+  fi
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_op.tgz" -T -)
+}
+
+mqar_lane() {
+  local d=$O/mqar; mkdir -p "$d"
+  RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
+    bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/lane.log" 2>&1
+  local rc=$?
+  cp results/mqar-budget/results.jsonl results/mqar-budget/summary.md "$d"/ 2>/dev/null
+  return $rc
+}
+
+declare -A pid t_start
+for lane in $LANES; do
+  case $lane in sweep|op|mqar) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  t_start[$lane]=$(date +%s)
+  ${lane}_lane & pid[$lane]=$!
+done
+for lane in "${!pid[@]}"; do
+  wait "${pid[$lane]}"; rc=$?
+  echo "lane $lane (phase $PHASE): rc $rc, $(( $(date +%s) - t_start[$lane] )) s" | tee -a "$O/lanes.txt"
+done
+for lane in "${!pid[@]}"; do
+  [ -d "$O/$lane" ] && tar czf "$O/$lane.tgz" -C "$O" "$lane" && rm -rf "${O:?}/$lane"
+done
+cat "$O/lanes.txt"
