@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .chunk_intra import chunk_mdn_intra
 from .chunk_intra_pqk import chunk_mdn_intra_pqk
-from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
+from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton, chunk_mdn_intra_pqk_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
 from .chunk_scan_pqk import chunk_scan_pqk
@@ -140,8 +140,8 @@ def scan_form() -> str:
 
 
 def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
-    """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py), used only when
-    no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
+    """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py; the kernel of the
+    scan form in use), used only when no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
     only where it fits in shared memory (chunk_intra_fwd.fits: not C = 128 with K > 128)."""
     env = os.environ.get("MDN_INTRA", "")
     if env not in ("", "torch", "triton"):
@@ -295,13 +295,14 @@ def chunk_momentum_delta_rule(
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C):
-        # the fused Triton intra (no-grad only) produces the six-form operands, whatever MDN_SCAN_FORM says
+        # the fused Triton intra (no-grad only), producing the operands of the scan form in use
         pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
         gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-        intra = chunk_mdn_intra_fwd_triton(pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2],
-                                           gates[..., 3], scale, use_qk_l2norm_in_kernel, use_p_times_alpha,
-                                           out_dtype=op_dtype)
-        oc, ht = chunk_scan(*intra, h0, chunk_offsets)
+        intra_fwd = chunk_mdn_intra_pqk_fwd_triton if form == "pqk" else chunk_mdn_intra_fwd_triton
+        intra = intra_fwd(pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3],
+                          scale, use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
+                          bf16_gemm=_bf16_gemm_wanted(op_dtype))
+        oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
     else:
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype), form)

@@ -12,8 +12,10 @@ layout), one program per (chunk, head), everything in fp32 registers:
     Ks = D(Gamma[C-1]) K_w,  Km = D(L_m[C-1]) K_w,  g = (a_{C-1}, b_{C-1}, m_{C-1})
 
 The row-shifted Gamma^-, a^-, b^- come from products with the shift matrix (one non-zero term per sum: exact).
-There is no backward: chunk.py uses it only when MDN_INTRA=triton and no gradient is required (inference /
-prefill). See README.md in this folder for the derivation.
+A second kernel returns the operands of the pqk scan form instead (chunk_intra_pqk.chunk_mdn_intra_pqk: U0, P, Q^,
+K_w, A, Aqk, the row scalars r and g); both share the jit helpers below. There is no backward: chunk.py uses them
+only when MDN_INTRA=triton and no gradient is required (inference / prefill), the one matching MDN_SCAN_FORM. See
+README.md in this folder for the derivation.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import triton.language as tl
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
 from .chunk_intra import L2NORM_EPS, IntraChunk
-from .chunk_scan import _cast
+from .chunk_intra_pqk import IntraChunkPQK
+from .chunk_scan import _cast, _dot
 
 
 def _interpret() -> bool:
@@ -36,6 +39,116 @@ def _interpret() -> bool:
 @triton.jit
 def _dot32(a, b, PREC: tl.constexpr):
     return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _wide(a, b, PREC: tl.constexpr, WIDE_MODE: tl.constexpr):
+    """The K- and V-wide products (P K_w^T, Q K_w^T, A V, and the six form's A D(a-) P, A D(b-) P): fp32 operands
+    at PREC (WIDE_MODE 0) or bf16 operands with fp32 accumulation, as the torch intra's bf16_gemm (WIDE_MODE 1 on
+    the GPU, 2 in the interpreter: chunk_scan._dot's modes)."""
+    if WIDE_MODE == 0:
+        return tl.dot(a, b, input_precision=PREC)
+    else:
+        return _dot(a, b, WIDE_MODE)
+
+
+@triton.jit
+def _intra_gates(log_alpha, beta, log_mu, p_g, C: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The gate coefficients of one (chunk, head) from its gates at p_g ([C] pointers): returns la (log alpha),
+    a, m, b [C], Gamma, L_m, Gamma^- [C, C] and a^-, b^- [C] (all fp32)."""
+    o_c = tl.arange(0, C)
+    row = o_c[:, None]                                       # [C, 1] t
+    col = o_c[None, :]                                       # [1, C] i / j
+    m_lower = row >= col                                     # t >= i
+    m_strict = row > col                                     # t > i
+    b_la = tl.load(log_alpha + p_g).to(tl.float32)           # [C]
+    b_lm = tl.load(log_mu + p_g).to(tl.float32)
+    b_beta = tl.load(beta + p_g).to(tl.float32)
+    b_a = tl.exp(tl.cumsum(b_la, 0))                         # [C] a_t
+    b_m = tl.exp(tl.cumsum(b_lm, 0))                         # [C] m_t
+    # segment sums out[t, i] = sum_{i < l <= t} x_l: masked cumulative sum over l (rows), then mask before exp
+    zero_cc = tl.zeros([C, C], dtype=tl.float32)
+    s_a = tl.cumsum(tl.where(m_strict, b_la[:, None] + zero_cc, 0.), 0)   # [C(t), C(i)]
+    s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
+    b_La = tl.exp(tl.where(m_lower, s_a, float('-inf')))    # [C, C] a_t / a_i, t >= i
+    b_Lm = tl.exp(tl.where(m_lower, s_m, float('-inf')))    # [C, C] m_i / m_j, i >= j
+    b_gam = _dot32(b_La * b_beta[None, :], b_Lm, DOT_PREC)             # [C, C] Gamma = L_a D(beta) L_m
+    b_b = tl.sum(b_La * (b_beta * b_m)[None, :], 1)          # [C]    b = L_a (beta * m)
+
+    # row shift by the shift matrix (exact: one non-zero term per sum)
+    b_sh = tl.where(row == col + 1, 1., 0.)                  # [C, C] Sh[t, t-1] = 1
+    b_gam_prev = _dot32(b_sh, b_gam, "ieee")                         # [C, C] Gamma[t-1], row 0 zero
+    b_a_prev = tl.sum(b_sh * b_a[None, :], 1) + tl.where(o_c == 0, 1., 0.)   # [C] a_{t-1}, a^-_0 = 1
+    b_b_prev = tl.sum(b_sh * b_b[None, :], 1)                # [C] b_{t-1}, b^-_0 = 0
+    return b_la, b_a, b_m, b_b, b_gam, b_Lm, b_gam_prev, b_a_prev, b_b_prev
+
+
+@triton.jit
+def _intra_keys(k, eta, p_ck, m_ck, p_g, b_la, USE_L2NORM: tl.constexpr, P_TIMES_ALPHA: tl.constexpr,
+                EPS: tl.constexpr):
+    """Write and read keys [C, BK] fp32 of one (chunk, head): k_w = eta k^, p = alpha k^ (or k^)."""
+    b_eta = tl.load(eta + p_g).to(tl.float32)
+    b_k = tl.load(k + p_ck, mask=m_ck, other=0.).to(tl.float32)   # [C, BK]
+    if USE_L2NORM:
+        b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 1) + EPS)[:, None]
+    b_kw = b_k * b_eta[:, None]                              # [C, BK] write key
+    if P_TIMES_ALPHA:
+        b_p = b_k * tl.exp(b_la)[:, None]                    # [C, BK] read key
+    else:
+        b_p = b_k
+    return b_kw, b_p
+
+
+@triton.jit
+def _intra_inverse(b_p, b_kw, b_gam_prev, C: tl.constexpr, DOT_PREC: tl.constexpr, WIDE_MODE: tl.constexpr):
+    """A = (I + Lmat)^-1 [C, C], Lmat = (P K_w^T) * Gamma^- (strictly lower), in 16-row blocks.
+
+    With D = I + (the block-diagonal part of Lmat) and F the rest (strictly block-lower):
+    I + Lmat = D (I + N), N = D^-1 F, so A = (I + N)^-1 D^-1. D^-1 comes from forward substitution, the rows s of
+    all C / 16 blocks at once (15 steps instead of C - 1); N is nilpotent (N^(C/16) = 0), so
+    (I + N)^-1 = (I - N)(I + N^2)(I + N^4)... exactly, in log2(C / 16) [C, C] products."""
+    o_c = tl.arange(0, C)
+    row = o_c[:, None]
+    col = o_c[None, :]
+    eye = tl.where(row == col, 1., 0.)
+    b_l = _wide(b_p, tl.trans(b_kw), DOT_PREC, WIDE_MODE) * b_gam_prev  # [C, C] Lmat, strictly lower
+    same = (row // 16) == (col // 16)
+    b_ld = tl.where(same, b_l, 0.)                           # [C, C] the 16 x 16 diagonal blocks
+    b_di = eye                                               # [C, C] D^-1; rows >= s of each block still e_t
+    for s in range(1, min(C, 16)):
+        # rows t = 16 b + s: D^-1[t] = e_t - sum_{j < t, same block} Lmat[t, j] D^-1[j] (rows j already final)
+        sel = (row % 16) == s                                # [C, 1]
+        b_di = tl.where(sel, eye - _dot32(tl.where(sel, b_ld, 0.), b_di, DOT_PREC), b_di)
+    if C > 16:
+        b_n = _dot32(b_di, tl.where(same, 0., b_l), DOT_PREC)   # [C, C] N = D^-1 F
+        b_inv = eye - b_n                                    # (I - N)
+        b_pow = b_n
+        for _ in range(1, (C // 16).bit_length() - 1):  # (I + N^2), (I + N^4), ... while N^(2^j) can be non-zero
+            b_pow = _dot32(b_pow, b_pow, DOT_PREC)
+            b_inv = _dot32(b_inv, eye + b_pow, DOT_PREC)
+        b_di = _dot32(b_inv, b_di, DOT_PREC)
+    return b_di
+
+
+@triton.jit
+def _intra_queries(q, p_ck, m_ck, USE_L2NORM: tl.constexpr, EPS: tl.constexpr):
+    b_q = tl.load(q + p_ck, mask=m_ck, other=0.).to(tl.float32)   # [C, BK]
+    if USE_L2NORM:
+        b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, 1) + EPS)[:, None]
+    return b_q
+
+
+@triton.jit
+def _intra_store_u(v, u, b_A, base, V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, CAST_MODE: tl.constexpr,
+                   DOT_PREC: tl.constexpr, WIDE_MODE: tl.constexpr):
+    """U0 = A V, V in [C, BV] blocks."""
+    o_c = tl.arange(0, C)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_cv = (o_v < V)[None, :] & (o_c[:, None] >= 0)
+        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]
+        b_v = tl.load(v + p_cv, mask=m_cv, other=0.).to(tl.float32)   # [C, BV]
+        tl.store(u + p_cv, _cast(_wide(b_A, b_v, DOT_PREC, WIDE_MODE), u.dtype.element_ty, CAST_MODE), mask=m_cv)
 
 
 @triton.jit(do_not_specialize=['H'])
@@ -53,12 +166,15 @@ def momentum_delta_rule_fwd_kernel_intra(
     P_TIMES_ALPHA: tl.constexpr,
     CAST_MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    WIDE_MODE: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    """One (chunk, head): q, k [NC, H, C, K], v [NC, H, C, V], gates [NC, H, C] (contiguous) -> the scan operands
-    (u [NC, H, C, V]; y, z, qa, qb, ks, km [NC, H, C, K]; aqk [NC, H, C, C]; g [NC, H, 3] fp32).
+    """One (chunk, head), six scan form: q, k [NC, H, C, K], v [NC, H, C, V], gates [NC, H, C] (contiguous) -> the
+    scan operands (u [NC, H, C, V]; y, z, qa, qb, ks, km [NC, H, C, K]; aqk [NC, H, C, C]; g [NC, H, 3] fp32).
     CAST_MODE 2 rounds fp32 -> bf16 to nearest in the interpreter (whose cast truncates), else a plain cast.
-    DOT_PREC: input_precision of every dot but the (exact) shift products: "ieee" (default) or "tf32x3"."""
+    DOT_PREC: input_precision of every fp32 dot but the (exact) shift products: "ieee" (default) or "tf32x3".
+    WIDE_MODE: the K- and V-wide products in fp32 at DOT_PREC (0) or with bf16 operands (1; 2 in the interpreter),
+    as the torch intra's bf16_gemm (_wide)."""
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     base = i_c * H + i_h                       # index of [c, h]
 
@@ -68,67 +184,23 @@ def momentum_delta_rule_fwd_kernel_intra(
     p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
     m_ck = m_k[None, :] & (o_c[:, None] >= 0)
     p_g = base * C + o_c                                     # [C]
-
-    row = o_c[:, None]                                       # [C, 1] t
-    col = o_c[None, :]                                       # [1, C] i / j
-    m_lower = row >= col                                     # t >= i
-    m_strict = row > col                                     # t > i
+    row = o_c[:, None]
+    col = o_c[None, :]
     last = row == C - 1                                      # [C, 1]
 
-    # ---------------------------------------------------------------- gates, cumsums, L_a, L_m, Gamma, b
-    b_la = tl.load(log_alpha + p_g).to(tl.float32)           # [C]
-    b_lm = tl.load(log_mu + p_g).to(tl.float32)
-    b_beta = tl.load(beta + p_g).to(tl.float32)
-    b_eta = tl.load(eta + p_g).to(tl.float32)
-    b_a = tl.exp(tl.cumsum(b_la, 0))                         # [C] a_t
-    b_m = tl.exp(tl.cumsum(b_lm, 0))                         # [C] m_t
-    # segment sums out[t, i] = sum_{i < l <= t} x_l: masked cumulative sum over l (rows), then mask before exp
-    zero_cc = tl.zeros([C, C], dtype=tl.float32)
-    s_a = tl.cumsum(tl.where(m_strict, b_la[:, None] + zero_cc, 0.), 0)   # [C(t), C(i)]
-    s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
-    b_La = tl.exp(tl.where(m_lower, s_a, float('-inf')))    # [C, C] a_t / a_i, t >= i
-    b_Lm = tl.exp(tl.where(m_lower, s_m, float('-inf')))    # [C, C] m_i / m_j, i >= j
-    b_gam = _dot32(b_La * b_beta[None, :], b_Lm, DOT_PREC)             # [C, C] Gamma = L_a D(beta) L_m
-    b_b = tl.sum(b_La * (b_beta * b_m)[None, :], 1)          # [C]    b = L_a (beta * m)
+    b_la, b_a, b_m, b_b, b_gam, b_Lm, b_gam_prev, b_a_prev, b_b_prev = _intra_gates(
+        log_alpha, beta, log_mu, p_g, C, DOT_PREC)
+    b_kw, b_p = _intra_keys(k, eta, p_ck, m_ck, p_g, b_la, USE_L2NORM, P_TIMES_ALPHA, EPS)
+    b_A = _intra_inverse(b_p, b_kw, b_gam_prev, C, DOT_PREC, WIDE_MODE)
 
-    # row shift by the shift matrix (exact: one non-zero term per sum)
-    b_sh = tl.where(row == col + 1, 1., 0.)                  # [C, C] Sh[t, t-1] = 1
-    b_gam_prev = _dot32(b_sh, b_gam, "ieee")                         # [C, C] Gamma[t-1], row 0 zero
-    b_a_prev = tl.sum(b_sh * b_a[None, :], 1) + tl.where(o_c == 0, 1., 0.)   # [C] a_{t-1}, a^-_0 = 1
-    b_b_prev = tl.sum(b_sh * b_b[None, :], 1)                # [C] b_{t-1}, b^-_0 = 0
-
-    # ---------------------------------------------------------------- keys
-    b_k = tl.load(k + p_ck, mask=m_ck, other=0.).to(tl.float32)   # [C, BK]
-    if USE_L2NORM:
-        b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 1) + EPS)[:, None]
-    b_kw = b_k * b_eta[:, None]                              # [C, BK] write key
-    if P_TIMES_ALPHA:
-        b_p = b_k * tl.exp(b_la)[:, None]                    # [C, BK] read key
-    else:
-        b_p = b_k
-
-    # ---------------------------------------------------------------- A = (I + Lmat)^-1 by forward substitution
-    b_l = _dot32(b_p, tl.trans(b_kw), DOT_PREC) * b_gam_prev           # [C, C] Lmat, strictly lower
-    b_A = tl.where(row == col, 1., 0.)                       # [C, C] rows >= t are still e_t
-    for t in range(1, C):
-        # A[t] = e_t - sum_{j < t} Lmat[t, j] A[j]   (Lmat[t, j] = 0 for j >= t, so the identity rows add nothing)
-        l_t = tl.sum(tl.where(row == t, b_l, 0.), 0)         # [C] Lmat[t, :]
-        a_t = -tl.sum(l_t[:, None] * b_A, 0)                 # [C]
-        b_A = tl.where(row == t, a_t[None, :] + tl.where(col == t, 1., 0.), b_A)
-
-    # ---------------------------------------------------------------- U0 = A V (V in blocks), Y, Z
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_cv = (o_v < V)[None, :] & (o_c[:, None] >= 0)
-        p_cv = base * C * V + o_c[:, None] * V + o_v[None, :]
-        b_v = tl.load(v + p_cv, mask=m_cv, other=0.).to(tl.float32)   # [C, BV]
-        tl.store(u + p_cv, _cast(_dot32(b_A, b_v, DOT_PREC), u.dtype.element_ty, CAST_MODE), mask=m_cv)
-    b_y = _dot32(b_A, b_p * b_a_prev[:, None], DOT_PREC)              # [C, BK]
+    # U0 = A V, Y, Z
+    _intra_store_u(v, u, b_A, base, V, C, BV, CAST_MODE, DOT_PREC, WIDE_MODE)
+    b_y = _wide(b_A, b_p * b_a_prev[:, None], DOT_PREC, WIDE_MODE)    # [C, BK]
     tl.store(y + p_ck, _cast(b_y, y.dtype.element_ty, CAST_MODE), mask=m_ck)
-    b_z = _dot32(b_A, b_p * b_b_prev[:, None], DOT_PREC)              # [C, BK]
+    b_z = _wide(b_A, b_p * b_b_prev[:, None], DOT_PREC, WIDE_MODE)    # [C, BK]
     tl.store(z + p_ck, _cast(b_z, z.dtype.element_ty, CAST_MODE), mask=m_ck)
 
-    # ---------------------------------------------------------------- chunk-end weights
+    # chunk-end weights
     d_s = tl.sum(tl.where(last, b_gam, 0.), 0)               # [C] Gamma[C-1, :]
     d_m = tl.sum(tl.where(last, b_Lm, 0.), 0)                # [C] L_m[C-1, :]
     tl.store(ks + p_ck, _cast(b_kw * d_s[:, None], ks.dtype.element_ty, CAST_MODE), mask=m_ck)
@@ -140,14 +212,75 @@ def momentum_delta_rule_fwd_kernel_intra(
     tl.store(g + base * 3 + 1, b_last)
     tl.store(g + base * 3 + 2, m_last)
 
-    # ---------------------------------------------------------------- queries
-    b_q = tl.load(q + p_ck, mask=m_ck, other=0.).to(tl.float32)   # [C, BK]
-    if USE_L2NORM:
-        b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, 1) + EPS)[:, None]
+    # queries
+    b_q = _intra_queries(q, p_ck, m_ck, USE_L2NORM, EPS)
     tl.store(qa + p_ck, _cast((scale * b_a)[:, None] * b_q, qa.dtype.element_ty, CAST_MODE), mask=m_ck)
     tl.store(qb + p_ck, _cast((scale * b_b)[:, None] * b_q, qb.dtype.element_ty, CAST_MODE), mask=m_ck)
-    b_aqk = scale * _dot32(b_q, tl.trans(b_kw), DOT_PREC) * b_gam      # [C, C] lower incl. diagonal
+    b_aqk = scale * _wide(b_q, tl.trans(b_kw), DOT_PREC, WIDE_MODE) * b_gam      # [C, C] lower incl. diagonal
     p_cc = base * C * C + row * C + col
+    tl.store(aqk + p_cc, _cast(b_aqk, aqk.dtype.element_ty, CAST_MODE))
+
+
+@triton.jit(do_not_specialize=['H'])
+def momentum_delta_rule_fwd_kernel_intra_pqk(
+    q, k, v, log_alpha, beta, log_mu, eta,
+    u, p, qn, kw, a, aqk, r, g,
+    scale,
+    H,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_L2NORM: tl.constexpr,
+    P_TIMES_ALPHA: tl.constexpr,
+    CAST_MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    WIDE_MODE: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """One (chunk, head), pqk scan form (chunk_intra_pqk.IntraChunkPQK): u [NC, H, C, V]; p, qn (the normalised
+    queries), kw [NC, H, C, K]; a = A and aqk [NC, H, C, C]; r [NC, H, 6, C] fp32 (a^-, b^-, s a, s b, Gamma[C-1],
+    L_m[C-1]); g [NC, H, 3] fp32. CAST_MODE, DOT_PREC and WIDE_MODE as in momentum_delta_rule_fwd_kernel_intra."""
+    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    base = i_c * H + i_h                       # index of [c, h]
+
+    o_c = tl.arange(0, C)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
+    m_ck = m_k[None, :] & (o_c[:, None] >= 0)
+    p_g = base * C + o_c                                     # [C]
+    row = o_c[:, None]
+    col = o_c[None, :]
+    last = row == C - 1                                      # [C, 1]
+    p_cc = base * C * C + row * C + col                      # [C, C]
+
+    b_la, b_a, b_m, b_b, b_gam, b_Lm, b_gam_prev, b_a_prev, b_b_prev = _intra_gates(
+        log_alpha, beta, log_mu, p_g, C, DOT_PREC)
+    b_kw, b_p = _intra_keys(k, eta, p_ck, m_ck, p_g, b_la, USE_L2NORM, P_TIMES_ALPHA, EPS)
+    tl.store(kw + p_ck, _cast(b_kw, kw.dtype.element_ty, CAST_MODE), mask=m_ck)
+    tl.store(p + p_ck, _cast(b_p, p.dtype.element_ty, CAST_MODE), mask=m_ck)
+    b_A = _intra_inverse(b_p, b_kw, b_gam_prev, C, DOT_PREC, WIDE_MODE)
+    tl.store(a + p_cc, _cast(b_A, a.dtype.element_ty, CAST_MODE))
+    _intra_store_u(v, u, b_A, base, V, C, BV, CAST_MODE, DOT_PREC, WIDE_MODE)
+
+    # the row scalars r [6, C] and the chunk-end gates g
+    p_r = r + base * 6 * C + o_c
+    tl.store(p_r, b_a_prev)
+    tl.store(p_r + C, b_b_prev)
+    tl.store(p_r + 2 * C, scale * b_a)
+    tl.store(p_r + 3 * C, scale * b_b)
+    tl.store(p_r + 4 * C, tl.sum(tl.where(last, b_gam, 0.), 0))   # Gamma[C-1, :]
+    tl.store(p_r + 5 * C, tl.sum(tl.where(last, b_Lm, 0.), 0))    # L_m[C-1, :]
+    tl.store(g + base * 3, tl.sum(tl.where(o_c == C - 1, b_a, 0.), 0))
+    tl.store(g + base * 3 + 1, tl.sum(tl.where(o_c == C - 1, b_b, 0.), 0))
+    tl.store(g + base * 3 + 2, tl.sum(tl.where(o_c == C - 1, b_m, 0.), 0))
+
+    # queries
+    b_q = _intra_queries(q, p_ck, m_ck, USE_L2NORM, EPS)
+    tl.store(qn + p_ck, _cast(b_q, qn.dtype.element_ty, CAST_MODE), mask=m_ck)
+    b_aqk = scale * _wide(b_q, tl.trans(b_kw), DOT_PREC, WIDE_MODE) * b_gam      # [C, C] lower incl. diagonal
     tl.store(aqk + p_cc, _cast(b_aqk, aqk.dtype.element_ty, CAST_MODE))
 
 
@@ -163,17 +296,27 @@ HOPPER_SHARED_LIMIT = 232448  # bytes per block (227 KB), sm_90
 
 
 def shared_bytes_estimate(C: int, K: int, dot_precision: str | None = None) -> int:
-    """Shared memory of the kernel: two fp32 [C, BK] dot operands, twice that for tf32x3. Matches the sm_90
-    compiles (bf16/fp32 in, num_warps 4/8): C64 K128 ieee 65536, tf32x3 131072; C64 K256 ieee 131072;
-    C128 K256 ieee 262144, tf32x3 524288 bytes (the last two do not fit)."""
+    """Shared memory of the kernels with fp32 wide products (fp32 inputs): two fp32 [C, BK] dot operands, twice
+    that for tf32x3. Matches the sm_90 compiles (num_warps 4/8): C64 K128 ieee 65536, tf32x3 131072; C64 K256 ieee
+    131072, tf32x3 262144; C128 K256 ieee 262144 bytes. With bf16 wide products (16-bit inputs) the compiles need
+    less at C <= 64 (pqk, C64 K256: 81920), but more than this at C = 128 (C128 K128: 229376, the [C, C] products
+    of the blocked inverse), which fits() therefore leaves to the torch intra."""
     BK = max(16, triton.next_power_of_2(K))
     prec = dot_precision or _dot_precision()
     return 4 * C * BK * 2 * (2 if prec == "tf32x3" else 1)
 
 
 def fits(C: int, K: int) -> bool:
-    """Whether the kernel fits Hopper's shared memory at this chunk size and head dim (else use the torch intra)."""
-    return shared_bytes_estimate(C, K) <= HOPPER_SHARED_LIMIT
+    """Whether the kernels fit Hopper's shared memory at this chunk size and head dim (else chunk.py uses the
+    torch intra): C <= 64 and shared_bytes_estimate within the limit."""
+    return C <= 64 and shared_bytes_estimate(C, K) <= HOPPER_SHARED_LIMIT
+
+
+def _wide_mode(bf16_gemm: bool) -> int:
+    """WIDE_MODE of the kernels: 0 (fp32 dots), 1 (bf16 operands), 2 (bf16-rounded operands in the interpreter)."""
+    if not bf16_gemm:
+        return 0
+    return 2 if _interpret() else 1
 
 
 def _num_warps(K: int, C: int) -> int:
@@ -197,9 +340,11 @@ def chunk_mdn_intra_fwd_triton(
     use_qk_l2norm_in_kernel: bool = True,
     use_p_times_alpha: bool = True,
     out_dtype: torch.dtype | None = None,
+    bf16_gemm: bool = False,
 ) -> IntraChunk:
     """Drop-in forward of ``chunk_mdn_intra`` (no autograd): q, k [NC, H, C, K], v [NC, H, C, V], gates
-    [NC, H, C]. Computes in fp32; returns the scan operands in ``out_dtype`` (default fp32) and g in fp32."""
+    [NC, H, C]. Computes in fp32; returns the scan operands in ``out_dtype`` (default fp32) and g in fp32.
+    ``bf16_gemm``: the K- and V-wide products take bf16 operands (fp32 accumulation), as chunk_mdn_intra's."""
     NC, H, C, K = q.shape
     V = v.shape[-1]
     if q.dtype == torch.float64:
@@ -227,7 +372,57 @@ def chunk_mdn_intra_fwd_triton(
         float(scale), H,
         K=K, V=V, C=C, BK=BK, BV=BV,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), P_TIMES_ALPHA=bool(use_p_times_alpha),
-        CAST_MODE=cast_mode, DOT_PREC=_dot_precision(), EPS=L2NORM_EPS,
+        CAST_MODE=cast_mode, DOT_PREC=_dot_precision(), WIDE_MODE=_wide_mode(bf16_gemm), EPS=L2NORM_EPS,
         num_warps=_num_warps(K, C), num_stages=1,
     )
     return IntraChunk(u, y, z, qa, qb, aqk, ks, km, g)
+
+
+def chunk_mdn_intra_pqk_fwd_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    log_mu: torch.Tensor,
+    eta: torch.Tensor,
+    scale: float,
+    use_qk_l2norm_in_kernel: bool = True,
+    use_p_times_alpha: bool = True,
+    out_dtype: torch.dtype | None = None,
+    bf16_gemm: bool = False,
+) -> IntraChunkPQK:
+    """Drop-in forward of ``chunk_intra_pqk.chunk_mdn_intra_pqk`` (no autograd), arguments as
+    ``chunk_mdn_intra_fwd_triton``: the operands in ``out_dtype`` (default fp32), r and g in fp32."""
+    NC, H, C, K = q.shape
+    V = v.shape[-1]
+    if q.dtype == torch.float64:
+        raise ValueError("chunk_mdn_intra_pqk_fwd_triton: q is float64; the Triton intra kernel computes in fp32 "
+                         "(use chunk_intra_pqk.chunk_mdn_intra_pqk for fp64)")
+    if C not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_mdn_intra_pqk_fwd_triton: chunk size {C}; expected one of 16, 32, 64, 128")
+    out_dtype = out_dtype or torch.float32
+    dev = q.device
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    log_alpha, beta, log_mu, eta = (x.contiguous() for x in (log_alpha, beta, log_mu, eta))
+
+    u = empty(NC, H, C, V, dtype=out_dtype, device=dev)
+    p, qn, kw = (empty(NC, H, C, K, dtype=out_dtype, device=dev) for _ in range(3))
+    a, aqk = (empty(NC, H, C, C, dtype=out_dtype, device=dev) for _ in range(2))
+    r = empty(NC, H, 6, C, dtype=torch.float32, device=dev)
+    g = empty(NC, H, 3, dtype=torch.float32, device=dev)
+    if NC == 0 or H == 0:
+        return IntraChunkPQK(u, p, qn, kw, a, aqk, r, g)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(64, triton.next_power_of_2(V)))
+    cast_mode = 2 if (_interpret() and out_dtype == torch.bfloat16) else 0
+    momentum_delta_rule_fwd_kernel_intra_pqk[(NC, H)](
+        q, k, v, log_alpha, beta, log_mu, eta,
+        u, p, qn, kw, a, aqk, r, g,
+        float(scale), H,
+        K=K, V=V, C=C, BK=BK, BV=BV,
+        USE_L2NORM=bool(use_qk_l2norm_in_kernel), P_TIMES_ALPHA=bool(use_p_times_alpha),
+        CAST_MODE=cast_mode, DOT_PREC=_dot_precision(), WIDE_MODE=_wide_mode(bf16_gemm), EPS=L2NORM_EPS,
+        num_warps=_num_warps(K, C), num_stages=1,
+    )
+    return IntraChunkPQK(u, p, qn, kw, a, aqk, r, g)
