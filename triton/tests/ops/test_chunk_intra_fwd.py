@@ -267,3 +267,14 @@ def test_gpu_op_with_triton_intra_bf16(monkeypatch, scan_form):
     assert calls
     assert_rel("o", ro, o, 5e-3)
     assert_rel("state", rht, ht, 1e-2)
+
+
+@pytest.mark.parametrize("form", ["six", "pqk"])
+def test_kernel_wrappers_reject_fp64_and_odd_chunks(form):
+    kernel = FORMS[form][0]
+    args = _chunk_inputs(1, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match="float64"):
+        kernel(*[a.double() for a in args], 0.25)
+    odd = _chunk_inputs(1, 1, 24, 16, 16)
+    with pytest.raises(ValueError, match="chunk size 24"):
+        kernel(*odd, 0.25)

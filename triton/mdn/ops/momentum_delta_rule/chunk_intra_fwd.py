@@ -53,6 +53,20 @@ def _wide(a, b, PREC: tl.constexpr, WIDE_MODE: tl.constexpr):
 
 
 @triton.jit
+def _intra_offsets(H, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """This program's (chunk, head): base = its index in [NC, H], chunk rows o_c [C], [C, BK] offsets and mask of
+    its [C, K] tensors, [C] offsets of its gates."""
+    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    base = i_c * H + i_h                                     # index of [c, h]
+    o_c = tl.arange(0, C)
+    o_k = tl.arange(0, BK)
+    p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
+    m_ck = (o_k < K)[None, :] & (o_c[:, None] >= 0)
+    p_g = base * C + o_c                                     # [C]
+    return base, o_c, p_ck, m_ck, p_g
+
+
+@triton.jit
 def _intra_gates(log_alpha, beta, log_mu, p_g, C: tl.constexpr, DOT_PREC: tl.constexpr):
     """The gate coefficients of one (chunk, head) from its gates at p_g ([C] pointers): returns la (log alpha),
     a, m, b [C], Gamma, L_m, Gamma^- [C, C] and a^-, b^- [C] (all fp32)."""
@@ -175,15 +189,7 @@ def momentum_delta_rule_fwd_kernel_intra(
     DOT_PREC: input_precision of every fp32 dot but the (exact) shift products: "ieee" (default) or "tf32x3".
     WIDE_MODE: the K- and V-wide products in fp32 at DOT_PREC (0) or with bf16 operands (1; 2 in the interpreter),
     as the torch intra's bf16_gemm (_wide)."""
-    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    base = i_c * H + i_h                       # index of [c, h]
-
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
-    m_ck = m_k[None, :] & (o_c[:, None] >= 0)
-    p_g = base * C + o_c                                     # [C]
+    base, o_c, p_ck, m_ck, p_g = _intra_offsets(H, K, C, BK)
     row = o_c[:, None]
     col = o_c[None, :]
     last = row == C - 1                                      # [C, 1]
@@ -242,15 +248,7 @@ def momentum_delta_rule_fwd_kernel_intra_pqk(
     """One (chunk, head), pqk scan form (chunk_intra_pqk.IntraChunkPQK): u [NC, H, C, V]; p, qn (the normalised
     queries), kw [NC, H, C, K]; a = A and aqk [NC, H, C, C]; r [NC, H, 6, C] fp32 (a^-, b^-, s a, s b, Gamma[C-1],
     L_m[C-1]); g [NC, H, 3] fp32. CAST_MODE, DOT_PREC and WIDE_MODE as in momentum_delta_rule_fwd_kernel_intra."""
-    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    base = i_c * H + i_h                       # index of [c, h]
-
-    o_c = tl.arange(0, C)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    p_ck = base * C * K + o_c[:, None] * K + o_k[None, :]   # [C, BK]
-    m_ck = m_k[None, :] & (o_c[:, None] >= 0)
-    p_g = base * C + o_c                                     # [C]
+    base, o_c, p_ck, m_ck, p_g = _intra_offsets(H, K, C, BK)
     row = o_c[:, None]
     col = o_c[None, :]
     last = row == C - 1                                      # [C, 1]
@@ -328,6 +326,33 @@ def _num_warps(K: int, C: int) -> int:
     return 8 if max(K, C) >= 64 else 4
 
 
+def _check_and_prepare(name, q, k, v, gates, out_dtype):
+    """Shared argument checks of the wrappers; contiguous inputs and the launch constants."""
+    NC, H, C, K = q.shape
+    if q.dtype == torch.float64:
+        raise ValueError(f"{name}: q is float64; the Triton intra kernel computes in fp32 (use the torch intra, "
+                         "chunk_intra.py / chunk_intra_pqk.py, for fp64)")
+    if C not in (16, 32, 64, 128):
+        raise ValueError(f"{name}: chunk size {C}; expected one of 16, 32, 64, 128")
+    out_dtype = out_dtype or torch.float32
+    xs = [x.contiguous() for x in (q, k, v, *gates)]
+    V = v.shape[-1]
+    consts = dict(K=K, V=V, C=C, BK=max(16, triton.next_power_of_2(K)), BV=max(16, min(64, triton.next_power_of_2(V))),
+                  CAST_MODE=2 if (_interpret() and out_dtype == torch.bfloat16) else 0)
+    return NC, H, xs, out_dtype, consts
+
+
+def _launch(kernel, xs, outs, scale, NC, H, consts, use_qk_l2norm_in_kernel, use_p_times_alpha, bf16_gemm):
+    if NC == 0 or H == 0:
+        return
+    kernel[(NC, H)](
+        *xs, *outs, float(scale), H, **consts,
+        USE_L2NORM=bool(use_qk_l2norm_in_kernel), P_TIMES_ALPHA=bool(use_p_times_alpha),
+        DOT_PREC=_dot_precision(), WIDE_MODE=_wide_mode(bf16_gemm), EPS=L2NORM_EPS,
+        num_warps=_num_warps(consts["K"], consts["C"]), num_stages=1,
+    )
+
+
 def chunk_mdn_intra_fwd_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -345,37 +370,16 @@ def chunk_mdn_intra_fwd_triton(
     """Drop-in forward of ``chunk_mdn_intra`` (no autograd): q, k [NC, H, C, K], v [NC, H, C, V], gates
     [NC, H, C]. Computes in fp32; returns the scan operands in ``out_dtype`` (default fp32) and g in fp32.
     ``bf16_gemm``: the K- and V-wide products take bf16 operands (fp32 accumulation), as chunk_mdn_intra's."""
-    NC, H, C, K = q.shape
-    V = v.shape[-1]
-    if q.dtype == torch.float64:
-        raise ValueError("chunk_mdn_intra_fwd_triton: q is float64; the Triton intra kernel computes in fp32 "
-                         "(use chunk_intra.chunk_mdn_intra for fp64)")
-    if C not in (16, 32, 64, 128):
-        raise ValueError(f"chunk_mdn_intra_fwd_triton: chunk size {C}; expected one of 16, 32, 64, 128")
-    out_dtype = out_dtype or torch.float32
-    dev = q.device
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    log_alpha, beta, log_mu, eta = (x.contiguous() for x in (log_alpha, beta, log_mu, eta))
-
-    u = empty(NC, H, C, V, dtype=out_dtype, device=dev)
-    y, z, qa, qb, ks, km = (empty(NC, H, C, K, dtype=out_dtype, device=dev) for _ in range(6))
-    aqk = empty(NC, H, C, C, dtype=out_dtype, device=dev)
-    g = empty(NC, H, 3, dtype=torch.float32, device=dev)
-    if NC == 0 or H == 0:
-        return IntraChunk(u, y, z, qa, qb, aqk, ks, km, g)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(64, triton.next_power_of_2(V)))
-    cast_mode = 2 if (_interpret() and out_dtype == torch.bfloat16) else 0
-    momentum_delta_rule_fwd_kernel_intra[(NC, H)](
-        q, k, v, log_alpha, beta, log_mu, eta,
-        u, y, z, qa, qb, aqk, ks, km, g,
-        float(scale), H,
-        K=K, V=V, C=C, BK=BK, BV=BV,
-        USE_L2NORM=bool(use_qk_l2norm_in_kernel), P_TIMES_ALPHA=bool(use_p_times_alpha),
-        CAST_MODE=cast_mode, DOT_PREC=_dot_precision(), WIDE_MODE=_wide_mode(bf16_gemm), EPS=L2NORM_EPS,
-        num_warps=_num_warps(K, C), num_stages=1,
-    )
-    return IntraChunk(u, y, z, qa, qb, aqk, ks, km, g)
+    NC, H, xs, out_dtype, c = _check_and_prepare("chunk_mdn_intra_fwd_triton", q, k, v,
+                                                 (log_alpha, beta, log_mu, eta), out_dtype)
+    new = lambda *shape, dtype=out_dtype: empty(*shape, dtype=dtype, device=q.device)  # noqa: E731
+    out = IntraChunk(u=new(NC, H, c["C"], c["V"]), y=new(NC, H, c["C"], c["K"]), z=new(NC, H, c["C"], c["K"]),
+                     qa=new(NC, H, c["C"], c["K"]), qb=new(NC, H, c["C"], c["K"]), aqk=new(NC, H, c["C"], c["C"]),
+                     ks=new(NC, H, c["C"], c["K"]), km=new(NC, H, c["C"], c["K"]),
+                     g=new(NC, H, 3, dtype=torch.float32))
+    _launch(momentum_delta_rule_fwd_kernel_intra, xs, out, scale, NC, H, c, use_qk_l2norm_in_kernel,
+            use_p_times_alpha, bf16_gemm)
+    return out
 
 
 def chunk_mdn_intra_pqk_fwd_triton(
@@ -394,35 +398,12 @@ def chunk_mdn_intra_pqk_fwd_triton(
 ) -> IntraChunkPQK:
     """Drop-in forward of ``chunk_intra_pqk.chunk_mdn_intra_pqk`` (no autograd), arguments as
     ``chunk_mdn_intra_fwd_triton``: the operands in ``out_dtype`` (default fp32), r and g in fp32."""
-    NC, H, C, K = q.shape
-    V = v.shape[-1]
-    if q.dtype == torch.float64:
-        raise ValueError("chunk_mdn_intra_pqk_fwd_triton: q is float64; the Triton intra kernel computes in fp32 "
-                         "(use chunk_intra_pqk.chunk_mdn_intra_pqk for fp64)")
-    if C not in (16, 32, 64, 128):
-        raise ValueError(f"chunk_mdn_intra_pqk_fwd_triton: chunk size {C}; expected one of 16, 32, 64, 128")
-    out_dtype = out_dtype or torch.float32
-    dev = q.device
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    log_alpha, beta, log_mu, eta = (x.contiguous() for x in (log_alpha, beta, log_mu, eta))
-
-    u = empty(NC, H, C, V, dtype=out_dtype, device=dev)
-    p, qn, kw = (empty(NC, H, C, K, dtype=out_dtype, device=dev) for _ in range(3))
-    a, aqk = (empty(NC, H, C, C, dtype=out_dtype, device=dev) for _ in range(2))
-    r = empty(NC, H, 6, C, dtype=torch.float32, device=dev)
-    g = empty(NC, H, 3, dtype=torch.float32, device=dev)
-    if NC == 0 or H == 0:
-        return IntraChunkPQK(u, p, qn, kw, a, aqk, r, g)
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(64, triton.next_power_of_2(V)))
-    cast_mode = 2 if (_interpret() and out_dtype == torch.bfloat16) else 0
-    momentum_delta_rule_fwd_kernel_intra_pqk[(NC, H)](
-        q, k, v, log_alpha, beta, log_mu, eta,
-        u, p, qn, kw, a, aqk, r, g,
-        float(scale), H,
-        K=K, V=V, C=C, BK=BK, BV=BV,
-        USE_L2NORM=bool(use_qk_l2norm_in_kernel), P_TIMES_ALPHA=bool(use_p_times_alpha),
-        CAST_MODE=cast_mode, DOT_PREC=_dot_precision(), WIDE_MODE=_wide_mode(bf16_gemm), EPS=L2NORM_EPS,
-        num_warps=_num_warps(K, C), num_stages=1,
-    )
-    return IntraChunkPQK(u, p, qn, kw, a, aqk, r, g)
+    NC, H, xs, out_dtype, c = _check_and_prepare("chunk_mdn_intra_pqk_fwd_triton", q, k, v,
+                                                 (log_alpha, beta, log_mu, eta), out_dtype)
+    new = lambda *shape, dtype=out_dtype: empty(*shape, dtype=dtype, device=q.device)  # noqa: E731
+    out = IntraChunkPQK(u=new(NC, H, c["C"], c["V"]), p=new(NC, H, c["C"], c["K"]), q=new(NC, H, c["C"], c["K"]),
+                        kw=new(NC, H, c["C"], c["K"]), a=new(NC, H, c["C"], c["C"]), aqk=new(NC, H, c["C"], c["C"]),
+                        r=new(NC, H, 6, c["C"], dtype=torch.float32), g=new(NC, H, 3, dtype=torch.float32))
+    _launch(momentum_delta_rule_fwd_kernel_intra_pqk, xs, out, scale, NC, H, c, use_qk_l2norm_in_kernel,
+            use_p_times_alpha, bf16_gemm)
+    return out
