@@ -102,6 +102,63 @@ type OverheadStats struct {
 	WarmChecks       int     `json:"warm_point_checks"`
 	WarmChecksCached int     `json:"warm_point_checks_cached"`
 	WarmCheckFreshS  float64 `json:"warm_point_check_fresh_s_median"`
+	// The points that took longest (any status), slowest first: on a fresh machine compiles and autotuning
+	// (fla's, minutes per kernel and shape) can outweigh everything else, and this says where.
+	Slowest []SlowPoint `json:"slowest_points,omitempty"`
+}
+
+// SlowPoint is one of the slowest points of a run: its wall time and the parts the job reported.
+type SlowPoint struct {
+	Point      string  `json:"point"`
+	Label      string  `json:"label"` // op, mode and shape, e.g. "kda fwd B16 T2048 H6 K256 V512"
+	Status     string  `json:"status"`
+	WallS      float64 `json:"wall_s"`
+	CheckS     float64 `json:"check_s"`      // the correctness gate (0 when cached or absent)
+	FirstCallS float64 `json:"first_call_s"` // compile / autotune at the timed shape
+	Cold       bool    `json:"cold"`         // the worker's first point (its start and imports included)
+}
+
+// slowestN is how many points the summary lists by wall time.
+const slowestN = 3
+
+func slowPoint(p Point, row results.Row) (SlowPoint, bool) {
+	oh, ok := row["overhead"].(map[string]any)
+	if !ok {
+		return SlowPoint{}, false
+	}
+	w, ok := oh["wall_s"].(float64)
+	if !ok {
+		return SlowPoint{}, false
+	}
+	sp := SlowPoint{Point: p.ID, Status: results.Str(row, "status"), WallS: w, Cold: oh["cold"] == true}
+	if jt, ok := row["job_timing"].(map[string]any); ok {
+		sp.CheckS, _ = jt["check_s"].(float64)
+		sp.FirstCallS, _ = jt["first_call_s"].(float64)
+	}
+	var parts []string
+	for _, k := range []string{"op", "model", "mode", "B", "T", "H", "K", "V", "seq_len", "d_model"} {
+		if v, ok := p.Values[k]; ok {
+			if k == "op" || k == "model" || k == "mode" {
+				parts = append(parts, fmt.Sprint(v))
+			} else {
+				parts = append(parts, fmt.Sprintf("%s%v", k, v))
+			}
+		}
+	}
+	sp.Label = strings.Join(parts, " ")
+	return sp, true
+}
+
+// keepSlowest inserts sp into the slowest-first list, keeping at most slowestN.
+func keepSlowest(list []SlowPoint, sp SlowPoint) []SlowPoint {
+	i := sort.Search(len(list), func(i int) bool { return list[i].WallS < sp.WallS })
+	list = append(list, SlowPoint{})
+	copy(list[i+1:], list[i:])
+	list[i] = sp
+	if len(list) > slowestN {
+		list = list[:slowestN]
+	}
+	return list
 }
 
 // ErrNoWorker means no slot could start a worker.
@@ -151,6 +208,7 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 		cachedN  int
 		firstS   []float64
 		timedPct []float64
+		slowest  []SlowPoint
 	)
 	setFatal := func(err error) {
 		mu.Lock()
@@ -216,6 +274,9 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 				st := results.Str(row, "status")
 				sum.Statuses[st]++
 				sum.Rows = append(sum.Rows, row)
+				if sp, ok := slowPoint(p, row); ok {
+					slowest = keepSlowest(slowest, sp)
+				}
 				if oh, ok := row["overhead"].(map[string]any); ok && oh["cold"] == false && st == results.StatusOK {
 					if w, ok := oh["wall_s"].(float64); ok {
 						warmWall = append(warmWall, w)
@@ -260,7 +321,7 @@ func Execute(ctx context.Context, f *File, points []Point, skipped int, opts Opt
 	sum.Overhead = OverheadStats{SpawnS: median(spawn), ImportS: median(imp), LauncherMS: median(launchMS),
 		LauncherPct: median(launchPc), WarmWallS: median(warmWall), WarmCheckS: median(checkS),
 		WarmFirstS: median(firstS), WarmTimedPct: median(timedPct), WarmChecks: len(checkS), WarmChecksCached: cachedN,
-		WarmCheckFreshS: median(freshS)}
+		WarmCheckFreshS: median(freshS), Slowest: slowest}
 	if opts.Progress != nil {
 		opts.Progress.End(sum)
 	}

@@ -601,3 +601,32 @@ func TestRunnerKilledBySIGTERMOnceIsRetried(t *testing.T) {
 		t.Fatalf("workers started %d, want 2 (a fresh one after the kill)", r.starts[CPUSlot().Name])
 	}
 }
+
+// The summary names the slowest points (any status), slowest first, with the gate and first-call parts.
+func TestOverheadListsTheSlowestPoints(t *testing.T) {
+	f, pts := smallPlan(t, 3)
+	r, sink := newFake(), &memSink{}
+	now := time.Unix(1000, 0)
+	o := opts(r, sink)
+	o.Now = func() time.Time { return now }
+	walls := map[string]float64{pts[1].ID: 40, pts[3].ID: 250, pts[4].ID: 7, pts[5].ID: 90}
+	r.behave = func(w *fakeWorker, spec launcher.Spec) (*launcher.Outcome, error) {
+		now = now.Add(time.Duration(walls[spec.ID] * float64(time.Second)))
+		res, _ := json.Marshal(map[string]any{"median_ms": 1.0, "timed_s": 0.1, "device_name": "Fake",
+			"job_timing": map[string]any{"job_s": walls[spec.ID], "check_s": walls[spec.ID] / 2,
+				"first_call_s": walls[spec.ID] / 4}})
+		return &launcher.Outcome{JobID: spec.ID, Result: res, Host: "fakehost"}, nil
+	}
+	sum, err := Execute(context.Background(), f, pts, 0, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl := sum.Overhead.Slowest
+	if len(sl) != 3 || sl[0].Point != pts[3].ID || sl[1].Point != pts[5].ID || sl[2].Point != pts[1].ID {
+		t.Fatalf("slowest %+v", sl)
+	}
+	if sl[0].WallS != 250 || sl[0].CheckS != 125 || sl[0].FirstCallS != 62.5 || sl[0].Status != "ok" ||
+		!strings.Contains(sl[0].Label, "T") {
+		t.Errorf("slowest[0] %+v", sl[0])
+	}
+}

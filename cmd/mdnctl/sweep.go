@@ -486,6 +486,18 @@ func printSweepSummary(w io.Writer, f *sweep.File, plan *sweep.Plan, sum *sweep.
 				oh.WarmWallS, oh.LauncherMS, oh.LauncherPct, oh.WarmCheckS, gates, oh.WarmFirstS, oh.WarmTimedPct)
 		}
 	}
+	if len(sum.Overhead.Slowest) > 0 && sum.Ran > len(sum.Overhead.Slowest) {
+		var parts []string
+		for _, sp := range sum.Overhead.Slowest {
+			cold := ""
+			if sp.Cold {
+				cold = ", first of its worker"
+			}
+			parts = append(parts, fmt.Sprintf("%s %.1fs (%s; gate %.1fs, first call %.1fs%s)", sp.Label, sp.WallS,
+				sp.Status, sp.CheckS, sp.FirstCallS, cold))
+		}
+		fmt.Fprintf(w, "slowest points: %s\n", strings.Join(parts, "; "))
+	}
 }
 
 // printGenericSummary is the table of a task other than bench/verify: the point's values, then the usual
