@@ -215,8 +215,9 @@ def test_shared_memory_fallback(monkeypatch):
     assert fits(64, 256) and fits(32, 256) and not fits(128, 64) and not fits(128, 256) and not fits(128, 200)
     monkeypatch.setenv("MDN_INTRA_DOT", "tf32x3")
     assert fits(64, 128) and not fits(64, 256)
+    assert fits(64, 256, bf16_gemm=True) and not fits(128, 128, bf16_gemm=True)  # bf16 wide products: less shared
     monkeypatch.setenv("MDN_INTRA", "triton")
-    monkeypatch.setattr(chunk_mod, "intra_fwd_fits", lambda C, K: False)
+    monkeypatch.setattr(chunk_mod, "intra_fwd_fits", lambda C, K, bf16_gemm: False)
     calls = _spy(monkeypatch)
     inputs = make_inputs(1, 20, 1, 16, 16, device=DEV)
     with torch.no_grad():

@@ -142,7 +142,7 @@ def scan_form() -> str:
 def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
     """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py; the kernel of the
     scan form in use), used only when no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
-    only where it fits in shared memory (chunk_intra_fwd.fits: not C = 128 with K > 128)."""
+    only where it fits in shared memory (chunk_intra_fwd.fits: C <= 64; with fp32 inputs not K = 256 at tf32x3)."""
     env = os.environ.get("MDN_INTRA", "")
     if env not in ("", "torch", "triton"):
         raise ValueError(f"MDN_INTRA={env!r}: expected 'torch' (default) or 'triton'")
@@ -150,7 +150,8 @@ def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
         return False
     if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
         return False
-    if not intra_fwd_fits(chunk_size, xs[0].shape[-1]):
+    op_dtype = torch.float32 if xs[0].dtype == torch.float32 else torch.bfloat16
+    if not intra_fwd_fits(chunk_size, xs[0].shape[-1], _bf16_gemm_wanted(op_dtype)):
         return False
     return xs[0].is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
 

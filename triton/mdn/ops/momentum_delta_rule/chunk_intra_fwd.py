@@ -304,10 +304,11 @@ def shared_bytes_estimate(C: int, K: int, dot_precision: str | None = None) -> i
     return 4 * C * BK * 2 * (2 if prec == "tf32x3" else 1)
 
 
-def fits(C: int, K: int) -> bool:
+def fits(C: int, K: int, bf16_gemm: bool = False) -> bool:
     """Whether the kernels fit Hopper's shared memory at this chunk size and head dim (else chunk.py uses the
-    torch intra): C <= 64 and shared_bytes_estimate within the limit."""
-    return C <= 64 and shared_bytes_estimate(C, K) <= HOPPER_SHARED_LIMIT
+    torch intra): C <= 64, and with fp32 wide products shared_bytes_estimate within the limit (bf16 wide products
+    need at most 131072 bytes at C = 64, K = 256, tf32x3 included: sm_90 compiles)."""
+    return C <= 64 and (bf16_gemm or shared_bytes_estimate(C, K) <= HOPPER_SHARED_LIMIT)
 
 
 def _wide_mode(bf16_gemm: bool) -> int:
