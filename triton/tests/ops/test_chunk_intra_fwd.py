@@ -33,7 +33,8 @@ def _chunk_inputs(NC, H, C, K, V, *, dtype=torch.float32, gates=None):
     return [tr(x[n]) for n in ("q", "k", "v", "log_alpha", "beta", "log_mu", "eta")]
 
 
-FORMS = {"six": (chunk_mdn_intra_fwd_triton, chunk_mdn_intra), "pqk": (chunk_mdn_intra_pqk_fwd_triton, chunk_mdn_intra_pqk)}
+FORMS = {"six": (chunk_mdn_intra_fwd_triton, chunk_mdn_intra),
+         "pqk": (chunk_mdn_intra_pqk_fwd_triton, chunk_mdn_intra_pqk)}  # scan form -> (kernel, torch intra)
 FP32_FIELDS = ("g", "r")  # stay fp32 whatever out_dtype is
 
 

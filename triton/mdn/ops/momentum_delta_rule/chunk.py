@@ -141,8 +141,9 @@ def scan_form() -> str:
 
 def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
     """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py; the kernel of the
-    scan form in use), used only when no gradient is required (it has no backward), on CUDA or under TRITON_INTERPRET=1, never while tracing, and
-    only where it fits in shared memory (chunk_intra_fwd.fits: C <= 64; with fp32 inputs not K = 256 at tf32x3)."""
+    scan form in use), used only when no gradient is required (it has no backward), on CUDA or under
+    TRITON_INTERPRET=1, never while tracing, and only where it fits in shared memory (chunk_intra_fwd.fits:
+    C <= 64; with fp32 inputs not K = 256 at tf32x3)."""
     env = os.environ.get("MDN_INTRA", "")
     if env not in ("", "torch", "triton"):
         raise ValueError(f"MDN_INTRA={env!r}: expected 'torch' (default) or 'triton'")
