@@ -9,7 +9,7 @@
     MDN_INTRA_GEMM=fp32 python triton/mdn/bench/bench_op.py           # fp32 GEMMs in the intra part (default: bf16)
     MDN_SCAN_LOAD=tma python triton/mdn/bench/bench_op.py --phases --T 4096  # scans load [C, K] tiles via descriptors
     MDN_SCAN_FORM=six python triton/mdn/bench/bench_op.py --phases --T 4096  # the first scan form (default: pqk)
-    python triton/mdn/bench/bench_op.py --intra triton --phases --check  # fused Triton intra in the no-grad fwd
+    python triton/mdn/bench/bench_op.py --intra triton --check        # fused Triton intra part (fwd; bwd in pqk)
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
 
 Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
@@ -236,8 +236,8 @@ def main(argv=None):
                         '--phases applies to the first only')
     p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
     p.add_argument("--intra", default="torch", choices=["torch", "triton"],
-                   help="intra part of the no-grad forward ('fwd' column): torch (default) or the fused Triton "
-                        "kernel (MDN_INTRA=triton; forward-only, so fwd+bwd always uses torch)")
+                   help="intra part: torch (default) or the fused Triton kernels (MDN_INTRA=triton: forward and, in "
+                        "the pqk scan form, backward; the six form's is forward-only, so its fwd+bwd uses torch)")
     p.add_argument("--check", action="store_true", help="accuracy vs the fp64 recurrence (T=1000) per shape")
     p.add_argument("--profile", action="store_true", help="top CUDA kernels of one fwd+bwd (first config)")
     p.add_argument("--out", default="", help="append JSON lines here")

@@ -14,6 +14,7 @@ import torch
 
 from conftest import HAS_CUDA, INTERPRET, assert_rel, constant_gates, gap_gates, make_inputs, run_op, to_fp64
 from mdn.ops.momentum_delta_rule import chunk as chunk_mod
+from mdn.ops.momentum_delta_rule import chunk_intra_fwd as intra_fwd_mod
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_intra import chunk_mdn_intra
 from mdn.ops.momentum_delta_rule.chunk_intra_fwd import (chunk_mdn_intra_fwd_triton, chunk_mdn_intra_pqk_fwd_triton,
@@ -133,16 +134,18 @@ def test_padded_identity_rows_and_empty(form):
 
 # ------------------------------------------------------------------------------------------------------ the op
 def _spy(monkeypatch):
-    """Records which Triton intra kernel the op called: "six" or "pqk" per call."""
+    """Records which Triton intra kernel the op called: "six" or "pqk" per call (the pqk kernel is reached through
+    the mdn::intra_pqk_fwd custom op, which looks it up in chunk_intra_fwd at each call)."""
     calls = []
-    for form, name in (("six", "chunk_mdn_intra_fwd_triton"), ("pqk", "chunk_mdn_intra_pqk_fwd_triton")):
-        real = getattr(chunk_mod, name)
+    for form, module, name in (("six", chunk_mod, "chunk_mdn_intra_fwd_triton"),
+                               ("pqk", intra_fwd_mod, "chunk_mdn_intra_pqk_fwd_triton")):
+        real = getattr(module, name)
 
         def spy(*a, _real=real, _form=form, **k):
             calls.append(_form)
             return _real(*a, **k)
 
-        monkeypatch.setattr(chunk_mod, name, spy)
+        monkeypatch.setattr(module, name, spy)
     return calls
 
 
@@ -193,9 +196,11 @@ def test_triton_intra_equals_torch_intra_in_the_op(monkeypatch, scan_form):
     assert_rel("state", h_ref, h, FP32_TOL)
 
 
-def test_grad_required_keeps_the_torch_intra(monkeypatch):
-    """MDN_INTRA=triton is forward-only: with a gradient required the op uses the differentiable torch intra."""
+def test_grad_required_keeps_the_torch_intra_in_the_six_form(monkeypatch):
+    """The six form's Triton intra is forward-only: with a gradient required the op uses the torch intra there
+    (the pqk form's has a backward: tests/ops/test_chunk_intra_bwd.py)."""
     monkeypatch.setenv("MDN_INTRA", "triton")
+    monkeypatch.setenv("MDN_SCAN_FORM", "six")
     calls = _spy(monkeypatch)
     inputs = make_inputs(1, 20, 1, 16, 16, device=DEV)
     o, _, g = run_op(chunk_momentum_delta_rule, inputs, grads=("q", "log_mu"), chunk_size=16)

@@ -60,6 +60,22 @@ def test_compile_fullgraph_aot_eager():
 
 
 @needs_kernels
+def test_compile_fullgraph_with_the_triton_intra(monkeypatch):
+    """MDN_INTRA=triton, pqk form: the Triton intra part is two more custom ops (mdn::intra_pqk_fwd/bwd)."""
+    import mdn.ops.momentum_delta_rule.chunk_intra_bwd as bwd_mod
+    import mdn.ops.momentum_delta_rule.chunk_intra_fwd as fwd_mod
+
+    monkeypatch.setenv("MDN_INTRA", "triton")
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+    calls = []
+    for mod, name in ((fwd_mod, "chunk_mdn_intra_pqk_fwd_triton"), (bwd_mod, "chunk_mdn_intra_pqk_bwd_triton")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    _check_compiled("aot_eager")
+    assert "chunk_mdn_intra_pqk_fwd_triton" in calls and "chunk_mdn_intra_pqk_bwd_triton" in calls, calls
+
+
+@needs_kernels
 @pytest.mark.slow
 def test_compile_fullgraph_inductor():
     _check_compiled("inductor")

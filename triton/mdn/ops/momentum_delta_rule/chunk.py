@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .chunk_intra import chunk_mdn_intra
 from .chunk_intra_pqk import chunk_mdn_intra_pqk
-from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton, chunk_mdn_intra_pqk_fwd_triton
+from .chunk_intra_bwd import intra_pqk_fwd
+from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
 from .chunk_scan_pqk import chunk_scan_pqk
@@ -139,17 +140,19 @@ def scan_form() -> str:
     return env
 
 
-def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int) -> bool:
-    """MDN_INTRA=triton (opt-in, default off): the fused Triton intra forward (chunk_intra_fwd.py; the kernel of the
-    scan form in use), used only when no gradient is required (it has no backward), on CUDA or under
-    TRITON_INTERPRET=1, never while tracing, and only where it fits in shared memory (chunk_intra_fwd.fits:
-    C <= 64; with fp32 inputs not K = 256 at tf32x3)."""
+def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int, form: str) -> bool:
+    """MDN_INTRA=triton (opt-in, default off): the fused Triton intra part (chunk_intra_fwd.py; the kernel of the
+    scan form in use). The pqk form has a Triton backward too (chunk_intra_bwd.py, custom ops that torch.compile
+    keeps whole); the six form's kernel is used only when no gradient is required. On CUDA or under
+    TRITON_INTERPRET=1, and only where it fits in shared memory (chunk_intra_fwd.fits: C <= 64; with fp32 inputs
+    not K = 256 at tf32x3)."""
     env = os.environ.get("MDN_INTRA", "")
     if env not in ("", "torch", "triton"):
         raise ValueError(f"MDN_INTRA={env!r}: expected 'torch' (default) or 'triton'")
-    if env != "triton" or torch.compiler.is_compiling():
+    if env != "triton":
         return False
-    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+    if form != "pqk" and (grad or torch.compiler.is_compiling()):
         return False
     op_dtype = torch.float32 if xs[0].dtype == torch.float32 else torch.bfloat16
     if not intra_fwd_fits(chunk_size, xs[0].shape[-1], _bf16_gemm_wanted(op_dtype)):
@@ -296,14 +299,16 @@ def chunk_momentum_delta_rule(
         pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C):
-        # the fused Triton intra (no-grad only), producing the operands of the scan form in use
+    if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C, form=form):
+        # the fused Triton intra part, producing the operands of the scan form in use
         pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
         gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
-        intra_fwd = chunk_mdn_intra_pqk_fwd_triton if form == "pqk" else chunk_mdn_intra_fwd_triton
-        intra = intra_fwd(pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3],
-                          scale, use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=op_dtype,
-                          bf16_gemm=_bf16_gemm_wanted(op_dtype))
+        args = (pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
+                use_qk_l2norm_in_kernel, use_p_times_alpha)
+        if form == "pqk":  # differentiable: Triton forward and backward (custom ops)
+            intra = intra_pqk_fwd(*args, op_dtype == torch.bfloat16, _bf16_gemm_wanted(op_dtype))
+        else:
+            intra = chunk_mdn_intra_fwd_triton(*args, out_dtype=op_dtype, bf16_gemm=_bf16_gemm_wanted(op_dtype))
         oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
     else:
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,

@@ -115,17 +115,23 @@ def _intra_keys(k, eta, p_ck, m_ck, p_g, b_la, USE_L2NORM: tl.constexpr, P_TIMES
 
 @triton.jit
 def _intra_inverse(b_p, b_kw, b_gam_prev, C: tl.constexpr, DOT_PREC: tl.constexpr, WIDE_MODE: tl.constexpr):
-    """A = (I + Lmat)^-1 [C, C], Lmat = (P K_w^T) * Gamma^- (strictly lower), in 16-row blocks.
+    """A = (I + Lmat)^-1 [C, C], Lmat = (P K_w^T) * Gamma^- (strictly lower)."""
+    b_l = _wide(b_p, tl.trans(b_kw), DOT_PREC, WIDE_MODE) * b_gam_prev  # [C, C] Lmat, strictly lower
+    return _unit_lower_inverse(b_l, C, DOT_PREC)
 
-    With D = I + (the block-diagonal part of Lmat) and F the rest (strictly block-lower):
-    I + Lmat = D (I + N), N = D^-1 F, so A = (I + N)^-1 D^-1. D^-1 comes from forward substitution, the rows s of
+
+@triton.jit
+def _unit_lower_inverse(b_l, C: tl.constexpr, DOT_PREC: tl.constexpr):
+    """(I + L)^-1 [C, C] of a strictly lower triangular L, in 16-row blocks.
+
+    With D = I + (the block-diagonal part of L) and F the rest (strictly block-lower):
+    I + L = D (I + N), N = D^-1 F, so (I + L)^-1 = (I + N)^-1 D^-1. D^-1 comes from forward substitution, the rows s of
     all C / 16 blocks at once (15 steps instead of C - 1); N is nilpotent (N^(C/16) = 0), so
     (I + N)^-1 = (I - N)(I + N^2)(I + N^4)... exactly, in log2(C / 16) [C, C] products."""
     o_c = tl.arange(0, C)
     row = o_c[:, None]
     col = o_c[None, :]
     eye = tl.where(row == col, 1., 0.)
-    b_l = _wide(b_p, tl.trans(b_kw), DOT_PREC, WIDE_MODE) * b_gam_prev  # [C, C] Lmat, strictly lower
     same = (row // 16) == (col // 16)
     b_ld = tl.where(same, b_l, 0.)                           # [C, C] the 16 x 16 diagonal blocks
     b_di = eye                                               # [C, C] D^-1; rows >= s of each block still e_t
