@@ -11,10 +11,11 @@
 #                                 PHASE 2: RUNS="one all": the 1-GPU and the 2-GPU run, equally warm: the ratio
 #                                 (preceded by "fill2" when phase 1's fill did not complete).
 #   op     GPU OP_GPU (2)         issue 3. PHASE 1: scripts/bench_ops.py (our op, fla GDN, and the official kernel
-#                                 when .ext/official exists) at T=4096, the Triton intra forward (bench_op.py
-#                                 --intra triton, ieee and tf32x3 dots), then scripts/gpu_tests.sh (xdist) with what
-#                                 is left. PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN, Transformer
-#                                 1.3B on this one GPU), then the GPU tests again (those not yet passed).
+#                                 when .ext/official exists) at T=4096, the Triton intra part (bench_op.py --intra
+#                                 triton: forward and backward, fp32 [C, C] dots), then scripts/gpu_tests.sh (xdist)
+#                                 with what is left. PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN,
+#                                 Transformer 1.3B on this one GPU), MDN again with MDN_INTRA=triton, then the GPU
+#                                 tests again (those not yet passed).
 #   mqar   GPUs MQAR_GPUS (3)     issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, RESUME=1 (each phase goes on
 #                                 where the last stopped; rows in results/mqar-budget).
 # The sweep lane's timings are wall times of whole sweeps: the other lanes share the node's CPU cores with it
@@ -67,6 +68,12 @@ sweep_lane() {
   return $rc
 }
 
+intra_triton() {  # DOT_PRECISION TIMEOUT_S
+  MDN_INTRA_DOT=$1 timeout -k 10 "$2" "$MDN_PYTHON" triton/mdn/bench/bench_op.py --T 4096 --intra triton --check \
+    --out "$d/op_intra_triton.jsonl" > "$d/op_intra_triton_$1.txt" 2>&1
+  echo "intra triton $1 rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+}
+
 op_lane() {
   local d=$O/op; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/op_triton_cache
@@ -74,20 +81,20 @@ op_lane() {
   [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
   if [ "$PHASE" = 1 ]; then
     local impls=gdn,mdn; [ -d .ext/official/fla ] && impls=gdn,mdn,official
-    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 240 "$MDN_PYTHON" scripts/bench_ops.py \
+    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 200 "$MDN_PYTHON" scripts/bench_ops.py \
       --impls "$impls" --T 4096 --out "$d/ops.jsonl" > "$d/ops.txt" 2>&1
     echo "ops rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-    # the fused Triton intra forward (MDN_INTRA=triton, no-grad only, six scan form) against the default forward
-    # (pqk, compiled torch intra), and with 3xTF32 dots: the forward target is <= 2x GDN
-    for dot in ieee tf32x3; do
-      MDN_INTRA_DOT=$dot timeout -k 10 80 "$MDN_PYTHON" triton/mdn/bench/bench_op.py --T 4096 --intra triton \
-        --check --out "$d/op_intra_triton.jsonl" > "$d/op_intra_triton_$dot.txt" 2>&1
-      echo "intra triton $dot rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-    done
+    # the fused Triton intra part (MDN_INTRA=triton: forward and backward in the pqk form) against the default
+    # (compiled torch intra, timed by bench_ops above), fp32 [C, C] dots; phase 2 tries 3xTF32 dots
+    intra_triton ieee 150
   else
     OUT=$d/train timeout -k 10 300 bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
     echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-    rm -rf "$d"/train/*/checkpoints
+    # MDN again with the Triton intra part (forward and backward), same harness and settings
+    MDN_INTRA=triton MODELS=1.3b OUT=$d/train_intra_triton timeout -k 10 110 bash scripts/gpu_train_bench.sh \
+      > "$d/train_intra_triton.txt" 2>&1
+    echo "train intra triton rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    rm -rf "$d"/train/*/checkpoints "$d"/train_intra_triton/*/checkpoints
   fi
   local t=$(( $(left) - 20 ))
   if [ "$t" -gt 60 ]; then
