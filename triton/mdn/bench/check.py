@@ -117,10 +117,11 @@ def cache_enabled(env=None) -> bool:
 
 
 ENV_PREFIXES = ("MDN_", "FLA_", "TRITON_")
-# Left out of the key: MDN_BENCH_CACHE decides caching, not results; the others are where tools and caches live,
+# Left out of the key: MDN_BENCH_CACHE decides caching, not results; MDN_PROTOCOL is the launcher's protocol
+# version; the others are where tools and caches live,
 # and libraries set them in the middle of a run (inductor sets TRITON_PTXAS_PATH at its first compile, and
 # TRITON_CACHE_DIR when unset), which made every gate after a worker's first compile a cache miss.
-ENV_NOT_KNOBS = frozenset({"MDN_BENCH_CACHE", "TRITON_PTXAS_PATH", "TRITON_CACHE_DIR", "TRITON_HOME",
+ENV_NOT_KNOBS = frozenset({"MDN_BENCH_CACHE", "MDN_PROTOCOL", "TRITON_PTXAS_PATH", "TRITON_CACHE_DIR", "TRITON_HOME",
                            "TRITON_DUMP_DIR", "TRITON_OVERRIDE_DIR", "FLA_CONFIG_DIR"})
 
 

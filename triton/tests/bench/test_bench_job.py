@@ -89,3 +89,13 @@ def test_unavailable_and_user_errors():
     with pytest.raises(JobError) as e:
         bench.run(params(mode="bwd"), Ctx())
     assert e.value.kind == "user"
+
+
+def test_rows_record_the_kernel_knobs_of_the_environment(monkeypatch):
+    monkeypatch.setenv("MDN_SCAN_FORM", "six")
+    monkeypatch.setenv("MDN_PROTOCOL", "1")          # the launcher's, not a knob
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/x")  # a path, not a knob
+    monkeypatch.setenv("HOME_UNRELATED", "1")
+    r = bench.run(params(), Ctx())
+    assert r["env"]["MDN_SCAN_FORM"] == "six"
+    assert not {"MDN_PROTOCOL", "TRITON_CACHE_DIR", "HOME_UNRELATED"} & set(r["env"])

@@ -7,7 +7,8 @@ points through the cache, and the fwd point's verdict uses the forward errors on
 device (cuda | cpu), timer (do_bench | wall_clock), warmup_ms, rep_ms, allow_naive_fallback, official_path.
 With {"probe": true, "device": ...} it only reports the environment and how long the imports took.
 
-Result: device_name, versions, impl, check {passed, errors, tol, ..., cached, cached_from}, median_ms, p20_ms,
+Result: device_name, versions, impl, env (the MDN_/FLA_/TRITON_ knobs), check {passed, errors, tol, ..., cached,
+cached_from}, median_ms, p20_ms,
 p80_ms, timer, tokens_per_s, peak_mem_gib (CUDA only; None on the CPU), first_call_s (compile/autotune),
 timed_s, notes, job_timing {import_s, load_s, check_s, check_cached, check_reference_cached, check_op_s,
 check_reference_s, inputs_s, first_call_s, peak_mem_s, timed_s, cleanup_s, job_s} (check_reference_cached,
@@ -122,7 +123,9 @@ def run_point(params: dict, ctx, timed: bool) -> dict:
     except registry.Unavailable as exc:
         raise JobError("unavailable", str(exc)) from None
     jt["load_s"] = time.perf_counter() - p
-    res = {"impl": op.impl_label, "notes": op.notes(variant, mode)}
+    # the kernel knobs of the environment (MDN_SCAN_FORM, MDN_INTRA, ...): what, besides the params, decides what
+    # ran (check.env_knobs, the gate cache's key; tool and cache paths left out)
+    res = {"impl": op.impl_label, "notes": op.notes(variant, mode), "env": dict(check.env_knobs())}
 
     if params.get("check", True):
         p = time.perf_counter()
