@@ -276,8 +276,16 @@ def _train(job: TrainJob, info: DistInfo, rep: Reporter, stop: StopFlag) -> tupl
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": "bf16" if bf16 else "fp32", "compile": t_cfg.compile, "elapsed_s": time.time() - t_start,
         "mixer_impl": _mixer_impls(core),
+        "op_env": _op_env(),
     }
     return summary, history
+
+
+def _op_env() -> dict:
+    """The kernel knobs of the environment (MDN_SCAN_FORM, MDN_INTRA, ...): which op variant the run trained with."""
+    from ..bench.check import env_knobs
+
+    return dict(env_knobs())
 
 
 def _mixer_impls(model: nn.Module) -> dict:

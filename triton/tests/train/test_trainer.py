@@ -32,7 +32,8 @@ def _params(out_dir, **train):
             "train": t, "optim": dict(lr=3e-3, warmup_steps=2), "data": {"source": "bytes", "corpus_bytes": 200_000}}
 
 
-def test_loss_falls_on_the_default_corpus(tmp_path):
+def test_loss_falls_on_the_default_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")  # a kernel knob: the result records it (op_env)
     summary, hist = train(TrainJob.from_params(_params(tmp_path, steps=20, batch_size=8, seq_len=64)))
     assert summary["steps_done"] == 20 and len(hist) == 20
     assert hist[0]["loss"] == pytest.approx(math.log(256), abs=0.3)
@@ -40,6 +41,7 @@ def test_loss_falls_on_the_default_corpus(tmp_path):
     for k in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_gpu", "peak_mem_gb"):
         assert all(math.isfinite(h[k]) for h in hist), k
     assert summary["mixer_impl"] == {"mdn": "torch"}
+    assert summary["op_env"]["MDN_SCAN_FORM"] == "pqk"
     assert os.path.isdir(summary["checkpoint"])  # a checkpoint at the end
 
 
