@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "triton", "tests", "ops"))
+sys.path.insert(0, os.path.join(HERE, "..", "triton", "tests"))  # conftest: the sm_90 compile helpers
 
 # pointer arguments that are fp32 whatever the operand dtype, by kernel name
 FP32_PTRS = {

@@ -23,6 +23,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "triton", "tests", "ops"))
+sys.path.insert(0, os.path.join(HERE, "..", "triton", "tests"))  # conftest: the sm_90 compile helpers
 
 from mdn.ops.momentum_delta_rule import chunk_scan as cs  # noqa: E402
 from test_scan_resources import HOPPER_SHARED_LIMIT, compile_scan, scan_runs  # noqa: E402

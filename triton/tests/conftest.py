@@ -29,6 +29,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
+import shutil
+import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -308,4 +312,65 @@ def bench_params(**kw) -> dict:
              timer="wall_clock", warmup_ms=0, rep_ms=5, allow_naive_fallback=False, official_path="")
     p.update(kw)
     return p
+
+
+
+# ----------------------------------------------------------------------------------------------- sm_90 compiles
+# Ahead-of-time compiles for Hopper on the CPU (ptxas ships with Triton's wheel): the resource tests of the scan and
+# intra kernels (tests/ops/test_scan_resources.py, test_intra_resources.py) and scripts/scan_regs.py.
+HOPPER_SHARED_LIMIT = 232448  # bytes per block (227 KB), sm_90
+
+
+def _have_ptxas() -> bool:
+    try:
+        import triton.backends.nvidia as nv
+    except ImportError:
+        return False
+    path = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
+    return os.path.exists(path) or shutil.which("ptxas") is not None
+
+
+def ptxas_path() -> str:
+    import triton.backends.nvidia as nv
+    path = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
+    return path if os.path.exists(path) else (shutil.which("ptxas") or path)
+
+
+def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = True) -> dict:
+    """Compile a Triton kernel for sm_90 on the CPU: sig maps the runtime arguments to Triton types ("*bf16",
+    "i32", ...), consts the constexprs. Returns {"shared", "tma_loads"} and, with ptxas=True, "regs", "stack",
+    "spill_st", "spill_ld" from `ptxas -v --gpu-name sm_90a`. Every pointer is taken as 16-byte aligned, as the
+    launchers' torch allocations are."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = dict(sig)
+    sig.update({n: "constexpr" for n in consts})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
+             if sig.get(n, "").startswith("*")}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+    # "tma_loads": descriptor (bulk tensor) copies in the PTX, 0 on the pointer path
+    res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor")}
+    if not ptxas:
+        return res
+    with tempfile.TemporaryDirectory() as d:
+        ptx = os.path.join(d, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        r = subprocess.run([ptxas_path(), "-v", "--gpu-name", "sm_90a", ptx, "-o", os.path.join(d, "k.cubin")],
+                           capture_output=True, text=True, check=True)
+    info = r.stderr
+
+    def num(pattern: str) -> int:
+        m = re.search(pattern, info)
+        if m is None:
+            raise RuntimeError(f"ptxas -v output without {pattern!r}:\n{info}")
+        return int(m.group(1))
+
+    res.update(regs=num(r"Used (\d+) registers"), stack=num(r"(\d+) bytes stack frame"),
+               spill_st=num(r"(\d+) bytes spill stores"), spill_ld=num(r"(\d+) bytes spill loads"))
+    return res
+
 

@@ -7,34 +7,11 @@ kernel), so marked slow; scripts/gpu_check_op.sh does not need it (the GPU tests
 """
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-
 import pytest
 
+from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90, ptxas_path  # noqa: F401  (re-exported)
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
-
-HOPPER_SHARED_LIMIT = 232448  # bytes per block (227 KB), sm_90
-
-
-def _have_ptxas() -> bool:
-    try:
-        import triton.backends.nvidia as nv
-    except ImportError:
-        return False
-    path = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
-    return os.path.exists(path) or shutil.which("ptxas") is not None
-
-
-def ptxas_path() -> str:
-    import triton.backends.nvidia as nv
-    path = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
-    return path if os.path.exists(path) else (shutil.which("ptxas") or path)
-
 
 # pointer arguments of each scan kernel (both forms), and which of them are fp32 whatever the operand dtype
 SIGNATURES = {
@@ -56,10 +33,6 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
     """Compile one scan kernel for sm_90 (no GPU needed). Returns {"shared": bytes} and, with ptxas=True, what
     `ptxas -v` reports for sm_90a: "regs", "stack" (bytes of stack frame), "spill_st", "spill_ld" (bytes).
     load: "ptr" or "tma" (MDN_SCAN_LOAD: the [C, K] operands through tensor descriptors)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     ptr = "*" + dtype
     names, fp32_ptrs = SIGNATURES[kernel.fn.__name__]
     sig = {n: ("*fp32" if n in fp32_ptrs else ptr) for n in names}
@@ -68,33 +41,7 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
                   LOAD_TMA=load == "tma", **flags)
     if "ABLATE" in kernel.arg_names:
         consts.setdefault("ABLATE", 0)  # the launcher's default (its constexpr default is not applied here)
-    sig.update({n: "constexpr" for n in consts})
-    # as the launcher specializes them: every pointer (torch allocations) 16-byte aligned
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-             if sig.get(n, "").startswith("*")}
-    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
-    # "tma_loads": descriptor (bulk tensor) copies in the PTX, 0 on the pointer path
-    res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor")}
-    if not ptxas:
-        return res
-    with tempfile.TemporaryDirectory() as d:
-        ptx = os.path.join(d, "k.ptx")
-        with open(ptx, "w") as f:
-            f.write(k.asm["ptx"])
-        r = subprocess.run([ptxas_path(), "-v", "--gpu-name", "sm_90a", ptx, "-o", os.path.join(d, "k.cubin")],
-                           capture_output=True, text=True, check=True)
-    info = r.stderr
-
-    def num(pattern: str) -> int:
-        m = re.search(pattern, info)
-        if m is None:
-            raise RuntimeError(f"ptxas -v output without {pattern!r}:\n{info}")
-        return int(m.group(1))
-
-    res.update(regs=num(r"Used (\d+) registers"), stack=num(r"(\d+) bytes stack frame"),
-               spill_st=num(r"(\d+) bytes spill stores"), spill_ld=num(r"(\d+) bytes spill loads"))
-    return res
+    return compile_sm90(kernel, sig, consts, num_warps, ptxas=ptxas)
 
 
 def compile_shared_bytes(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps: int, **flags) -> int:
