@@ -158,3 +158,27 @@ def test_gpu_op_with_triton_intra_bf16(monkeypatch):
     inputs = make_inputs(1, 1000, 2, 256, 512, dtype=torch.bfloat16, device="cuda", gates="layer",
                          initial_state=True)
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+def test_op_compiles_the_packing_around_the_triton_intra(monkeypatch, recwarn):
+    """On CUDA the packing and the Triton intra's custom ops go through torch.compile together (chunk._run_intra,
+    form "pqk_triton"); forced here with the aot_eager backend: no fallback warning, same gradients as eager."""
+    import mdn.ops.momentum_delta_rule.chunk as chunk_mod
+    import mdn.ops.momentum_delta_rule.chunk_intra_bwd as bwd_mod
+
+    monkeypatch.setenv("MDN_INTRA", "triton")
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+    calls = []
+    real = bwd_mod.chunk_mdn_intra_pqk_bwd_triton
+    monkeypatch.setattr(bwd_mod, "chunk_mdn_intra_pqk_bwd_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = make_inputs(2, 40, 2, 16, 24, device=DEV, initial_state=True)
+    eager = _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs=dict(chunk_size=16))
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "1")
+    monkeypatch.setenv("MDN_CHUNK_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(chunk_mod, "_compiled_intra", {})
+    monkeypatch.setattr(chunk_mod, "_compile_failed", False)
+    torch._dynamo.reset()
+    compiled = _compare(inputs, dtype=torch.float32, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs=dict(chunk_size=16))
+    assert not chunk_mod._compile_failed and "dense" in chunk_mod._compiled_intra
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert len(calls) == 2 and eager.keys() == compiled.keys()

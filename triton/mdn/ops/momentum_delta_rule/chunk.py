@@ -82,13 +82,18 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
-    form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk."""
+    form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk; "pqk_triton" -> the
+    fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd)."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
+    args = (qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale, use_qk_l2norm_in_kernel,
+            use_p_times_alpha)
+    if form == "pqk_triton":  # the fused Triton kernels (custom ops, forward and backward): the packing fuses around
+        return intra_pqk_fwd(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args],
+                             out_dtype == torch.bfloat16, bf16_gemm)
     intra = chunk_mdn_intra_pqk if form == "pqk" else chunk_mdn_intra
-    return intra(qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
-                 use_qk_l2norm_in_kernel, use_p_times_alpha, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
+    return intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
@@ -299,20 +304,21 @@ def chunk_momentum_delta_rule(
         pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    if _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C, form=form):
-        # the fused Triton intra part, producing the operands of the scan form in use
+    triton_intra = _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C, form=form)
+    if triton_intra and form == "six":
+        # the six form's fused Triton intra forward (no gradient required)
         pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
         gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
         args = (pack(q), pack(k), pack(v), gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale,
                 use_qk_l2norm_in_kernel, use_p_times_alpha)
-        if form == "pqk":  # differentiable: Triton forward and backward (custom ops)
-            intra = intra_pqk_fwd(*args, op_dtype == torch.bfloat16, _bf16_gemm_wanted(op_dtype))
-        else:
-            intra = chunk_mdn_intra_fwd_triton(*args, out_dtype=op_dtype, bf16_gemm=_bf16_gemm_wanted(op_dtype))
-        oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
+        intra = chunk_mdn_intra_fwd_triton(*args, out_dtype=op_dtype, bf16_gemm=_bf16_gemm_wanted(op_dtype))
+        oc, ht = chunk_scan(*intra, h0, chunk_offsets)
     else:
+        # the torch intra part, or the pqk form's fused Triton kernels ("pqk_triton"), with the packing, through
+        # torch.compile on CUDA (_run_intra)
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
-                           use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype), form)
+                           use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
+                           "pqk_triton" if triton_intra else form)
         oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
 
     o = _unpack_dense(oc, B, T) if cu_seqlens is None else _unpack_varlen(oc, pos)
