@@ -264,29 +264,36 @@ cu_seqlens_of_fixture = _fixture_of(cu_seqlens_of)
 run_op_fixture = _fixture_of(run_op)
 
 
-def compare_with_oracle(inputs, *, dtype, tol_o, tol_grad, tol_state=None, op_kwargs=None):
-    """chunk_momentum_delta_rule and the fp64 recurrence with the same random upstream grads (as
-    test_chunk._compare); asserts every error against its tolerance and returns them."""
+def compare_with_oracle(inputs, *, dtype, tol_o, tol_grad, tol_state=None, grads=None, op_kwargs=None,
+                        ref_kwargs=None, op=None):
+    """op (default chunk_momentum_delta_rule) and the fp64 recurrence with the same random upstream grads for o and
+    the final state; asserts every error against its tolerance (states: tol_state, default tol_o) and returns
+    them. grads: the inputs to differentiate (default every one present); ref_kwargs: the oracle's keyword
+    arguments (default op_kwargs without chunk_size)."""
     from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
     from mdn.ops.naive import naive_recurrent_momentum_delta_rule
+    op = op or chunk_momentum_delta_rule
     op_kwargs = dict(op_kwargs or {})
-    ref_kwargs = {k: v for k, v in op_kwargs.items() if k != "chunk_size"}
+    ref_kwargs = dict(ref_kwargs if ref_kwargs is not None else op_kwargs)
+    ref_kwargs.pop("chunk_size", None)
     tol_state = tol_state if tol_state is not None else tol_o
-    grads = tuple(g for g in ALL_GRAD_NAMES if g in inputs)
+    grads = tuple(g for g in (grads if grads is not None else ALL_GRAD_NAMES) if g in inputs)
     B, T, H, V = inputs["v"].shape
     K = inputs["q"].shape[-1]
     N = B if inputs.get("cu_seqlens") is None else inputs["cu_seqlens"].numel() - 1
     do = torch.randn(B, T, H, V, dtype=torch.float64, device=inputs["q"].device)
     dht = torch.randn(2, N, H, K, V, dtype=torch.float64, device=inputs["q"].device)
-    o, ht, g = run_op(chunk_momentum_delta_rule, inputs, grads=grads, do=do, dht=dht, **op_kwargs)
+    o, ht, g = run_op(op, inputs, grads=grads, do=do, dht=dht, **op_kwargs)
     assert o.dtype == dtype and o.shape == (B, T, H, V)
+    assert ht.dtype == torch.float32 and ht.shape == (2, N, H, K, V)
     ro, rht, rg = run_op(naive_recurrent_momentum_delta_rule, to_fp64(inputs), grads=grads, do=do, dht=dht,
                          **ref_kwargs)
     errs = {"o": assert_rel("o", ro, o, tol_o),
             "S": assert_rel("S_T", rht[0], ht[0], tol_state),
             "M": assert_rel("M_T", rht[1], ht[1], tol_state)}
     for n in grads:
-        assert g[n] is not None and g[n].dtype == inputs[n].dtype, n
+        assert g[n] is not None, f"no grad for {n}"
+        assert g[n].dtype == inputs[n].dtype, f"grad {n} dtype {g[n].dtype}"
         errs["d" + n] = assert_rel("d" + n, rg[n], g[n], tol_grad)
     return errs
 

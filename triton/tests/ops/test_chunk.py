@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, constant_gates, gap_gates, make_inputs,
-                      rel_rms, run_op, to_fp64)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle, constant_gates, gap_gates,
+                      make_inputs, rel_rms, run_op, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -33,30 +33,8 @@ def _poison(monkeypatch):
 def _compare(inputs, *, dtype, tol_o, tol_grad, tol_state=None, grads=ALL_GRAD_NAMES, op_kwargs=None,
              ref_kwargs=None, op=chunk_momentum_delta_rule):
     """Run op and the fp64 oracle with the same random upstream grads; assert every error. Returns errors."""
-    op_kwargs = dict(op_kwargs or {})
-    ref_kwargs = dict(ref_kwargs or op_kwargs)
-    ref_kwargs.pop("chunk_size", None)
-    tol_state = tol_state if tol_state is not None else tol_o
-    grads = tuple(g for g in grads if g in inputs)
-    B, T, H, V = inputs["v"].shape
-    K = inputs["q"].shape[-1]
-    N = B if inputs.get("cu_seqlens") is None else inputs["cu_seqlens"].numel() - 1
-    do = torch.randn(B, T, H, V, dtype=torch.float64, device=inputs["q"].device)
-    dht = torch.randn(2, N, H, K, V, dtype=torch.float64, device=inputs["q"].device)
-
-    o, ht, g = run_op(op, inputs, grads=grads, do=do, dht=dht, **op_kwargs)
-    assert o.dtype == dtype and o.shape == (B, T, H, V)
-    assert ht.dtype == torch.float32 and ht.shape == (2, N, H, K, V)
-    ref_in = to_fp64(inputs)
-    ro, rht, rg = run_op(naive_recurrent_momentum_delta_rule, ref_in, grads=grads, do=do, dht=dht, **ref_kwargs)
-    errs = {"o": assert_rel("o", ro, o, tol_o),
-            "S": assert_rel("S_T", rht[0], ht[0], tol_state),
-            "M": assert_rel("M_T", rht[1], ht[1], tol_state)}
-    for n in grads:
-        assert g[n] is not None, f"no grad for {n}"
-        assert g[n].dtype == inputs[n].dtype, f"grad {n} dtype {g[n].dtype}"
-        errs["d" + n] = assert_rel("d" + n, rg[n], g[n], tol_grad)
-    return errs
+    return compare_with_oracle(inputs, dtype=dtype, tol_o=tol_o, tol_grad=tol_grad, tol_state=tol_state,
+                               grads=grads, op_kwargs=op_kwargs, ref_kwargs=ref_kwargs, op=op)
 
 
 # ------------------------------------------------------------------------------------------------------ accuracy
