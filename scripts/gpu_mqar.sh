@@ -26,6 +26,7 @@
 #          per worker, shape and grad mode, which a budget of ~1 minute per point cannot pay),
 #          TRITON_CACHE_AUTOTUNING (1: autotune results go to the shared Triton cache, so fla's kernels are tuned
 #          once per shape, not once per worker), OMP_NUM_THREADS (1 per worker),
+#          PLAN_SLICE ("a:b": only points a..b-1 of the plan, e.g. two calls on disjoint GPUs; default all),
 #          MDN_FLA_BYPASS_HOPPER_GUARD (1: let fla's GDN backward run on Hopper with Triton < 3.7.1; its rows
 #          then carry the dk caveat; 0: GDN fails there), MDNCTL (bin/mdnctl), MDN_PYTHON (.venv/bin/python)
 # Needs:   bin/mdnctl (make build; carry it if the GPU machine has no Go), the mdn package, and fla for GDN
@@ -62,6 +63,21 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' || true
 "$MDNCTL" sweep --plan "$SWEEP" --json >"$OUT/plan.json"
+if [ -n "${PLAN_SLICE:-}" ]; then
+  # only points [a, b) of the plan (python slice syntax "a:b"), so two calls on disjoint GPUs never run one point twice
+  "$PY" - "$OUT/plan.json" "$PLAN_SLICE" <<'PYEOF'
+import json, sys
+path, spec = sys.argv[1], sys.argv[2]
+a, _, b = spec.partition(":")
+try:
+    part = slice(int(a) if a else None, int(b) if b else None)
+except ValueError:
+    sys.exit(f"gpu_mqar: PLAN_SLICE={spec!r}: expected 'a:b' with integers a, b (either may be empty)")
+points = json.load(open(path))
+json.dump(points[part], open(path, "w"))
+print(f"gpu_mqar: PLAN_SLICE={spec}: {len(points[part])} of {len(points)} points")
+PYEOF
+fi
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
 (cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS" "${resume[@]}")
 

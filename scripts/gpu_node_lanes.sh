@@ -7,17 +7,20 @@
 # Lanes (GPU ids are those of the node):
 #   sweep  GPUs SWEEP_GPUS (0,1)  issue 4: scripts/gpu_sweep_scaling.sh on sweeps/baselines.toml with Triton's
 #                                 autotune results seeded from AUTOTUNE_IN (.cache/autotune_cache.tgz).
-#                                 PHASE 1: RUNS=fill (both GPUs; fills the compile and autotune caches).
-#                                 PHASE 2: RUNS="one all": the 1-GPU and the 2-GPU run, equally warm: the ratio
-#                                 (preceded by "fill2" when phase 1's fill did not complete).
+#                                 PHASE 1: RUNS=fill (both GPUs; fills the compile and autotune caches), then
+#                                 "one" (the warm 1-GPU run) if the fill completed with time to spare.
+#                                 PHASE 2: "fill2" and "one" unless complete, then "all" (the 2-GPU run, as warm
+#                                 as "one": the ratio), then MQAR points 60.. of the plan (width 256) on its GPUs.
 #   op     GPU OP_GPU (2)         issue 3. PHASE 1: scripts/bench_ops.py (our op, fla GDN, and the official kernel
-#                                 when .ext/official exists) at T=4096, the Triton intra part (bench_op.py --intra
-#                                 triton: forward and backward, fp32 [C, C] dots), then scripts/gpu_tests.sh (xdist)
-#                                 with what is left. PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN,
-#                                 Transformer 1.3B on this one GPU), MDN again with MDN_INTRA=triton, then the GPU
-#                                 tests again (those not yet passed).
-#   mqar   GPUs MQAR_GPUS (3)     issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, RESUME=1 (each phase goes on
-#                                 where the last stopped; rows in results/mqar-budget).
+#                                 when .ext/official exists) at T = 2048, 4096, 8192, then the Triton intra part
+#                                 (bench_op.py --intra triton --check: forward and backward, fp32 [C, C] dots).
+#                                 PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN, Transformer 1.3B on this
+#                                 one GPU), MDN again with MDN_INTRA=triton, then the GPU tests not yet passed.
+#   tests  GPU TESTS_GPU (3)      PHASE 1 only: scripts/gpu_tests.sh (pytest -m gpu over xdist workers); the passed
+#                                 tests are listed in results/gpu_tests/passed.txt for phase 2.
+#   mqar   GPUs MQAR_GPUS (3)     PHASE 2 only: issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, points 0-59 of
+#                                 its plan (widths 128 and 64), RESUME=1 (a later call goes on where this stopped;
+#                                 rows in results/mqar-budget).
 # The sweep lane's timings are wall times of whole sweeps: the other lanes share the node's CPU cores with it
 # (64 on the 4-GPU kinds), so say so next to its ratio; kernel timings (do_bench) are not affected.
 #
@@ -26,8 +29,8 @@
 #
 #   PHASE=1 bash scripts/gpu_node_lanes.sh        # first call
 #   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine
-# Env: PHASE, HARD_S, SWEEP_GPUS, OP_GPU, MQAR_GPUS, MQAR_WORKERS (8), LANES ("sweep op mqar": a subset runs only
-# those), AUTOTUNE_IN, MDN_PYTHON.
+# Env: PHASE, HARD_S, SWEEP_GPUS, OP_GPU, TESTS_GPU, MQAR_GPUS, MQAR_WORKERS (8), TEST_JOBS (8), LANES (phase 1
+# "sweep op tests", phase 2 "sweep op mqar"; a subset runs only those), AUTOTUNE_IN, MDN_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,7 +40,8 @@ HARD_S=${HARD_S:-560}
 SWEEP_GPUS=${SWEEP_GPUS:-0,1}
 OP_GPU=${OP_GPU:-2}
 MQAR_GPUS=${MQAR_GPUS:-3}
-LANES=${LANES:-"sweep op mqar"}
+TESTS_GPU=${TESTS_GPU:-3}
+if [ "${PHASE:-1}" = 1 ]; then LANES=${LANES:-"sweep op tests"}; else LANES=${LANES:-"sweep op mqar"}; fi
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
 O=${OUT:-$ROOT/results/node_lanes}
 mkdir -p "$O"
@@ -48,23 +52,42 @@ case $PHASE in 1|2) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 or 2" >
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
 
-sweep_lane() {
-  local d=$O/sweep; mkdir -p "$d"
-  local runs=fill
-  if [ "$PHASE" = 2 ]; then
-    runs="one all"
-    # phase 1's fill did not get through every point (fla's cold autotuning): finish filling the caches first
-    awk -F'\t' '$1 == "fill" && $6 == 1 { ok = 1 } END { exit !ok }' results/sweep_scaling/times.tsv 2>/dev/null ||
-      runs="fill2 one all"
-  fi
-  local seed=(); [ -f "$AUTOTUNE_IN" ] && [ "$PHASE" = 1 ] && seed=(AUTOTUNE_IN="$AUTOTUNE_IN")
-  env "${seed[@]}" RUNS="$runs" GPUS_MULTI="$SWEEP_GPUS" HARD_S=$(( $(left) - 15 )) FIRST_PCT=50 GRACE_S=40 \
-    RESULTS_DIR=results/sweep_scaling CACHE_ROOT=$ROOT/results/sweep_scaling_cache OUT="$d" bash scripts/gpu_sweep_scaling.sh sweeps/baselines.toml > "$d/lane.log" 2>&1
+complete() {  # RUN: has results/sweep_scaling/times.tsv a complete run of that name?
+  awk -F'\t' -v r="$1" '$1 == r && $6 == 1 { ok = 1 } END { exit !ok }' results/sweep_scaling/times.tsv 2>/dev/null
+}
+
+sweep_runs() {  # RUNS D: one gpu_sweep_scaling.sh call with what is left of this phase
+  local seed=(); [ -f "$AUTOTUNE_IN" ] && [ "$1" = fill ] && seed=(AUTOTUNE_IN="$AUTOTUNE_IN")
+  env "${seed[@]}" RUNS="$1" GPUS_MULTI="$SWEEP_GPUS" HARD_S=$(( $(left) - 15 )) FIRST_PCT=50 GRACE_S=40 \
+    RESULTS_DIR=results/sweep_scaling CACHE_ROOT=$ROOT/results/sweep_scaling_cache OUT="$2" \
+    bash scripts/gpu_sweep_scaling.sh sweeps/baselines.toml >> "$2/lane.log" 2>&1
   local rc=$?
-  for r in $runs; do
-    cp "results/sweep_scaling/$r/results.jsonl" "$d/${r}_results.jsonl" 2>/dev/null
-    cp "results/sweep_scaling/$r.log" "$d/$r.log" 2>/dev/null
+  for r in $1; do
+    cp "results/sweep_scaling/$r/results.jsonl" "$2/${r}_results.jsonl" 2>/dev/null
+    cp "results/sweep_scaling/$r.log" "$2/$r.log" 2>/dev/null
   done
+  return $rc
+}
+
+sweep_lane() {
+  local d=$O/sweep rc=0; mkdir -p "$d"
+  if [ "$PHASE" = 1 ]; then
+    sweep_runs fill "$d"; rc=$?
+    # the caches are full: the warm 1-GPU run now, if it fits (phase 2 runs it otherwise)
+    if complete fill && [ "$(left)" -gt 200 ]; then sweep_runs one "$d"; rc=$?; fi
+  else
+    local runs=""
+    # phase 1's fill did not get through every point (fla's cold autotuning): finish filling the caches first
+    complete fill || runs="fill2"
+    complete one || runs="$runs one"
+    sweep_runs "$runs all" "$d"; rc=$?
+    # the two GPUs are free: MQAR points of the plan's last third (width 256), which the mqar lane leaves alone
+    if [ "$(left)" -gt 150 ]; then
+      PLAN_SLICE=60: RESUME=1 GPUS=$SWEEP_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) \
+        OUT=results/mqar-budget-w256 bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/mqar_w256.log" 2>&1
+      cp results/mqar-budget-w256/results.jsonl "$d/mqar_w256_results.jsonl" 2>/dev/null
+    fi
+  fi
   return $rc
 }
 
@@ -74,6 +97,36 @@ intra_triton() {  # DOT_PRECISION TIMEOUT_S
   echo "intra triton $1 rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
 }
 
+run_gpu_tests() {  # D: scripts/gpu_tests.sh with what is left, minus the tests passed in an earlier phase
+  local d=$1 t=$(( $(left) - 20 ))
+  [ "$t" -gt 60 ] || return 0
+  local deselect=()
+  if [ -f results/gpu_tests/passed.txt ]; then
+    while read -r id; do deselect+=(--deselect "$id"); done < results/gpu_tests/passed.txt
+  fi
+  mkdir -p results/gpu_tests
+  OUT=$d JOBS=${TEST_JOBS:-8} T_ALL=$t bash scripts/gpu_tests.sh "${deselect[@]}" > /dev/null 2>&1
+  echo "tests rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  "$MDN_PYTHON" - "$d/gpu_tests.xml" >> results/gpu_tests/passed.txt <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    sys.exit(0)
+for tc in root.iter("testcase"):
+    if not any(c.tag in ("failure", "error", "skipped") for c in tc):
+        mod = tc.get("classname", "").replace(".", "/")
+        print(f"{mod}.py::{tc.get('name')}")
+PYEOF
+}
+
+tests_lane() {  # phase 1: the whole GPU test set on its own GPU
+  local d=$O/tests; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$TESTS_GPU TRITON_CACHE_DIR=$ROOT/results/tests_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"
+  run_gpu_tests "$d"
+}
+
 op_lane() {
   local d=$O/op; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/op_triton_cache
@@ -81,8 +134,8 @@ op_lane() {
   [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
   if [ "$PHASE" = 1 ]; then
     local impls=gdn,mdn; [ -d .ext/official/fla ] && impls=gdn,mdn,official
-    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 200 "$MDN_PYTHON" scripts/bench_ops.py \
-      --impls "$impls" --T 4096 --out "$d/ops.jsonl" > "$d/ops.txt" 2>&1
+    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 330 "$MDN_PYTHON" scripts/bench_ops.py \
+      --impls "$impls" --T 2048,4096,8192 --out "$d/ops.jsonl" > "$d/ops.txt" 2>&1
     echo "ops rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
     # the fused Triton intra part (MDN_INTRA=triton: forward and backward in the pqk form) against the default
     # (compiled torch intra, timed by bench_ops above), fp32 [C, C] dots; phase 2 tries 3xTF32 dots
@@ -96,34 +149,14 @@ op_lane() {
     echo "train intra triton rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
     rm -rf "$d"/train/*/checkpoints "$d"/train_intra_triton/*/checkpoints
   fi
-  local t=$(( $(left) - 20 ))
-  if [ "$t" -gt 60 ]; then
-    local deselect=()
-    # phase 2: only the tests phase 1 did not pass (JUnit report kept on the machine)
-    if [ "$PHASE" = 2 ] && [ -f results/gpu_tests/passed.txt ]; then
-      while read -r id; do deselect+=(--deselect "$id"); done < results/gpu_tests/passed.txt
-    fi
-    mkdir -p results/gpu_tests
-    OUT=$d JOBS=8 T_ALL=$t bash scripts/gpu_tests.sh "${deselect[@]}" > /dev/null 2>&1
-    echo "tests rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-    "$MDN_PYTHON" - "$d/gpu_tests.xml" >> results/gpu_tests/passed.txt <<'PYEOF'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except Exception:
-    sys.exit(0)
-for tc in root.iter("testcase"):
-    if not any(c.tag in ("failure", "error", "skipped") for c in tc):
-        mod = tc.get("classname", "").replace(".", "/")
-        print(f"{mod}.py::{tc.get('name')}")
-PYEOF
-  fi
+  # phase 2: the GPU tests that phase 1's tests lane did not pass
+  [ "$PHASE" = 2 ] && run_gpu_tests "$d"
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_op.tgz" -T -)
 }
 
 mqar_lane() {
   local d=$O/mqar; mkdir -p "$d"
-  RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
+  PLAN_SLICE=:60 RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
     bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/lane.log" 2>&1
   local rc=$?
   cp results/mqar-budget/results.jsonl results/mqar-budget/summary.md "$d"/ 2>/dev/null
@@ -132,7 +165,7 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
   ${lane}_lane & pid[$lane]=$!
 done
