@@ -21,6 +21,12 @@
 #   mqar   GPUs MQAR_GPUS (3)     PHASE 2 only: issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, points 0-59 of
 #                                 its plan (widths 128 and 64), RESUME=1 (a later call goes on where this stopped;
 #                                 rows in results/mqar-budget).
+# PHASE 3 (one call on a fresh machine; nothing carried over but AUTOTUNE_IN and results/mqar-budget):
+#   sweepone GPU 0 and sweepall GPUs 1,2 (SWEEP_ALL_GPUS), side by side: the 1-GPU and the 2-GPU run of
+#                                 sweeps/baselines.toml, each from its own empty compile caches (Triton, inductor)
+#                                 with the same autotune results seeded from AUTOTUNE_IN: equally cold, so the
+#                                 ratio includes the compile work a fresh machine does. They share the CPU cores.
+#   mqar   GPU 3                  as in phase 2.
 # The sweep lane's timings are wall times of whole sweeps: the other lanes share the node's CPU cores with it
 # (64 on the 4-GPU kinds), so say so next to its ratio; kernel timings (do_bench) are not affected.
 #
@@ -38,17 +44,23 @@ T0=$(date +%s)
 PHASE=${PHASE:-1}
 HARD_S=${HARD_S:-560}
 SWEEP_GPUS=${SWEEP_GPUS:-0,1}
+[ "${PHASE:-1}" = 3 ] && SWEEP_GPUS=${SWEEP_ALL_GPUS:-1,2}
 OP_GPU=${OP_GPU:-2}
 MQAR_GPUS=${MQAR_GPUS:-3}
 TESTS_GPU=${TESTS_GPU:-3}
-if [ "${PHASE:-1}" = 1 ]; then LANES=${LANES:-"sweep op tests"}; else LANES=${LANES:-"sweep op mqar"}; fi
+SWEEP_ONE_GPUS=${SWEEP_ONE_GPUS:-0,3}  # phase 3: the 1-GPU run uses the first of these (the script wants two)
+case ${PHASE:-1} in
+  1) LANES=${LANES:-"sweep op tests"} ;;
+  2) LANES=${LANES:-"sweep op mqar"} ;;
+  *) LANES=${LANES:-"sweepone sweepall mqar"} ;;
+esac
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
 O=${OUT:-$ROOT/results/node_lanes}
 mkdir -p "$O"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
-case $PHASE in 1|2) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 or 2" >&2; exit 2 ;; esac
+case $PHASE in 1|2|3) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1, 2 or 3" >&2; exit 2 ;; esac
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
 
@@ -154,6 +166,19 @@ op_lane() {
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_op.tgz" -T -)
 }
 
+sweep_cold_lane() {  # RUN GPUS: one run of the sweep from empty compile caches (autotune results seeded)
+  local d=$O/sweep$1; mkdir -p "$d"
+  RUNS=$1 GPUS_MULTI=$2 AUTOTUNE_IN="$AUTOTUNE_IN" HARD_S=$(( $(left) - 15 )) GRACE_S=40 \
+    RESULTS_DIR=results/sweep_cold/$1 CACHE_ROOT=$ROOT/results/sweep_cold_cache/$1 OUT="$d" \
+    bash scripts/gpu_sweep_scaling.sh sweeps/baselines.toml > "$d/lane.log" 2>&1
+  local rc=$?
+  cp "results/sweep_cold/$1/$1/results.jsonl" "$d/results.jsonl" 2>/dev/null
+  cp "results/sweep_cold/$1/$1.log" "$d/$1.log" 2>/dev/null
+  return $rc
+}
+sweepone_lane() { sweep_cold_lane one "$SWEEP_ONE_GPUS"; }
+sweepall_lane() { sweep_cold_lane all "$SWEEP_GPUS"; }
+
 mqar_lane() {
   local d=$O/mqar; mkdir -p "$d"
   PLAN_SLICE=:60 RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
@@ -165,7 +190,7 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar|tests) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests|sweepone|sweepall) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
   ${lane}_lane & pid[$lane]=$!
 done
