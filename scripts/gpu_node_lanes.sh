@@ -65,7 +65,8 @@ nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
 
 complete() {  # RUN: has results/sweep_scaling/times.tsv a complete run of that name?
-  awk -F'\t' -v r="$1" '$1 == r && $6 == 1 { ok = 1 } END { exit !ok }' results/sweep_scaling/times.tsv 2>/dev/null
+  # (fill2, fill3, ... continue the rows of fill: any of them complete means the fill is)
+  awk -F'\t' -v r="$1" 'index($1, r) == 1 && $6 == 1 { ok = 1 } END { exit !ok }' results/sweep_scaling/times.tsv 2>/dev/null
 }
 
 sweep_runs() {  # RUNS D: one gpu_sweep_scaling.sh call with what is left of this phase
@@ -75,7 +76,8 @@ sweep_runs() {  # RUNS D: one gpu_sweep_scaling.sh call with what is left of thi
     bash scripts/gpu_sweep_scaling.sh sweeps/baselines.toml >> "$2/lane.log" 2>&1
   local rc=$?
   for r in $1; do
-    cp "results/sweep_scaling/$r/results.jsonl" "$2/${r}_results.jsonl" 2>/dev/null
+    local rd=$r; case $r in fill*) rd=fill ;; esac
+    cp "results/sweep_scaling/$rd/results.jsonl" "$2/${r}_results.jsonl" 2>/dev/null
     cp "results/sweep_scaling/$r.log" "$2/$r.log" 2>/dev/null
   done
   return $rc

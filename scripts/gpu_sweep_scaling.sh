@@ -2,7 +2,8 @@
 # Does a sweep scale over the GPUs of one node (issue 4: 2 GPUs in <= 0.6x the 1-GPU time)?
 #
 # RUNS (default "all one") lists the runs, in order: a name starting with "one" runs `mdnctl sweep SWEEP --gpus 0`,
-# any other name `--gpus 0,1,...` (all GPUs, or GPUS_MULTI); each writes $R/<name>/results.jsonl (started afresh) and
+# any other name `--gpus 0,1,...` (all GPUs, or GPUS_MULTI); each writes $R/<name>/results.jsonl (started afresh;
+# a name starting with "fill" instead continues $R/fill/results.jsonl with --resume: it only fills caches) and
 # $R/<name>.log, and appends "name gpus seconds rows planned complete caches" to $R/times.tsv. The ratio printed
 # at the end is that of the last complete all-GPU run to the last complete 1-GPU run in times.tsv, so the runs may
 # be spread over several device calls that share $R and the caches (the device machine keeps ignored folders
@@ -99,12 +100,14 @@ while [ $# -gt 0 ]; do
     if [ -z "$(ls -A "$TRITON_CACHE_DIR")" ]; then caches=cold
     elif [ -z "$(find "$TRITON_CACHE_DIR" -type f ! -name '*.autotune.json' | head -1)" ]; then caches=autotune-seeded; fi
   fi
-  rm -rf "${R:?}/$run"
+  # a run named fill* only fills the caches: it continues the rows of $R/fill (--resume) instead of starting afresh
+  dir=$R/$run resume=()
+  case $run in fill*) dir=$R/fill resume=(--resume) ;; *) rm -rf "${dir:?}" ;; esac
   t0=$(date +%s.%N)
-  timeout -k 10 "$budget" bin/mdnctl sweep "$SWEEP" --gpus "$gpus" --out "$R/$run" --max-time "$maxt" --quiet > "$R/$run.log" 2>&1
+  timeout -k 10 "$budget" bin/mdnctl sweep "$SWEEP" --gpus "$gpus" --out "$dir" "${resume[@]}" --max-time "$maxt" --quiet > "$R/$run.log" 2>&1
   rc=$?
   secs=$("$PY" -c "import sys; print(round(float(sys.argv[1]) - float(sys.argv[2]), 1))" "$(date +%s.%N)" "$t0")
-  n=$(rows "$R/$run/results.jsonl")
+  n=$(rows "$dir/results.jsonl")
   how="rc $rc"
   { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && how="stopped at its ${budget}s budget (rc $rc)"
   complete=0

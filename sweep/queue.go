@@ -1,6 +1,7 @@
 package sweep
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -30,21 +31,39 @@ func familyKey(p Point) string {
 	return b.String()
 }
 
-// workQueue hands out points. A slot gets, in this order: the first point of a family it has started, the first
-// point of a family no slot has started (which it then owns), or else the first point (load balance wins over
-// affinity). A point given back (its slot could not start a worker) goes to the front. pop waits while other
-// slots still hold points that may come back.
+// opKey names what a worker compiles and warms up once per process for a point, whatever its shapes: the op (or,
+// for task sweeps, the model). A fresh process pays each op's first use (imports, inductor start-up, kernels the
+// op's families share): on an H200, MDN's first gate took 32-33 s in a fresh worker against 18 s for its second
+// family in the same worker, GDN's first point 24-25 s against 11 s (docs/BENCHMARKS.md §1.10).
+func opKey(p Point) string {
+	for _, k := range []string{"op", "model", "task"} {
+		if v, ok := p.Values[k]; ok {
+			return fmt.Sprint(v)
+		}
+	}
+	return ""
+}
+
+// workQueue hands out points. A slot gets, in this order: the first point of a family it has started; the first
+// point of a family no slot has started whose op this slot has started (the op is warm in its worker); the first
+// point of a family of an op no slot has started; the first point of any family no slot has started (each of these
+// families it then owns); or else the first point (load balance wins over affinity). So on several GPUs each op's
+// families tend to stay in one worker, and each worker pays each op's first use once. A point given back (its slot
+// could not start a worker) goes to the front. pop waits while other slots still hold points that may come back.
 type workQueue struct {
-	mu       sync.Mutex
-	cond     *sync.Cond
-	items    []Point
-	owner    map[string]string // family -> the slot that started it
-	inflight int
-	closed   bool
+	mu        sync.Mutex
+	cond      *sync.Cond
+	items     []Point
+	owner     map[string]string          // family -> the slot that started it
+	slotOps   map[string]map[string]bool // slot -> the ops of the families it owns
+	opStarted map[string]bool            // op -> some slot owns a family of it
+	inflight  int
+	closed    bool
 }
 
 func newWorkQueue(points []Point) *workQueue {
-	q := &workQueue{items: append([]Point(nil), points...), owner: map[string]string{}}
+	q := &workQueue{items: append([]Point(nil), points...), owner: map[string]string{},
+		slotOps: map[string]map[string]bool{}, opStarted: map[string]bool{}}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
@@ -67,21 +86,49 @@ func (q *workQueue) pop(slot string) (Point, bool) {
 
 // pick returns the index of the point slot should run next (items is not empty).
 func (q *workQueue) pick(slot string) int {
-	unowned := -1
+	const (
+		ownOp  = iota // unowned family, op warm in this slot
+		newOp         // unowned family, op not started anywhere
+		anyFam        // unowned family, op started by another slot
+		nRanks
+	)
+	first := [nRanks]int{-1, -1, -1}
 	for i, p := range q.items {
 		owner, ok := q.owner[familyKey(p)]
 		if ok && owner == slot {
 			return i
 		}
-		if !ok && unowned < 0 {
-			unowned = i
+		if ok {
+			continue
+		}
+		rank := anyFam
+		if op := opKey(p); q.slotOps[slot][op] {
+			rank = ownOp
+		} else if !q.opStarted[op] {
+			rank = newOp
+		}
+		if first[rank] < 0 {
+			first[rank] = i
 		}
 	}
-	if unowned >= 0 {
-		q.owner[familyKey(q.items[unowned])] = slot
-		return unowned
+	for _, i := range first {
+		if i >= 0 {
+			q.claim(slot, q.items[i])
+			return i
+		}
 	}
 	return 0
+}
+
+// claim makes slot the owner of p's family (and records that it has started p's op).
+func (q *workQueue) claim(slot string, p Point) {
+	q.owner[familyKey(p)] = slot
+	op := opKey(p)
+	if q.slotOps[slot] == nil {
+		q.slotOps[slot] = map[string]bool{}
+	}
+	q.slotOps[slot][op] = true
+	q.opStarted[op] = true
 }
 
 func (q *workQueue) done(back *Point) {

@@ -92,3 +92,67 @@ func TestQueueGivenBackPointComesFirst(t *testing.T) {
 		t.Fatalf("the given-back point should come first, got %d", again.Index)
 	}
 }
+
+// Families of one op (here two head shapes each of mdn and gdn, plan order mdn, mdn, gdn, gdn) stay on the slot
+// that started the op, so each worker pays an op's first use once; first-unowned-family order would give each
+// slot one mdn and one gdn family.
+func TestQueueKeepsAnOpsFamiliesOnOneSlot(t *testing.T) {
+	var pts []Point
+	for _, op := range []string{"mdn", "gdn"} {
+		for _, H := range []int64{6, 16} {
+			p := familyPoint(len(pts), op, 4096, "fwdbwd")
+			p.Values["H"] = H
+			pts = append(pts, p)
+		}
+	}
+	q := newWorkQueue(pts)
+	got := map[string][]string{}
+	for n, slot := range []string{"gpu0", "gpu1", "gpu0", "gpu1"} {
+		p, ok := q.pop(slot)
+		if !ok {
+			t.Fatalf("queue empty after %d of %d points", n, len(pts))
+		}
+		q.done(nil)
+		got[slot] = append(got[slot], fmt.Sprintf("%v/H%v", p.Values["op"], p.Values["H"]))
+	}
+	if fmt.Sprint(got["gpu0"]) != "[mdn/H6 mdn/H16]" || fmt.Sprint(got["gpu1"]) != "[gdn/H6 gdn/H16]" {
+		t.Fatalf("each op's families should stay on one slot, got gpu0 %v, gpu1 %v", got["gpu0"], got["gpu1"])
+	}
+}
+
+// With more slots than ops, a slot with nothing of its own takes an unowned family of an op another slot has
+// started before it steals a sibling of a family in flight.
+func TestQueueSharesAnOpWhenNoNewOpIsLeft(t *testing.T) {
+	var pts []Point
+	for _, H := range []int64{6, 16} {
+		p := familyPoint(len(pts), "mdn", 4096, "fwdbwd")
+		p.Values["H"] = H
+		pts = append(pts, p)
+	}
+	q := newWorkQueue(pts)
+	a, _ := q.pop("gpu0")
+	b, ok := q.pop("gpu1")
+	if !ok || a.Index != 0 || b.Index != 1 {
+		t.Fatalf("gpu0 should get point 0 and gpu1 the other family's point 1, got %d and %d (ok %v)", a.Index, b.Index, ok)
+	}
+	if q.owner[familyKey(b)] != "gpu1" {
+		t.Fatalf("gpu1 should own the family it started, owners %v", q.owner)
+	}
+}
+
+func TestOpKeyFallsBackToModelAndTask(t *testing.T) {
+	cases := []struct {
+		vals map[string]any
+		want string
+	}{
+		{map[string]any{"op": "mdn", "model": "x"}, "mdn"},
+		{map[string]any{"model": "gdn", "task": "mqar"}, "gdn"},
+		{map[string]any{"task": "mqar"}, "mqar"},
+		{map[string]any{"lr": 0.1}, ""},
+	}
+	for _, c := range cases {
+		if got := opKey(Point{Values: c.vals}); got != c.want {
+			t.Errorf("opKey(%v) = %q, want %q", c.vals, got, c.want)
+		}
+	}
+}
