@@ -4,39 +4,38 @@
 # a lane keeps between calls lives in ignored folders of the tree (results/...), which the device machine keeps
 # while it is held.
 #
-# Lanes (GPU ids are those of the node):
-#   sweep  GPUs SWEEP_GPUS (0,1)  issue 4: scripts/gpu_sweep_scaling.sh on sweeps/baselines.toml with Triton's
-#                                 autotune results seeded from AUTOTUNE_IN (.cache/autotune_cache.tgz).
-#                                 PHASE 1: RUNS=fill (both GPUs; fills the compile and autotune caches), then
-#                                 "one" (the warm 1-GPU run) if the fill completed with time to spare.
-#                                 PHASE 2: "fill2" and "one" unless complete, then "all" (the 2-GPU run, as warm
-#                                 as "one": the ratio), then MQAR points 60.. of the plan (width 256) on its GPUs.
-#   op     GPU OP_GPU (2)         issue 3. PHASE 1: scripts/bench_ops.py (our op, fla GDN, and the official kernel
-#                                 when .ext/official exists) at T = 2048, 4096, 8192, then the Triton intra part
-#                                 (bench_op.py --intra triton --check: forward and backward, fp32 [C, C] dots).
-#                                 PHASE 2: scripts/gpu_train_bench.sh (issue 5: MDN, GDN, Transformer 1.3B on this
-#                                 one GPU), MDN again with MDN_INTRA=triton, then the GPU tests not yet passed.
-#   tests  GPU TESTS_GPU (3)      PHASE 1 only: scripts/gpu_tests.sh (pytest -m gpu over xdist workers); the passed
-#                                 tests are listed in results/gpu_tests/passed.txt for phase 2.
-#   mqar   GPUs MQAR_GPUS (3)     PHASE 2 only: issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml, points 0-59 of
-#                                 its plan (widths 128 and 64), RESUME=1 (a later call goes on where this stopped;
-#                                 rows in results/mqar-budget).
-# PHASE 3 (one call on a fresh machine; nothing carried over but AUTOTUNE_IN and results/mqar-budget):
-#   sweepone GPU 0 and sweepall GPUs 1,2 (SWEEP_ALL_GPUS), side by side: the 1-GPU and the 2-GPU run of
-#                                 sweeps/baselines.toml, each from its own empty compile caches (Triton, inductor)
-#                                 with the same autotune results seeded from AUTOTUNE_IN: equally cold, so the
-#                                 ratio includes the compile work a fresh machine does. They share the CPU cores.
-#   mqar   GPU 3                  as in phase 2.
-# The sweep lane's timings are wall times of whole sweeps: the other lanes share the node's CPU cores with it
-# (64 on the 4-GPU kinds), so say so next to its ratio; kernel timings (do_bench) are not affected.
+# Lanes (GPU ids are those of the node; the defaults of each PHASE in brackets):
+#   sweepone GPU 0, sweepall GPUs SWEEP_ALL_GPUS (1,2)  [PHASE 1 and 3, on a FRESH machine] issue 4: the 1-GPU and
+#                                 the 2-GPU run of sweeps/baselines.toml side by side, each from its own empty
+#                                 compile caches (Triton, inductor) with the same autotune results seeded from
+#                                 AUTOTUNE_IN: equally cold, so the ratio includes the compile work a new machine
+#                                 does. They share the CPU cores.
+#   tiles  GPU TILES_GPU (3)      [PHASE 1] issue 5: the scan tiles (MDN_SCAN_CONFIG pairs, TILE_CFGS) at the training
+#                                 step's shape (8192 tokens per op call), results/tiles/tiles.jsonl; then the official
+#                                 MDN kernel next to ours (bench_ops.py --impls official,mdn) with what is left.
+#   train  GPU TRAIN_GPU (2)      [PHASE 2] issue 5: scripts/gpu_train_bench.sh (MDN, GDN, Transformer 1.3B on one
+#                                 GPU), then MDN again with the tiles lane's fastest fwd+bwd config.
+#   tests  GPU TESTS_GPU (3)      [PHASE 2] scripts/gpu_tests.sh (pytest -m gpu over xdist workers) minus the tests
+#                                 listed in results/gpu_tests/passed.txt (which it appends to).
+#   mqar   GPUs MQAR_GPUS         [PHASE 2: 0,1; PHASE 3: 3] issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml,
+#                                 RESUME=1; on a fresh machine the rows in docs/data/mqar_budget_*.jsonl count as done.
+#   sweep  GPUs SWEEP_GPUS (0,1)  [LANES=sweep] the warm-cache variant of the ratio: PHASE 1 "fill" (then "one" if
+#                                 the fill completed), PHASE 2 "fill2"/"one" unless complete, then "all".
+#   op     GPU OP_GPU (2)         [LANES=op] PHASE 1: bench_ops.py (ours, fla GDN, the official kernel) at T = 2048,
+#                                 4096, 8192 and the Triton intra part (bench_op.py --intra triton --check); PHASE 2:
+#                                 the training benchmark, MDN with MDN_INTRA=triton, then the GPU tests not yet passed.
+# The sweep lanes' timings are wall times of whole sweeps: the other lanes share the node's CPU cores with them
+# (64 on the 4-GPU kinds), so say so next to the ratio; kernel timings (do_bench) are not affected.
 #
 # Every lane stops by HARD_S (default 560 s) after the start. $OUT gets one <lane>.tgz per lane (the device tool
 # returns at most 8 files) and lanes.txt (each lane's exit status and seconds).
 #
-#   PHASE=1 bash scripts/gpu_node_lanes.sh        # first call
-#   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine
-# Env: PHASE, HARD_S, SWEEP_GPUS, OP_GPU, TESTS_GPU, MQAR_GPUS, MQAR_WORKERS (8), TEST_JOBS (8), LANES (phase 1
-# "sweep op tests", phase 2 "sweep op mqar"; a subset runs only those), AUTOTUNE_IN, MDN_PYTHON.
+#   PHASE=1 bash scripts/gpu_node_lanes.sh        # first call, fresh machine
+#   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine (within its idle window)
+#   PHASE=3 bash scripts/gpu_node_lanes.sh        # the cold sweep pair and MQAR only
+# Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
+# first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (280), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
+# MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN, MDN_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,16 +43,18 @@ T0=$(date +%s)
 PHASE=${PHASE:-1}
 HARD_S=${HARD_S:-560}
 SWEEP_GPUS=${SWEEP_GPUS:-0,1}
-[ "${PHASE:-1}" = 3 ] && SWEEP_GPUS=${SWEEP_ALL_GPUS:-1,2}
 OP_GPU=${OP_GPU:-2}
-MQAR_GPUS=${MQAR_GPUS:-3}
 TESTS_GPU=${TESTS_GPU:-3}
 SWEEP_ONE_GPUS=${SWEEP_ONE_GPUS:-0,3}  # phase 3: the 1-GPU run uses the first of these (the script wants two)
+TILES_GPU=${TILES_GPU:-3}
+TRAIN_GPU=${TRAIN_GPU:-2}
+SWEEP_ALL_GPUS=${SWEEP_ALL_GPUS:-1,2}
 case ${PHASE:-1} in
-  1) LANES=${LANES:-"sweep op tests"} ;;
-  2) LANES=${LANES:-"sweep op mqar"} ;;
+  1) LANES=${LANES:-"sweepone sweepall tiles"} ;;
+  2) LANES=${LANES:-"train tests mqar"}; MQAR_GPUS=${MQAR_GPUS:-0,1} ;;
   *) LANES=${LANES:-"sweepone sweepall mqar"} ;;
 esac
+MQAR_GPUS=${MQAR_GPUS:-3}
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
 O=${OUT:-$ROOT/results/node_lanes}
 mkdir -p "$O"
@@ -95,12 +96,6 @@ sweep_lane() {
     complete fill || runs="fill2"
     complete one || runs="$runs one"
     sweep_runs "$runs all" "$d"; rc=$?
-    # the two GPUs are free: MQAR points of the plan's last third (width 256), which the mqar lane leaves alone
-    if [ "$(left)" -gt 150 ]; then
-      PLAN_SLICE=60: RESUME=1 GPUS=$SWEEP_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) \
-        OUT=results/mqar-budget-w256 bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/mqar_w256.log" 2>&1
-      cp results/mqar-budget-w256/results.jsonl "$d/mqar_w256_results.jsonl" 2>/dev/null
-    fi
   fi
   return $rc
 }
@@ -179,11 +174,65 @@ sweep_cold_lane() {  # RUN GPUS: one run of the sweep from empty compile caches 
   return $rc
 }
 sweepone_lane() { sweep_cold_lane one "$SWEEP_ONE_GPUS"; }
-sweepall_lane() { sweep_cold_lane all "$SWEEP_GPUS"; }
+sweepall_lane() { sweep_cold_lane all "$SWEEP_ALL_GPUS"; }
+
+tiles_lane() {  # the scan tiles at the training step's shape, then the official kernel next to ours
+  local d=$O/tiles; mkdir -p "$d" results/tiles
+  export CUDA_VISIBLE_DEVICES=$TILES_GPU TRITON_CACHE_DIR=$ROOT/results/tiles_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"
+  [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
+  # gpu_train_bench.sh runs BS=2 x SEQ=4096: each layer's op call sees 8192 tokens, a quarter of the benchmark's
+  # 32768, so the scans' grids (B x H x V/BV programs) are a quarter as large and the tiles tuned at 32768 tokens
+  # may leave SMs idle. "fwd;bwd" pairs of (BV, num_warps); the train lane runs the fastest fwd+bwd.
+  (cd triton && timeout -k 10 "${TILES_S:-280}" "$MDN_PYTHON" mdn/bench/bench_op.py --shapes h6k256v512 --T 4096 \
+    --tokens 8192 --phases --scan-configs "${TILE_CFGS:-default 32,4;32,4 16,4;32,4 32,4;16,4 16,4;16,4}" \
+    --out "$ROOT/results/tiles/tiles.jsonl") > "$d/tiles.txt" 2>&1
+  echo "tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  cp results/tiles/tiles.jsonl "$d/" 2>/dev/null
+  local t=$(( $(left) - 20 ))
+  if [ -d .ext/official/fla ] && [ "$t" -gt 90 ]; then
+    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" "$MDN_PYTHON" scripts/bench_ops.py \
+      --impls official,mdn --T 4096,2048,8192 --out "$d/official.jsonl" > "$d/official.txt" 2>&1
+    echo "official rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  fi
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_tiles.tgz" -T -)
+}
+
+best_tiles() {  # the scan config with the fastest fwd+bwd in results/tiles/tiles.jsonl ("default" if none)
+  "$MDN_PYTHON" - results/tiles/tiles.jsonl <<'PYEOF'
+import json, sys
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+except OSError:
+    rows = []
+rows = [r for r in rows if "fwd_bwd" in r]
+print(min(rows, key=lambda r: r["fwd_bwd"]["ms"])["scan_config"] if rows else "default")
+PYEOF
+}
+
+train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with the best tiles of the tiles lane
+  local d=$O/train; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$TRAIN_GPU
+  OUT=$d/runs timeout -k 10 330 bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
+  echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  local best; best=$(best_tiles)
+  echo "best tiles at the training shape: $best" >> "$d/steps.txt"
+  if [ "$best" != default ] && [ "$(left)" -gt 100 ]; then
+    MDN_SCAN_CONFIG=$best MODELS=1.3b OUT=$d/runs_tiles timeout -k 10 $(( $(left) - 15 )) \
+      bash scripts/gpu_train_bench.sh > "$d/train_tiles.txt" 2>&1
+    echo "train tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  fi
+  rm -rf "$d"/runs*/*/checkpoints
+}
 
 mqar_lane() {
-  local d=$O/mqar; mkdir -p "$d"
-  PLAN_SLICE=:60 RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-8} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
+  local d=$O/mqar; mkdir -p "$d" results/mqar-budget
+  # a fresh machine: the rows of earlier sessions (docs/data) count as done, so RESUME=1 runs only the rest
+  if ! ls results/mqar-budget/rows-*.jsonl >/dev/null 2>&1; then
+    for f in docs/data/mqar_budget_*.jsonl; do [ -f "$f" ] && cp "$f" "results/mqar-budget/rows-prev-$(basename "$f")"; done
+  fi
+  local n; n=$(echo "$MQAR_GPUS" | tr , '\n' | wc -l)
+  RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-$(( 7 * n ))} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
     bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/lane.log" 2>&1
   local rc=$?
   cp results/mqar-budget/results.jsonl results/mqar-budget/summary.md "$d"/ 2>/dev/null
@@ -192,7 +241,7 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar|tests|sweepone|sweepall) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
   ${lane}_lane & pid[$lane]=$!
 done
@@ -200,6 +249,17 @@ for lane in "${!pid[@]}"; do
   wait "${pid[$lane]}"; rc=$?
   echo "lane $lane (phase $PHASE): rc $rc, $(( $(date +%s) - t_start[$lane] )) s" | tee -a "$O/lanes.txt"
 done
+if [ -f "$O/sweepone/times.tsv" ] && [ -f "$O/sweepall/times.tsv" ]; then
+  "$MDN_PYTHON" - "$O/sweepone/times.tsv" "$O/sweepall/times.tsv" <<'PYEOF' | tee -a "$O/lanes.txt"
+import sys
+one, multi = ([l.rstrip("\n").split("\t") for l in open(p) if l.strip()][-1] for p in sys.argv[1:3])
+if one[5] == "1" and multi[5] == "1":
+    print(f"sweep ratio, equally cold, side by side: GPUs {multi[1]} {multi[2]} s / GPU {one[1]} {one[2]} s = "
+          f"{float(multi[2]) / float(one[2]):.3f} ({one[4]} points each)")
+else:
+    print(f"sweep ratio: not comparable (complete: 1-GPU {one[5]}, {one[3]} rows; multi-GPU {multi[5]}, {multi[3]} rows)")
+PYEOF
+fi
 for lane in "${!pid[@]}"; do
   [ -d "$O/$lane" ] && tar czf "$O/$lane.tgz" -C "$O" "$lane" && rm -rf "${O:?}/$lane"
 done
