@@ -76,11 +76,22 @@ func (f *Figure) draw(c draw.Canvas) {
 			lw = r.Size().X + 0.25*vg.Inch
 		}
 	}
-	f.Plot.Draw(draw.Crop(c, 0, -lw, 0, 0))
-	if lw > 0 {
-		top := f.Plot.Title.TextStyle.Rectangle(f.Plot.Title.Text).Size().Y + f.Plot.Title.Padding + 0.1*vg.Inch
-		f.Legend.Draw(draw.Crop(c, c.Size().X-lw+0.15*vg.Inch, 0, 0, -top))
+	if lw == 0 {
+		f.Plot.Draw(c)
+		return
 	}
+	// The title goes over the whole width: centred over the plot area alone (narrowed by a wide legend) its long
+	// lines were cut off at the left edge.
+	title := f.Plot.Title.Text
+	top := vg.Length(0)
+	if title != "" {
+		top = f.Plot.Title.TextStyle.Rectangle(title).Size().Y + f.Plot.Title.Padding
+		c.FillText(f.Plot.Title.TextStyle, vg.Point{X: c.Center().X, Y: c.Max.Y}, title)
+	}
+	f.Plot.Title.Text = ""
+	f.Plot.Draw(draw.Crop(c, 0, -lw, 0, -top))
+	f.Plot.Title.Text = title
+	f.Legend.Draw(draw.Crop(c, c.Size().X-lw+0.15*vg.Inch, 0, 0, -(top + 0.1*vg.Inch)))
 }
 
 // PNG renders the figure as PNG bytes.
