@@ -10,11 +10,12 @@
 #                                 compile caches (Triton, inductor) with the same autotune results seeded from
 #                                 AUTOTUNE_IN: equally cold, so the ratio includes the compile work a new machine
 #                                 does. They share the CPU cores.
-#   tiles  GPU TILES_GPU (3)      [PHASE 1] issue 5: the scan tiles (MDN_SCAN_CONFIG pairs, TILE_CFGS) at the training
-#                                 step's shape (8192 tokens per op call), results/tiles/tiles.jsonl; then the official
+#   tiles  GPU TILES_GPU (3)      [PHASE 1] issue 5: the scan tiles (MDN_SCAN_CONFIG pairs, TILE_CFGS) and
+#                                 MDN_SAVE_STATES=1 at the training step's shape (8192 tokens per op call),
+#                                 results/tiles/tiles.jsonl, MDN_SAVE_STATES=1 at 32768 tokens; then the official
 #                                 MDN kernel next to ours (bench_ops.py --impls official,mdn) with what is left.
 #   train  GPU TRAIN_GPU (2)      [PHASE 2] issue 5: scripts/gpu_train_bench.sh (MDN, GDN, Transformer 1.3B on one
-#                                 GPU), then MDN again with the tiles lane's fastest fwd+bwd config.
+#                                 GPU), then MDN again with the tiles lane's fastest fwd+bwd knobs.
 #   tests  GPU TESTS_GPU (3)      [PHASE 2] scripts/gpu_tests.sh (pytest -m gpu over xdist workers) minus the tests
 #                                 listed in results/gpu_tests/passed.txt (which it appends to).
 #   mqar   GPUs MQAR_GPUS         [PHASE 2: 0,1; PHASE 3: 3] issue 6: scripts/gpu_mqar.sh sweeps/mqar-budget.toml,
@@ -188,7 +189,14 @@ tiles_lane() {  # the scan tiles at the training step's shape, then the official
     --tokens 8192 --phases --scan-configs "${TILE_CFGS:-default 32,4;32,4 16,4;32,4 32,4;16,4 16,4;16,4}" \
     --out "$ROOT/results/tiles/tiles.jsonl") > "$d/tiles.txt" 2>&1
   echo "tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-  cp results/tiles/tiles.jsonl "$d/" 2>/dev/null
+  # the forward storing the chunk-start states for the backward (no state recompute), default tiles: at the
+  # training step's shape, then at the benchmark's 32768 tokens
+  (cd triton && MDN_SAVE_STATES=1 timeout -k 10 "${SAVE_S:-120}" "$MDN_PYTHON" mdn/bench/bench_op.py \
+    --shapes h6k256v512 --T 4096 --tokens 8192 --out "$ROOT/results/tiles/tiles.jsonl" &&
+   MDN_SAVE_STATES=1 timeout -k 10 "${SAVE_S:-120}" "$MDN_PYTHON" mdn/bench/bench_op.py --T 4096 \
+    --out "$ROOT/results/tiles/save_states_32k.jsonl") > "$d/save_states.txt" 2>&1
+  echo "save states rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  cp results/tiles/tiles.jsonl results/tiles/save_states_32k.jsonl "$d/" 2>/dev/null
   local t=$(( $(left) - 20 ))
   if [ -d .ext/official/fla ] && [ "$t" -gt 90 ]; then
     MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" "$MDN_PYTHON" scripts/bench_ops.py \
@@ -198,7 +206,7 @@ tiles_lane() {  # the scan tiles at the training step's shape, then the official
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_tiles.tgz" -T -)
 }
 
-best_tiles() {  # the scan config with the fastest fwd+bwd in results/tiles/tiles.jsonl ("default" if none)
+best_env() {  # the knobs of the fastest fwd+bwd in results/tiles/tiles.jsonl as VAR=value words ("" if none)
   "$MDN_PYTHON" - results/tiles/tiles.jsonl <<'PYEOF'
 import json, sys
 try:
@@ -206,7 +214,14 @@ try:
 except OSError:
     rows = []
 rows = [r for r in rows if "fwd_bwd" in r]
-print(min(rows, key=lambda r: r["fwd_bwd"]["ms"])["scan_config"] if rows else "default")
+if rows:
+    best = min(rows, key=lambda r: r["fwd_bwd"]["ms"])
+    env = []
+    if best.get("scan_config", "default") != "default":
+        env.append(f"MDN_SCAN_CONFIG={best['scan_config']}")
+    if best.get("save_states", "0") == "1":
+        env.append("MDN_SAVE_STATES=1")
+    print(" ".join(env))
 PYEOF
 }
 
@@ -215,10 +230,10 @@ train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with
   export CUDA_VISIBLE_DEVICES=$TRAIN_GPU
   OUT=$d/runs timeout -k 10 330 bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
   echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-  local best; best=$(best_tiles)
-  echo "best tiles at the training shape: $best" >> "$d/steps.txt"
-  if [ "$best" != default ] && [ "$(left)" -gt 100 ]; then
-    MDN_SCAN_CONFIG=$best MODELS=1.3b OUT=$d/runs_tiles timeout -k 10 $(( $(left) - 15 )) \
+  local best; best=$(best_env)
+  echo "fastest op knobs at the training shape: ${best:-the defaults}" >> "$d/steps.txt"
+  if [ -n "$best" ] && [ "$(left)" -gt 100 ]; then
+    env $best MODELS=1.3b OUT=$d/runs_tiles timeout -k 10 $(( $(left) - 15 )) \
       bash scripts/gpu_train_bench.sh > "$d/train_tiles.txt" 2>&1
     echo "train tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   fi

@@ -510,6 +510,30 @@ def _chain(x, rr, p, q, kw, a, r):
         return _chain_rule(x, rr, p, q, kw, a, r)
 
 
+def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc):
+    """The backward of the pqk scan; hc: the chunk-start states saved by the forward (scan_pqk_fwd_saving), or None
+    to rebuild them from the saved Vt (the state recompute)."""
+    do = do.to(vt.dtype)
+    if hc is None:
+        # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype); vt stands in for u (shape/dtype only)
+        _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
+    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
+    dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
+    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
+    dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
+    return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
+
+
+def _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt):
+    N = chunk_offsets.shape[0] - 1
+    NC, H, C, V = vt.shape
+    K = p.shape[-1]
+    dh0_dtype = h0.dtype if h0 is not None else torch.float32
+    return (vt.new_empty(vt.shape), p.new_empty(p.shape), q.new_empty(q.shape), kw.new_empty(kw.shape),
+            a.new_empty(a.shape), aqk.new_empty(aqk.shape), r.new_empty(r.shape), g.new_empty(g.shape),
+            vt.new_empty(2, N, H, K, V, dtype=dh0_dtype))
+
+
 @torch.library.custom_op("mdn::scan_pqk_bwd", mutates_args=())
 def scan_pqk_bwd(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
@@ -518,25 +542,28 @@ def scan_pqk_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """Returns the grads of (u, p, q, kw, a, aqk, r, g, h0); dh0 is fp32 [2, N, H, K, V]."""
-    do = do.to(vt.dtype)
-    # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype); vt stands in for u (shape/dtype only)
-    _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
-    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
-    dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
-    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
-    dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
-    return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, None)
 
 
 @scan_pqk_bwd.register_fake
 def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht):
-    N = chunk_offsets.shape[0] - 1
-    NC, H, C, V = vt.shape
-    K = p.shape[-1]
-    dh0_dtype = h0.dtype if h0 is not None else torch.float32
-    return (vt.new_empty(vt.shape), p.new_empty(p.shape), q.new_empty(q.shape), kw.new_empty(kw.shape),
-            a.new_empty(a.shape), aqk.new_empty(aqk.shape), r.new_empty(r.shape), g.new_empty(g.shape),
-            vt.new_empty(2, N, H, K, V, dtype=dh0_dtype))
+    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
+
+
+@torch.library.custom_op("mdn::scan_pqk_bwd_saved", mutates_args=())
+def scan_pqk_bwd_saved(
+    p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
+    g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], hc: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor]:
+    """scan_pqk_bwd with the chunk-start states hc [NC, H, 2, K, V] that the forward stored: no state recompute."""
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc)
+
+
+@scan_pqk_bwd_saved.register_fake
+def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc):
+    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
 def _scan_pqk_setup_context(ctx, inputs, output):
@@ -559,7 +586,64 @@ def _scan_pqk_backward(ctx, do, dvt_unused, dht):
 scan_pqk_fwd.register_autograd(_scan_pqk_backward, setup_context=_scan_pqk_setup_context)
 
 
+# MDN_SAVE_STATES=1: the forward also stores every chunk's start states (hc [NC, H, 2, K, V], the operands' dtype)
+# and the backward reads them instead of running the state recompute (a forward scan without the O and Vt work):
+# one kernel less per backward for NC * H * 2 * K * V elements held from the forward to the backward (bf16, 32768
+# tokens at H6 K256 V512: 1.6 GB per layer call).
+@torch.library.custom_op("mdn::scan_pqk_fwd_saving", mutates_args=())
+def scan_pqk_fwd_saving(
+    u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor,
+    r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scan_pqk_fwd that also returns the chunk-start states: (o, vt, ht, hc [NC, H, 2, K, V])."""
+    return scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, store_states=True)
+
+
+@scan_pqk_fwd_saving.register_fake
+def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
+    NC, H, C, V = u.shape
+    K = p.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    return (u.new_empty(NC, H, C, V), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32),
+            u.new_empty(NC, H, 2, K, V))
+
+
+def _scan_pqk_saving_setup_context(ctx, inputs, output):
+    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets = inputs
+    _, vt, _, hc = output
+    ctx.has_h0 = h0 is not None
+    ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc)
+
+
+def _scan_pqk_saving_backward(ctx, do, dvt_unused, dht, dhc_unused):
+    p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(vt)
+    grads = scan_pqk_bwd_saved(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do.contiguous(),
+                               dht.contiguous() if dht is not None else None, hc)
+    du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
+    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None
+
+
+scan_pqk_fwd_saving.register_autograd(_scan_pqk_saving_backward, setup_context=_scan_pqk_saving_setup_context)
+
+
+def save_states() -> bool:
+    """MDN_SAVE_STATES: "0" (default: the backward recomputes the chunk-start states) or "1" (the forward stores
+    them, see scan_pqk_fwd_saving). Any other value is a ValueError."""
+    env = os.environ.get("MDN_SAVE_STATES", "") or "0"
+    if env not in ("0", "1"):
+        raise ValueError(f"MDN_SAVE_STATES={env!r}: expected '0' (default: recompute the states in the backward) "
+                         f"or '1' (store them in the forward)")
+    return env == "1"
+
+
 def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
-    """Differentiable inter-chunk scan, pqk form. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32)."""
+    """Differentiable inter-chunk scan, pqk form. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32).
+    With MDN_SAVE_STATES=1 and a gradient required, the forward stores the chunk-start states for the backward."""
+    if save_states() and torch.is_grad_enabled() and any(
+            t.requires_grad for t in (u, p, q, kw, a, aqk, r, g, h0) if t is not None):
+        o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
+        return o, ht
     o, _, ht = scan_pqk_fwd(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
     return o, ht
