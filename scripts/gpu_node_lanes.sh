@@ -9,11 +9,12 @@
 #                                 the 2-GPU run of sweeps/baselines.toml side by side, each from its own empty
 #                                 compile caches (Triton, inductor) with the same autotune results seeded from
 #                                 AUTOTUNE_IN: equally cold, so the ratio includes the compile work a new machine
-#                                 does. They share the CPU cores.
+#                                 does. They share the CPU cores. Once both are done, GPUs 1 and 2 time the official
+#                                 kernel next to ours (bench_ops.py --impls official,mdn --T 4096) and profile ours
+#                                 (bench_op.py --phases --profile) with what is left.
 #   tiles  GPU TILES_GPU (3)      [PHASE 1] issue 5: the scan tiles (MDN_SCAN_CONFIG pairs, TILE_CFGS) and
 #                                 MDN_SAVE_STATES=1 at the training step's shape (8192 tokens per op call),
-#                                 results/tiles/tiles.jsonl, MDN_SAVE_STATES=1 at 32768 tokens; then the official
-#                                 MDN kernel next to ours (bench_ops.py --impls official,mdn) with what is left.
+#                                 results/tiles/tiles.jsonl, then MDN_SAVE_STATES=1 at 32768 tokens (both shapes).
 #   train  GPU TRAIN_GPU (2)      [PHASE 2] issue 5: scripts/gpu_train_bench.sh (MDN, GDN, Transformer 1.3B on one
 #                                 GPU), then MDN again with the tiles lane's fastest fwd+bwd knobs.
 #   tests  GPU TESTS_GPU (3)      [PHASE 2] scripts/gpu_tests.sh (pytest -m gpu over xdist workers) minus the tests
@@ -35,7 +36,7 @@
 #   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine (within its idle window)
 #   PHASE=3 bash scripts/gpu_node_lanes.sh        # the cold sweep pair and MQAR only
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
-# first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (280), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
+# first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
 # MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN, MDN_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,7 @@ MQAR_GPUS=${MQAR_GPUS:-3}
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
 O=${OUT:-$ROOT/results/node_lanes}
 mkdir -p "$O"
+rm -f "$O/.sweepone_done"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
@@ -174,8 +176,31 @@ sweep_cold_lane() {  # RUN GPUS: one run of the sweep from empty compile caches 
   cp "results/sweep_cold/$1/$1.log" "$d/$1.log" 2>/dev/null
   return $rc
 }
-sweepone_lane() { sweep_cold_lane one "$SWEEP_ONE_GPUS"; }
-sweepall_lane() { sweep_cold_lane all "$SWEEP_ALL_GPUS"; }
+sweepone_lane() { sweep_cold_lane one "$SWEEP_ONE_GPUS"; local rc=$?; touch "$O/.sweepone_done"; return $rc; }
+
+sweepall_lane() {
+  sweep_cold_lane all "$SWEEP_ALL_GPUS"
+  local rc=$?
+  # once the 1-GPU run is done too (extra load before then would slow it and flatter the ratio), the two GPUs of
+  # this lane do op work with what is left: the official kernel next to ours, and a kernel profile of ours
+  case " $LANES " in *" sweepone "*)
+    while [ ! -f "$O/.sweepone_done" ] && [ "$(left)" -gt 60 ]; do sleep 2; done ;;
+  esac
+  local t=$(( $(left) - 20 )) g1=${SWEEP_ALL_GPUS%%,*} g2=${SWEEP_ALL_GPUS##*,} d=$O/sweepall
+  [ "$t" -gt 60 ] || return $rc
+  echo "op work after the sweeps from $(( $(date +%s) - T0 )) s, ${t} s" >> "$d/steps.txt"
+  if [ -d .ext/official/fla ]; then
+    CUDA_VISIBLE_DEVICES=$g1 TRITON_CACHE_DIR=$ROOT/results/sweep_cold_cache/all/triton \
+      MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" "$MDN_PYTHON" scripts/bench_ops.py \
+      --impls official,mdn --T 4096 --out "$d/official.jsonl" > "$d/official.txt" 2>&1 &
+  fi
+  (cd triton && CUDA_VISIBLE_DEVICES=$g2 TRITON_CACHE_DIR=$ROOT/results/sweep_cold_cache/all/triton \
+    timeout -k 10 "$t" "$MDN_PYTHON" mdn/bench/bench_op.py --T 4096 --phases --profile \
+    --out "$d/profile.jsonl") > "$d/profile.txt" 2>&1
+  wait
+  echo "op work rc done at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  return $rc
+}
 
 tiles_lane() {  # the scan tiles at the training step's shape, then the official kernel next to ours
   local d=$O/tiles; mkdir -p "$d" results/tiles
@@ -185,7 +210,7 @@ tiles_lane() {  # the scan tiles at the training step's shape, then the official
   # gpu_train_bench.sh runs BS=2 x SEQ=4096: each layer's op call sees 8192 tokens, a quarter of the benchmark's
   # 32768, so the scans' grids (B x H x V/BV programs) are a quarter as large and the tiles tuned at 32768 tokens
   # may leave SMs idle. "fwd;bwd" pairs of (BV, num_warps); the train lane runs the fastest fwd+bwd.
-  (cd triton && timeout -k 10 "${TILES_S:-280}" "$MDN_PYTHON" mdn/bench/bench_op.py --shapes h6k256v512 --T 4096 \
+  (cd triton && timeout -k 10 "${TILES_S:-250}" "$MDN_PYTHON" mdn/bench/bench_op.py --shapes h6k256v512 --T 4096 \
     --tokens 8192 --phases --scan-configs "${TILE_CFGS:-default 32,4;32,4 16,4;32,4 32,4;16,4 16,4;16,4}" \
     --out "$ROOT/results/tiles/tiles.jsonl") > "$d/tiles.txt" 2>&1
   echo "tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
@@ -193,16 +218,10 @@ tiles_lane() {  # the scan tiles at the training step's shape, then the official
   # training step's shape, then at the benchmark's 32768 tokens
   (cd triton && MDN_SAVE_STATES=1 timeout -k 10 "${SAVE_S:-120}" "$MDN_PYTHON" mdn/bench/bench_op.py \
     --shapes h6k256v512 --T 4096 --tokens 8192 --out "$ROOT/results/tiles/tiles.jsonl" &&
-   MDN_SAVE_STATES=1 timeout -k 10 "${SAVE_S:-120}" "$MDN_PYTHON" mdn/bench/bench_op.py --T 4096 \
+   MDN_SAVE_STATES=1 timeout -k 10 $(( $(left) - 25 )) "$MDN_PYTHON" mdn/bench/bench_op.py --T 4096 \
     --out "$ROOT/results/tiles/save_states_32k.jsonl") > "$d/save_states.txt" 2>&1
   echo "save states rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   cp results/tiles/tiles.jsonl results/tiles/save_states_32k.jsonl "$d/" 2>/dev/null
-  local t=$(( $(left) - 20 ))
-  if [ -d .ext/official/fla ] && [ "$t" -gt 90 ]; then
-    MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" "$MDN_PYTHON" scripts/bench_ops.py \
-      --impls official,mdn --T 4096,2048,8192 --out "$d/official.jsonl" > "$d/official.txt" 2>&1
-    echo "official rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-  fi
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_tiles.tgz" -T -)
 }
 
@@ -278,4 +297,5 @@ fi
 for lane in "${!pid[@]}"; do
   [ -d "$O/$lane" ] && tar czf "$O/$lane.tgz" -C "$O" "$lane" && rm -rf "${O:?}/$lane"
 done
+rm -f "$O/.sweepone_done"
 cat "$O/lanes.txt"
