@@ -21,16 +21,8 @@ def _pqk(monkeypatch):
 
 
 @pytest.fixture
-def fwd_calls(monkeypatch):
-    """Records the keyword arguments of every pqk forward scan launch (recompute launches pass vt=...)."""
-    calls = []
-    real = sp.scan_pqk_fwd_impl
-
-    def spy(*a, **kw):
-        calls.append(sorted(kw))
-        return real(*a, **kw)
-    monkeypatch.setattr(sp, "scan_pqk_fwd_impl", spy)
-    return calls
+def fwd_calls(pqk_fwd_calls):
+    return pqk_fwd_calls
 
 
 def _run(monkeypatch, save, inputs, dtype, C):

@@ -28,16 +28,9 @@ def _pqk(monkeypatch):
 
 
 @pytest.fixture
-def pqk_calls(monkeypatch):
-    """Counts launches of the pqk scans (so a test cannot pass on the six form by accident)."""
-    calls = []
-    real = sp.scan_pqk_fwd_impl
-
-    def spy(*a, **kw):
-        calls.append(1)
-        return real(*a, **kw)
-    monkeypatch.setattr(sp, "scan_pqk_fwd_impl", spy)
-    return calls
+def pqk_calls(pqk_fwd_calls):
+    """Launches of the pqk scans (so a test cannot pass on the six form by accident)."""
+    return pqk_fwd_calls
 
 
 # ------------------------------------------------------------------------------------------------------ accuracy
