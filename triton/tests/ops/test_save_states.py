@@ -20,11 +20,6 @@ def _pqk(monkeypatch):
     monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
 
 
-@pytest.fixture
-def fwd_calls(pqk_fwd_calls):
-    return pqk_fwd_calls
-
-
 def _run(monkeypatch, save, inputs, dtype, C):
     monkeypatch.setenv("MDN_SAVE_STATES", save)
     x = {k: (v.to(dtype) if k in ("q", "k", "v") else v) for k, v in inputs.items()}
@@ -40,14 +35,14 @@ def _run(monkeypatch, save, inputs, dtype, C):
     (torch.float32, 70, 32, 100, 20, 1),
     (torch.bfloat16, 81, 16, 64, 48, 2),
 ])
-def test_saved_states_give_the_recompute_numbers(monkeypatch, fwd_calls, dtype, T, C, K, V, H):
+def test_saved_states_give_the_recompute_numbers(monkeypatch, pqk_fwd_calls, dtype, T, C, K, V, H):
     inputs = make_inputs(2, T, H, K, V, device=DEV, initial_state=True)
     ro, rht, rg = _run(monkeypatch, "0", inputs, dtype, C)
-    assert any("vt" in kw for kw in fwd_calls), "the default backward should recompute the states"
-    fwd_calls.clear()
+    assert any("vt" in kw for kw in pqk_fwd_calls), "the default backward should recompute the states"
+    pqk_fwd_calls.clear()
     so, sht, sg = _run(monkeypatch, "1", inputs, dtype, C)
-    assert not any("vt" in kw for kw in fwd_calls), f"MDN_SAVE_STATES=1 still recomputed: {fwd_calls}"
-    assert any(kw == ["store_states"] for kw in fwd_calls), f"the forward did not store the states: {fwd_calls}"
+    assert not any("vt" in kw for kw in pqk_fwd_calls), f"MDN_SAVE_STATES=1 still recomputed: {pqk_fwd_calls}"
+    assert any(kw == ["store_states"] for kw in pqk_fwd_calls), f"the forward did not store the states: {pqk_fwd_calls}"
     # the stored states are those the recompute rebuilds (same kernels, same saved Vt): equal up to the tile
     # config of the two launches (fwd vs bwd BV)
     tol = 1e-6 if dtype == torch.float32 else 1e-3
@@ -75,12 +70,12 @@ def test_saved_states_varlen(monkeypatch):
 
 
 @needs_kernels
-def test_saved_states_without_grad_store_nothing(monkeypatch, fwd_calls):
+def test_saved_states_without_grad_store_nothing(monkeypatch, pqk_fwd_calls):
     monkeypatch.setenv("MDN_SAVE_STATES", "1")
     inputs = make_inputs(1, 40, 1, 16, 16, device=DEV)
     with torch.no_grad():
         chunk_momentum_delta_rule(**inputs, chunk_size=16)
-    assert fwd_calls == [[]], f"a no-grad call should run the plain forward scan once: {fwd_calls}"
+    assert pqk_fwd_calls == [[]], f"a no-grad call should run the plain forward scan once: {pqk_fwd_calls}"
 
 
 @needs_kernels
@@ -135,10 +130,10 @@ def test_gpu_saved_states_at_shipped_tiles(monkeypatch, K, V):
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
 
 
-def test_saved_states_torch_fallback(monkeypatch, fwd_calls):
+def test_saved_states_torch_fallback(monkeypatch, pqk_fwd_calls):
     """CPU without the interpreter: the torch mirror stores the states in the forward too."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("MDN_SAVE_STATES", "1")
     inputs = make_inputs(1, 70, 2, 16, 24, device="cpu", initial_state=True, lengths=[1, 50, 19])
     compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
-    assert fwd_calls == [["store_states"]], fwd_calls
+    assert pqk_fwd_calls == [["store_states"]], pqk_fwd_calls
