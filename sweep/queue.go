@@ -31,15 +31,15 @@ func familyKey(p Point) string {
 	return b.String()
 }
 
-// opKey names what a worker compiles and warms up once per process for a point, whatever its shapes: the op (or,
-// for task sweeps, the model). A fresh process pays each op's first use (imports, inductor start-up, kernels the
-// op's families share): on an H200, MDN's first gate took 32-33 s in a fresh worker against 18 s for its second
-// family in the same worker, GDN's first point 24-25 s against 11 s (docs/BENCHMARKS.md §1.10).
+// opKey names what a worker compiles and warms up once per process for a kernel point, whatever its shapes: the
+// op. A fresh process pays each op's first use (imports, inductor start-up, kernels the op's families share): on an
+// H200, MDN's first gate took 32-33 s in a fresh worker against 18 s for its second family in the same worker,
+// GDN's first point 24-25 s against 11 s (docs/BENCHMARKS.md §1.10). Task sweeps (MQAR, training) have no op: their
+// points cost minutes each, and grouping them by model would run a time-limited sweep out of its plan order, so
+// they all share the op "" and the queue hands out their families in plan order.
 func opKey(p Point) string {
-	for _, k := range []string{"op", "model", "task"} {
-		if v, ok := p.Values[k]; ok {
-			return fmt.Sprint(v)
-		}
+	if v, ok := p.Values["op"]; ok {
+		return fmt.Sprint(v)
 	}
 	return ""
 }

@@ -140,19 +140,25 @@ func TestQueueSharesAnOpWhenNoNewOpIsLeft(t *testing.T) {
 	}
 }
 
-func TestOpKeyFallsBackToModelAndTask(t *testing.T) {
-	cases := []struct {
-		vals map[string]any
-		want string
-	}{
-		{map[string]any{"op": "mdn", "model": "x"}, "mdn"},
-		{map[string]any{"model": "gdn", "task": "mqar"}, "gdn"},
-		{map[string]any{"task": "mqar"}, "mqar"},
-		{map[string]any{"lr": 0.1}, ""},
+// Task points (no op) all share the op "", so the queue keeps their plan order: three models, two slots, each
+// slot asking in turn, get the families in plan order as before.
+func TestQueueKeepsPlanOrderForTaskSweeps(t *testing.T) {
+	var pts []Point
+	for i, model := range []string{"mdn", "mdn", "gdn", "transformer"} {
+		pts = append(pts, Point{Index: i, ID: fmt.Sprintf("p%d", i),
+			Values: map[string]any{"model": model, "lr": float64(i), RepeatField: int64(0)}})
 	}
-	for _, c := range cases {
-		if got := opKey(Point{Values: c.vals}); got != c.want {
-			t.Errorf("opKey(%v) = %q, want %q", c.vals, got, c.want)
-		}
+	q := newWorkQueue(pts)
+	var got []int
+	for _, slot := range []string{"gpu0", "gpu1", "gpu0", "gpu1"} {
+		p, _ := q.pop(slot)
+		q.done(nil)
+		got = append(got, p.Index)
+	}
+	if fmt.Sprint(got) != "[0 1 2 3]" {
+		t.Fatalf("task points should go out in plan order, got %v", got)
+	}
+	if opKey(pts[0]) != "" {
+		t.Fatalf("a task point has no op, got %q", opKey(pts[0]))
 	}
 }
