@@ -37,7 +37,8 @@
 #   PHASE=3 bash scripts/gpu_node_lanes.sh        # the cold sweep pair and MQAR only
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
 # first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
-# MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN, MDN_PYTHON.
+# MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
+# (.cache/autotune_<h100|h200>.tgz of this card, else AUTOTUNE_IN), MDN_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,6 +59,13 @@ case ${PHASE:-1} in
 esac
 MQAR_GPUS=${MQAR_GPUS:-3}
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
+# Op timings next to fla and the official kernel seed only autotune results tuned on this card type (the sweep
+# lanes take AUTOTUNE_IN, the most complete set, whatever card tuned it: equal for both runs of the ratio).
+case $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1) in
+  *H100*) card=h100 ;; *H200*) card=h200 ;; *) card=other ;;
+esac
+AUTOTUNE_OP_IN=${AUTOTUNE_OP_IN:-$ROOT/.cache/autotune_$card.tgz}
+[ -f "$AUTOTUNE_OP_IN" ] || AUTOTUNE_OP_IN=$AUTOTUNE_IN
 O=${OUT:-$ROOT/results/node_lanes}
 mkdir -p "$O"
 rm -f "$O/.sweepone_done"
@@ -143,7 +151,7 @@ op_lane() {
   local d=$O/op; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/op_triton_cache
   mkdir -p "$TRITON_CACHE_DIR"
-  [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
+  [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
   if [ "$PHASE" = 1 ]; then
     local impls=gdn,mdn; [ -d .ext/official/fla ] && impls=gdn,mdn,official
     MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 330 "$MDN_PYTHON" scripts/bench_ops.py \
@@ -189,12 +197,15 @@ sweepall_lane() {
   local t=$(( $(left) - 20 )) g1=${SWEEP_ALL_GPUS%%,*} g2=${SWEEP_ALL_GPUS##*,} d=$O/sweepall
   [ "$t" -gt 60 ] || return $rc
   echo "op work after the sweeps from $(( $(date +%s) - T0 )) s, ${t} s" >> "$d/steps.txt"
+  local oc=$ROOT/results/op_after_sweep_cache
+  mkdir -p "$oc"
+  [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$oc"
   if [ -d .ext/official/fla ]; then
-    CUDA_VISIBLE_DEVICES=$g1 TRITON_CACHE_DIR=$ROOT/results/sweep_cold_cache/all/triton \
+    CUDA_VISIBLE_DEVICES=$g1 TRITON_CACHE_DIR=$oc \
       MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" "$MDN_PYTHON" scripts/bench_ops.py \
       --impls official,mdn --T 4096 --out "$d/official.jsonl" > "$d/official.txt" 2>&1 &
   fi
-  (cd triton && CUDA_VISIBLE_DEVICES=$g2 TRITON_CACHE_DIR=$ROOT/results/sweep_cold_cache/all/triton \
+  (cd triton && CUDA_VISIBLE_DEVICES=$g2 TRITON_CACHE_DIR=$oc \
     timeout -k 10 "$t" "$MDN_PYTHON" mdn/bench/bench_op.py --T 4096 --phases --profile \
     --out "$d/profile.jsonl") > "$d/profile.txt" 2>&1
   wait
@@ -206,7 +217,7 @@ tiles_lane() {  # the scan tiles at the training step's shape, then the official
   local d=$O/tiles; mkdir -p "$d" results/tiles
   export CUDA_VISIBLE_DEVICES=$TILES_GPU TRITON_CACHE_DIR=$ROOT/results/tiles_triton_cache
   mkdir -p "$TRITON_CACHE_DIR"
-  [ -f "$AUTOTUNE_IN" ] && tar xzf "$AUTOTUNE_IN" -C "$TRITON_CACHE_DIR"
+  [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
   # gpu_train_bench.sh runs BS=2 x SEQ=4096: each layer's op call sees 8192 tokens, a quarter of the benchmark's
   # 32768, so the scans' grids (B x H x V/BV programs) are a quarter as large and the tiles tuned at 32768 tokens
   # may leave SMs idle. "fwd;bwd" pairs of (BV, num_warps); the train lane runs the fastest fwd+bwd.
