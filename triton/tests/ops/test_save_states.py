@@ -95,23 +95,6 @@ def test_saved_states_under_torch_compile(monkeypatch):
         assert rel_rms(eg[n], cg[n]) <= 1e-5, n
 
 
-def test_fake_tensor_shapes_of_the_saving_ops():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode():
-        NC, H, C, K, V = 3, 2, 16, 8, 12
-        ck = lambda: torch.empty(NC, H, C, K, dtype=torch.bfloat16)  # noqa: E731
-        cc = lambda: torch.empty(NC, H, C, C, dtype=torch.bfloat16)  # noqa: E731
-        u, r, g = torch.empty(NC, H, C, V, dtype=torch.bfloat16), torch.empty(NC, H, 6, C), torch.empty(NC, H, 3)
-        off = torch.empty(3, dtype=torch.int32)
-        o, vt, ht, hc = sp.scan_pqk_fwd_saving(u, ck(), ck(), ck(), cc(), cc(), r, g, None, off)
-        assert o.shape == vt.shape == (NC, H, C, V) and ht.shape == (2, 2, H, K, V) and ht.dtype == torch.float32
-        assert hc.shape == (NC, H, 2, K, V) and hc.dtype == torch.bfloat16
-        grads = sp.scan_pqk_bwd_saved(ck(), ck(), ck(), cc(), cc(), r, g, None, off, vt, o, None, hc)
-        assert [t.shape for t in grads[:8]] == [u.shape] + [(NC, H, C, K)] * 3 + [(NC, H, C, C)] * 2 + [r.shape,
-                                                                                                     g.shape]
-        assert grads[8].shape == (2, 2, H, K, V)
-
-
 @pytest.mark.parametrize("value", ["yes", "2", "true"])
 def test_save_states_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_SAVE_STATES", value)

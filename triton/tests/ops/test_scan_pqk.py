@@ -287,6 +287,12 @@ def test_fake_tensor_shapes():
         assert [t.shape for t in grads[:8]] == [u.shape] + [(NC, H, C, K)] * 3 + [(NC, H, C, C)] * 2 + [r.shape,
                                                                                                      g.shape]
         assert grads[8].shape == (2, 2, H, K, V)
+        # the MDN_SAVE_STATES pair: the forward also returns the chunk-start states, the backward takes them
+        o2, vt2, ht2, hc = sp.scan_pqk_fwd_saving(u, ck(), ck(), ck(), cc(), cc(), r, g, None, off)
+        assert o2.shape == vt2.shape == (NC, H, C, V) and ht2.shape == (2, 2, H, K, V) and ht2.dtype == torch.float32
+        assert hc.shape == (NC, H, 2, K, V) and hc.dtype == torch.bfloat16
+        saved = sp.scan_pqk_bwd_saved(ck(), ck(), ck(), cc(), cc(), r, g, None, off, vt2, o2, None, hc)
+        assert [t.shape for t in saved] == [t.shape for t in grads]
 
 
 @pytest.mark.parametrize("value", ["PQK", "three", "6"])
