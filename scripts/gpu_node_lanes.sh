@@ -35,6 +35,12 @@
 #   PHASE=1 bash scripts/gpu_node_lanes.sh        # first call, fresh machine
 #   PHASE=2 bash scripts/gpu_node_lanes.sh        # second call, same machine (within its idle window)
 #   PHASE=3 bash scripts/gpu_node_lanes.sh        # the cold sweep pair and MQAR only
+# On a 2-GPU node the cold pair cannot run side by side, so it runs one after the other:
+#   PHASE=4 bash scripts/gpu_node_lanes.sh        # fresh machine: the 1-GPU run on GPU 0 while GPU 1 runs the
+#                                                 # 1-GPU training benchmark (GPU-bound, one process), then the
+#                                                 # 2-GPU run on both from its own empty caches
+#   PHASE=5 bash scripts/gpu_node_lanes.sh        # same machine: mdn-1.3b on both GPUs (FSDP2), then the GPU
+#                                                 # tests on GPU 1 beside the op work (official kernel, profile)
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
 # first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
 # MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
@@ -55,8 +61,12 @@ SWEEP_ALL_GPUS=${SWEEP_ALL_GPUS:-1,2}
 case ${PHASE:-1} in
   1) LANES=${LANES:-"sweepone sweepall tiles"} ;;
   2) LANES=${LANES:-"train tests mqar"}; MQAR_GPUS=${MQAR_GPUS:-0,1} ;;
-  *) LANES=${LANES:-"sweepone sweepall mqar"} ;;
+  3) LANES=${LANES:-"sweepone sweepall mqar"} ;;
+  4) LANES=${LANES:-"sweepone train sweepall"}; SWEEP_ONE_GPUS=0,1; TRAIN_GPU=1; SWEEP_ALL_GPUS=0,1
+     SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-"sweepone train"}; TRAIN_S=${TRAIN_S:-290} ;;
+  5) LANES=${LANES:-"pair"} ;;
 esac
+SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-}
 MQAR_GPUS=${MQAR_GPUS:-3}
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
 # Op timings next to fla and the official kernel seed only autotune results tuned on this card type (the sweep
@@ -72,7 +82,8 @@ rm -f "$O/.sweepone_done"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
-case $PHASE in 1|2|3) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1, 2 or 3" >&2; exit 2 ;; esac
+case $PHASE in 1|2|3|4|5) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 5" >&2; exit 2 ;; esac
+rm -f "$O"/.*_done
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
 
@@ -187,10 +198,16 @@ sweep_cold_lane() {  # RUN GPUS: one run of the sweep from empty compile caches 
 sweepone_lane() { sweep_cold_lane one "$SWEEP_ONE_GPUS"; local rc=$?; touch "$O/.sweepone_done"; return $rc; }
 
 sweepall_lane() {
+  # PHASE 4: the 2-GPU run needs the GPUs of the lanes before it
+  local w; for w in $SWEEP_ALL_AFTER; do
+    while [ ! -f "$O/.${w}_done" ] && [ "$(left)" -gt 60 ]; do sleep 2; done
+  done
+  [ -n "$SWEEP_ALL_AFTER" ] && echo "2-GPU run starts at $(( $(date +%s) - T0 )) s" >> "$O/lanes.txt"
   sweep_cold_lane all "$SWEEP_ALL_GPUS"
   local rc=$?
   # once the 1-GPU run is done too (extra load before then would slow it and flatter the ratio), the two GPUs of
   # this lane do op work with what is left: the official kernel next to ours, and a kernel profile of ours
+  [ -n "$SWEEP_ALL_AFTER" ] && return $rc
   case " $LANES " in *" sweepone "*)
     while [ ! -f "$O/.sweepone_done" ] && [ "$(left)" -gt 60 ]; do sleep 2; done ;;
   esac
@@ -258,7 +275,7 @@ PYEOF
 train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with the best tiles of the tiles lane
   local d=$O/train; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$TRAIN_GPU
-  OUT=$d/runs timeout -k 10 330 bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
+  OUT=$d/runs timeout -k 10 "${TRAIN_S:-330}" bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
   echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   local best; best=$(best_env)
   echo "fastest op knobs at the training shape: ${best:-the defaults}" >> "$d/steps.txt"
@@ -268,6 +285,31 @@ train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with
     echo "train tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   fi
   rm -rf "$d"/runs*/*/checkpoints
+}
+
+pair_lane() {  # PHASE 5 on a 2-GPU node: the 1.3B model over both GPUs, then tests beside op work
+  local d=$O/pair; mkdir -p "$d"
+  CUDA_VISIBLE_DEVICES=0,1 MODELS=1.3b OUT=$d/train2 timeout -k 10 "${TRAIN2_S:-200}" bash scripts/gpu_train_bench.sh \
+    > "$d/train2.txt" 2>&1
+  echo "train 2 GPUs rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  rm -rf "$d"/train2/*/checkpoints
+  (export CUDA_VISIBLE_DEVICES=1 TRITON_CACHE_DIR=$ROOT/results/tests_triton_cache
+   mkdir -p "$TRITON_CACHE_DIR"; run_gpu_tests "$d") &
+  local t=$(( $(left) - 20 )) oc=$ROOT/results/op_after_sweep_cache
+  mkdir -p "$oc"; [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$oc"
+  if [ "$t" -gt 60 ]; then
+    (cd triton && CUDA_VISIBLE_DEVICES=0 TRITON_CACHE_DIR=$oc timeout -k 10 "${PROFILE_S:-120}" "$MDN_PYTHON" \
+      mdn/bench/bench_op.py --T 4096 --phases --profile --out "$d/profile.jsonl") > "$d/profile.txt" 2>&1
+    echo "profile rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    t=$(( $(left) - 20 ))
+    if [ -d .ext/official/fla ] && [ "$t" -gt 60 ]; then
+      CUDA_VISIBLE_DEVICES=0 TRITON_CACHE_DIR=$oc MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 "$t" \
+        "$MDN_PYTHON" scripts/bench_ops.py --impls official,mdn --T 4096 --out "$d/official.jsonl" > "$d/official.txt" 2>&1
+      echo "official rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    fi
+  fi
+  wait
+  (cd "$oc" && find . -name '*.autotune.json' | tar czf "$d/autotune_op.tgz" -T -)
 }
 
 mqar_lane() {
@@ -286,9 +328,9 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train|pair) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
-  ${lane}_lane & pid[$lane]=$!
+  ( ${lane}_lane; rc=$?; touch "$O/.${lane}_done"; exit $rc ) & pid[$lane]=$!
 done
 for lane in "${!pid[@]}"; do
   wait "${pid[$lane]}"; rc=$?
@@ -308,5 +350,5 @@ fi
 for lane in "${!pid[@]}"; do
   [ -d "$O/$lane" ] && tar czf "$O/$lane.tgz" -C "$O" "$lane" && rm -rf "${O:?}/$lane"
 done
-rm -f "$O/.sweepone_done"
+rm -f "$O"/.*_done
 cat "$O/lanes.txt"
