@@ -274,7 +274,10 @@ PYEOF
 
 train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with the best tiles of the tiles lane
   local d=$O/train; mkdir -p "$d"
-  export CUDA_VISIBLE_DEVICES=$TRAIN_GPU
+  # fla autotunes GDN's kernels on the first training step of a fresh machine (over 4 minutes on the sixth
+  # session's 2 x H200, which cut its GDN run): seed them like the op lanes do
+  export CUDA_VISIBLE_DEVICES=$TRAIN_GPU TRITON_CACHE_DIR=$ROOT/results/train_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"; [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
   OUT=$d/runs timeout -k 10 "${TRAIN_S:-330}" bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
   echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   local best; best=$(best_env)
@@ -285,6 +288,7 @@ train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with
     echo "train tiles rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
   fi
   rm -rf "$d"/runs*/*/checkpoints
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_train.tgz" -T -)
 }
 
 pair_lane() {  # PHASE 5 on a 2-GPU node: the 1.3B model over both GPUs, then tests beside op work
