@@ -322,9 +322,22 @@ mqar_lane() {
   if ! ls results/mqar-budget/rows-*.jsonl >/dev/null 2>&1; then
     for f in docs/data/mqar_budget_*.jsonl; do [ -f "$f" ] && cp "$f" "results/mqar-budget/rows-prev-$(basename "$f")"; done
   fi
-  local n; n=$(echo "$MQAR_GPUS" | tr , '\n' | wc -l)
+  local n sweep=sweeps/mqar-budget.toml; n=$(echo "$MQAR_GPUS" | tr , '\n' | wc -l)
+  # the sweep file replays each training step as a CUDA graph (cuda_graph = "auto"): check graphed against
+  # eager steps on this GPU first (tests/tasks, -m gpu); if that fails, the points run eagerly
+  if [ "${MQAR_GRAPH_CHECK:-1}" = 1 ]; then
+    (cd triton && CUDA_VISIBLE_DEVICES=${MQAR_GPUS%%,*} MDN_CHUNK_COMPILE=0 MDN_FLA_BYPASS_HOPPER_GUARD=1 \
+      timeout -k 10 "${MQAR_GRAPH_CHECK_S:-180}" "$MDN_PYTHON" -m pytest -v -p no:cacheprovider \
+      tests/tasks/test_train_mqar.py -m gpu -k cuda_graph) > "$d/graph_check.txt" 2>&1
+    local grc=$?
+    echo "cuda graph check rc $grc at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+    if [ "$grc" -ne 0 ]; then
+      sed 's/^cuda_graph = "auto"/cuda_graph = "off"/' sweeps/mqar-budget.toml > results/mqar-budget-eager.toml
+      sweep=results/mqar-budget-eager.toml
+    fi
+  fi
   RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-$(( 7 * n ))} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
-    bash scripts/gpu_mqar.sh sweeps/mqar-budget.toml > "$d/lane.log" 2>&1
+    bash scripts/gpu_mqar.sh "$sweep" > "$d/lane.log" 2>&1
   local rc=$?
   cp results/mqar-budget/results.jsonl results/mqar-budget/summary.md "$d"/ 2>/dev/null
   return $rc

@@ -29,6 +29,7 @@ import torch
 from .mqar import IGNORE_INDEX, MQARConfig, chance_accuracy, derive_seed, mqar_batch
 
 PRECISIONS = ("fp32", "bf16")
+CUDA_GRAPH_MODES = ("off", "auto", "on")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class MQARTrainConfig:
     seed: int = 0  # data (train and test) and weight init
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+    cuda_graph: str = "off"  # off | auto | on: replay the training step as one CUDA graph (see _GraphedStep)
 
     def validate(self, prefix: str = "train") -> "MQARTrainConfig":
         def bad(key, want):
@@ -87,6 +89,8 @@ class MQARTrainConfig:
             bad("max_seconds", "a number >= 0 (0: no limit)")
         if self.precision not in PRECISIONS:
             bad("precision", "one of " + ", ".join(PRECISIONS))
+        if self.cuda_graph not in CUDA_GRAPH_MODES:
+            bad("cuda_graph", "one of " + ", ".join(CUDA_GRAPH_MODES))
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             bad("device", "auto, cpu, cuda or cuda:N")
@@ -161,9 +165,10 @@ def query_logits(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Ten
     return out.flatten(0, 1)[idx], tgt
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str, cache: bool = True):
     if precision == "bf16" and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        # cache=False under CUDA-graph capture: autocast's weight-cast cache would hold tensors of the capture
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -326,12 +331,154 @@ def _cpu_threads(device: torch.device):
         torch.set_num_threads(threads)
 
 
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # the graphed step's AdamW reads its rate on the device
+        else:
+            group["lr"] = lr
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: MQARTrainConfig, device: torch.device, graphed: bool):
+    groups = param_groups(model, cfg.weight_decay)
+    if graphed:
+        # a CUDA graph bakes Python scalars in at capture: the rate must be a device tensor that the captured
+        # fused AdamW reads (capturable=True keeps its step counters on the device too)
+        return torch.optim.AdamW(groups, lr=torch.tensor(cfg.lr, device=device), betas=(cfg.beta1, cfg.beta2),
+                                 fused=True, capturable=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+class _EagerStep:
+    """One optimizer step run op by op: forward at the query positions, loss, backward, clipping, AdamW."""
+
+    mode = "eager"
+
+    def __init__(self, model, opt, task: MQARConfig, cfg: MQARTrainConfig, device: torch.device):
+        self.model, self.opt, self.task, self.cfg, self.device = model, opt, task, cfg, device
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        with _autocast(self.device, self.cfg.precision, cache):
+            logits, tgt = query_logits(self.model, x, y, n_query=x.shape[0] * self.task.num_pairs)
+        return torch.nn.functional.cross_entropy(logits.float(), tgt)
+
+    def update(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        _set_lr(self.opt, lr)
+        loss = self.loss(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        self.update(loss)
+        return loss.detach()
+
+
+_GRAPH_WARM = 3  # eager steps (on a side stream) before the capture: kernels compile and autotune in them
+
+
+class _GraphedStep(_EagerStep):
+    """The whole training step captured once as a CUDA graph and replayed for every later step.
+
+    The MQAR models are tiny: an eager step launches hundreds of small kernels (the MDN op alone dozens per
+    layer), so with several workers per GPU a step waits on launches, not on the GPU. A replay launches the
+    captured kernels at once. What makes the step capturable: static shapes (every MQAR batch has the same),
+    no host sync inside it (query_logits finds the query positions with nonzero_static), the learning rate as a
+    device tensor read by a fused capturable AdamW (_make_optimizer), and autocast without its cast cache.
+    The first _GRAPH_WARM steps run eagerly on a side stream; then the step is captured and its first replay is
+    checked: the loss it computes must equal an eager forward's on the same weights and batch. A capture that
+    raises (an op that syncs with the host, say) or a replay that disagrees is undone and falls back to eager
+    steps in mode "auto" (``mode`` says why, and the result records it), and raises in mode "on".
+    """
+
+    def __init__(self, model, opt, task, cfg, device, strict: bool):
+        super().__init__(model, opt, task, cfg, device)
+        self.strict = strict
+        self.warm = 0
+        self.graph = None
+        self.eager_only = False
+        self.side = torch.cuda.Stream(device)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        if self.eager_only:
+            return super().__call__(x, y, lr)
+        if self.graph is None and self.warm < _GRAPH_WARM:
+            self.warm += 1
+            cur = torch.cuda.current_stream(self.device)
+            self.side.wait_stream(cur)
+            with torch.cuda.stream(self.side):
+                loss = super().__call__(x, y, lr)
+            cur.wait_stream(self.side)
+            return loss
+        _set_lr(self.opt, lr)
+        if self.graph is None:
+            if not self._capture_and_step(x, y):
+                return super().__call__(x, y, lr)
+            return self.static_loss
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss
+
+    def _capture_and_step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Capture the step, then replay it once as this step, checked: its loss (computed before its update)
+        must equal an eager forward's on the same weights and batch. False (and the weights and optimizer state
+        as they were) if either fails in mode "auto"."""
+        self.static_x, self.static_y = x.clone(), y.clone()
+        params = [p.detach().clone() for p in self.model.parameters()]
+        state = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+                 for p, st in self.opt.state.items()}
+        try:
+            with torch.no_grad():
+                want = float(self.loss(self.static_x, self.static_y, cache=False))
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records the kernels; nothing runs until a replay
+                loss = self.loss(self.static_x, self.static_y, cache=False)
+                self.update(loss)
+            self.static_loss = loss.detach()
+            graph.replay()
+            got = float(self.static_loss)
+            if not math.isclose(got, want, rel_tol=1e-3, abs_tol=1e-4):
+                raise RuntimeError(f"the replayed step's loss {got:.6g} differs from the eager forward's {want:.6g}")
+        except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly (or fail in "on")
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            if self.strict:
+                raise RuntimeError(f"mqar.cuda_graph = 'on': the training step could not be captured ({reason})") \
+                    from exc
+            torch.cuda.synchronize(self.device)
+            with torch.no_grad():  # undo whatever a replay changed
+                for p, saved in zip(self.model.parameters(), params):
+                    p.copy_(saved)
+                for p, saved in state.items():
+                    for k, v in saved.items():
+                        self.opt.state[p][k].copy_(v)
+            self.opt.zero_grad(set_to_none=True)
+            self.eager_only = True
+            self.mode = f"eager (capture failed: {reason})"
+            return False
+        self.graph = graph
+        self.mode = "cuda_graph"
+        return True
+
+
+def _make_step(model, opt, task, cfg, device, graphed: bool):
+    if graphed:
+        return _GraphedStep(model, opt, task, cfg, device, strict=cfg.cuda_graph == "on")
+    return _EagerStep(model, opt, task, cfg, device)
+
+
 def _train(model_cfg, task, cfg, device, build, data, tests, on_metric, on_progress) -> dict:
+    if cfg.cuda_graph == "on" and device.type != "cuda":
+        raise ValueError(f"mqar.cuda_graph = 'on': needs a CUDA device, got {device} (use 'auto' or 'off')")
     model = build(model_cfg, device, cfg.seed)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            fused=device.type == "cuda")
+    graphed = cfg.cuda_graph != "off" and device.type == "cuda"
+    opt = _make_optimizer(model, cfg, device, graphed)
+    run_step = _make_step(model, opt, task, cfg, device, graphed)
     t0 = time.perf_counter()
     status, stop = "ok", "steps"
     sched = cfg  # the schedule's horizon; shortened by the time budget (see _fit_to_budget)
@@ -341,17 +488,8 @@ def _train(model_cfg, task, cfg, device, build, data, tests, on_metric, on_progr
     while done < sched.steps:
         step = done
         lr = lr_at(step, sched)
-        for group in opt.param_groups:
-            group["lr"] = lr
         x, y = data.batch(step)
-        with _autocast(device, cfg.precision):
-            logits, tgt = query_logits(model, x, y, n_query=x.shape[0] * task.num_pairs)
-        loss = torch.nn.functional.cross_entropy(logits.float(), tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = run_step(x, y, lr)
         done = step + 1
         tick = max(1, sched.steps // _TICKS)
         if done % tick == 0 or done == sched.steps:
@@ -398,7 +536,7 @@ def _train(model_cfg, task, cfg, device, build, data, tests, on_metric, on_progr
         "status": status, "stop": stop, "lr": cfg.lr, "accuracy": main["accuracy"], "loss": main["loss"],
         "train_loss": ema, "steps": steps_done, "planned_steps": cfg.steps, "examples_seen": steps_done * cfg.batch_size,
         "train_seconds": train_s, "tokens_per_s": steps_done * cfg.batch_size * task.seq_len / max(train_s, 1e-9),
-        "params": params, "splits": splits,
+        "params": params, "splits": splits, "step_mode": run_step.mode,
     }
     if on_metric:
         rec = {"step": steps_done, "lr_now": lr_at(max(steps_done - 1, 0), sched), "base_lr": cfg.lr, "train_loss": ema,
@@ -453,7 +591,8 @@ def train_mqar_lrs(model_cfg: dict, task: MQARConfig, cfg: MQARTrainConfig, lrs:
         data.reset()  # every rate sees the same examples in the same order
         run = train_mqar(model_cfg, task, sub, test_splits, on_metric=on_metric, on_progress=progress,
                          build=build, data=data, tests=tests)
-        runs.append({k: run[k] for k in ("lr", "status", "stop", "accuracy", "loss", "steps", "train_seconds")})
+        runs.append({k: run[k] for k in ("lr", "status", "stop", "accuracy", "loss", "steps", "train_seconds",
+                                         "step_mode")})
         if _better(run, best):
             best = run
     out = dict(best)

@@ -11,7 +11,8 @@ Params (flat, fully resolved by Go; a sweep point's fields plus the sweep file's
     test_splits  [{seq_len, num_pairs}, ...]: extra held-out splits (same vocab and power_a)
     lr | lrs     one rate, or the list to take the best of
     steps, batch_size, num_train, num_test, warmup_steps, weight_decay, min_lr_ratio, grad_clip, eval_every,
-    eval_batch_size, early_stop_accuracy, max_seconds, precision      (mdn.tasks.train_mqar.MQARTrainConfig)
+    eval_batch_size, early_stop_accuracy, max_seconds, precision, cuda_graph (off | auto | on: replay each
+    training step as one CUDA graph)                                  (mdn.tasks.train_mqar.MQARTrainConfig)
     seed, device ("cpu" | "cuda" | "auto")
     point, variant, repeat, derived, task     bookkeeping from the sweep; ignored here
 
@@ -43,7 +44,7 @@ LINEAR_ARCHS = ("mdn", "gdn", "kda", "mamba2")
 TASK_KEYS = ("vocab_size", "seq_len", "num_pairs", "power_a", "random_non_queries")
 TRAIN_KEYS = ("steps", "batch_size", "num_train", "num_test", "warmup_steps", "weight_decay", "min_lr_ratio",
               "grad_clip", "eval_every", "eval_batch_size", "early_stop_accuracy", "max_seconds", "precision",
-              "beta1", "beta2", "seed", "device")
+              "beta1", "beta2", "seed", "device", "cuda_graph")
 MODEL_KEYS = ("model", "arch", "op", "constraint", "d_model", "num_layers", "num_heads", "head_dim",
               "attn_num_heads", "model_overrides")
 IGNORED_KEYS = ("point", "variant", "repeat", "derived", "task", "job", "timer", "lr", "lrs", "test_splits",
@@ -198,7 +199,7 @@ def run(params: dict, ctx) -> dict:
         "accuracy": out["accuracy"], "loss": out["loss"], "best_lr": out["lr"], "steps_done": out["steps"],
         "stop": out["stop"], "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
         "n_params": out["params"], "chance": out["chance"], "runs": out["runs"], "splits": out["splits"],
-        "elapsed_s": time.perf_counter() - t0,
+        "elapsed_s": time.perf_counter() - t0, "step_mode": out["step_mode"],
     }
     if mcfg["arch"] == "gdn" and os.environ.get("MDN_FLA_BYPASS_HOPPER_GUARD") == "1":
         result["caveat"] = ("fla's Hopper guard was bypassed (MDN_FLA_BYPASS_HOPPER_GUARD=1): on Hopper with "
