@@ -23,6 +23,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .availability import mdn_op
 from .conv import ShortConvolution
@@ -226,10 +227,11 @@ class MomentumDeltaNet(nn.Module):
     def gates(self, x: torch.Tensor):
         """(log_alpha, beta, log_mu, eta) [B, T, H] fp32 for hidden states x [B, T, d]."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            a = upcast(self.a_proj(x))
-            b = upcast(self.b_proj(x))
-            m = upcast(self.m_proj(x))
-            e = upcast(self.e_proj(x)) / self.tau
+            # the four [d -> H] projections as one GEMM: x is read once (and its gradient is one GEMM, not four
+            # summed); the parameters stay four Linear modules, so checkpoints and HF loading are unchanged
+            w = torch.cat([self.a_proj.weight, self.b_proj.weight, self.m_proj.weight, self.e_proj.weight])
+            a, b, m, e = upcast(F.linear(x, w)).split(self.num_heads, dim=-1)
+            e = e / self.tau
             return compute_gates(
                 self.gate_mode, a, b, m, e, A_log=self.A_log, Mu_log=self.Mu_log, dt_bias=self.dt_bias,
                 mu_bias=self.mu_bias, log_factor=getattr(self, "log_factor", None), min_log_mu=self.min_log_mu,

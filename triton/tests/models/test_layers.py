@@ -159,6 +159,34 @@ def test_mdn_layer_gates_in_range_and_scalars_initialised():
     assert torch.all(la.exp() + beta <= 1 + 1e-6) and torch.all(lm >= -1.0)
 
 
+@pytest.mark.parametrize("mode", ["trig", "clamp", "none", "quadrant"])
+def test_mdn_layer_gate_projections_as_one_gemm_equal_four(mode):
+    """gates() runs the four [d -> H] projections as one GEMM; each gate equals its own Linear's output through
+    compute_gates, and each projection's weight gets its own gradient."""
+    from mdn.layers.gates import compute_gates
+
+    torch.manual_seed(0)
+    layer = MomentumDeltaNet(32, 4, 8, gate_mode=mode).double()
+    layer.reset_parameters()
+    for lin in (layer.a_proj, layer.b_proj, layer.m_proj, layer.e_proj):
+        torch.nn.init.normal_(lin.weight, std=0.3)
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    got = layer.gates(x)
+    want = compute_gates(mode, layer.a_proj(x), layer.b_proj(x), layer.m_proj(x), layer.e_proj(x) / layer.tau,
+                         A_log=layer.A_log, Mu_log=layer.Mu_log, dt_bias=layer.dt_bias, mu_bias=layer.mu_bias,
+                         log_factor=getattr(layer, "log_factor", None), min_log_mu=layer.min_log_mu,
+                         use_p_times_alpha=layer.use_p_times_alpha)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    sum(g.sum() for g in got).backward()
+    grads = [lin.weight.grad for lin in (layer.a_proj, layer.b_proj, layer.m_proj, layer.e_proj)]
+    layer.zero_grad()
+    sum(w.sum() for w in want).backward()
+    for lin, g in zip((layer.a_proj, layer.b_proj, layer.m_proj, layer.e_proj), grads):
+        torch.testing.assert_close(g, lin.weight.grad, rtol=1e-12, atol=1e-12)
+        assert g.abs().sum() > 0
+
+
 def test_bad_layer_arguments_are_clear():
     with pytest.raises(ValueError, match="gate_mode='x'"):
         MomentumDeltaNet(16, 2, 8, gate_mode="x")
