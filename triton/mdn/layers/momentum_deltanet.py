@@ -19,6 +19,7 @@ and tests work and the switch to the kernel is automatic when it lands. Implemen
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
@@ -33,6 +34,14 @@ from .norm import GatedRMSNorm, upcast
 MDN_IMPLS = ("auto", "chunk", "fused_recurrent", "torch", "naive")
 _warned: set[str] = set()
 LAST_IMPL: dict[str, str] = {}  # mixer -> implementation used by the latest call (reported in training results)
+
+
+def _fused_gate_proj() -> bool:
+    """MDN_FUSED_GATE_PROJ=0 runs the four gate projections one by one (the A/B baseline of the fused GEMM)."""
+    v = os.environ.get("MDN_FUSED_GATE_PROJ", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"MDN_FUSED_GATE_PROJ={v!r}: expected 0 or 1")
+    return v == "1"
 
 
 def _warn_once(key: str, msg: str) -> None:
@@ -227,10 +236,14 @@ class MomentumDeltaNet(nn.Module):
     def gates(self, x: torch.Tensor):
         """(log_alpha, beta, log_mu, eta) [B, T, H] fp32 for hidden states x [B, T, d]."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # the four [d -> H] projections as one GEMM: x is read once (and its gradient is one GEMM, not four
-            # summed); the parameters stay four Linear modules, so checkpoints and HF loading are unchanged
-            w = torch.cat([self.a_proj.weight, self.b_proj.weight, self.m_proj.weight, self.e_proj.weight])
-            a, b, m, e = upcast(F.linear(x, w)).split(self.num_heads, dim=-1)
+            projs = (self.a_proj, self.b_proj, self.m_proj, self.e_proj)
+            if _fused_gate_proj():
+                # the four [d -> H] projections as one GEMM: x is read once (and its gradient is one GEMM, not
+                # four summed); the parameters stay four Linear modules, so checkpoints and HF loading are unchanged
+                w = torch.cat([lin.weight for lin in projs])
+                a, b, m, e = upcast(F.linear(x, w)).split(self.num_heads, dim=-1)
+            else:
+                a, b, m, e = (upcast(lin(x)) for lin in projs)
             e = e / self.tau
             return compute_gates(
                 self.gate_mode, a, b, m, e, A_log=self.A_log, Mu_log=self.Mu_log, dt_bias=self.dt_bias,

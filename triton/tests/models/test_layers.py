@@ -159,12 +159,14 @@ def test_mdn_layer_gates_in_range_and_scalars_initialised():
     assert torch.all(la.exp() + beta <= 1 + 1e-6) and torch.all(lm >= -1.0)
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
 @pytest.mark.parametrize("mode", ["trig", "clamp", "none", "quadrant"])
-def test_mdn_layer_gate_projections_as_one_gemm_equal_four(mode):
+def test_mdn_layer_gate_projections_as_one_gemm_equal_four(mode, fused, monkeypatch):
     """gates() runs the four [d -> H] projections as one GEMM; each gate equals its own Linear's output through
     compute_gates, and each projection's weight gets its own gradient."""
     from mdn.layers.gates import compute_gates
 
+    monkeypatch.setenv("MDN_FUSED_GATE_PROJ", fused)
     torch.manual_seed(0)
     layer = MomentumDeltaNet(32, 4, 8, gate_mode=mode).double()
     layer.reset_parameters()
@@ -185,6 +187,13 @@ def test_mdn_layer_gate_projections_as_one_gemm_equal_four(mode):
     for lin, g in zip((layer.a_proj, layer.b_proj, layer.m_proj, layer.e_proj), grads):
         torch.testing.assert_close(g, lin.weight.grad, rtol=1e-12, atol=1e-12)
         assert g.abs().sum() > 0
+
+
+def test_mdn_fused_gate_proj_env_is_checked(monkeypatch):
+    monkeypatch.setenv("MDN_FUSED_GATE_PROJ", "yes")
+    layer = MomentumDeltaNet(32, 4, 8)
+    with pytest.raises(ValueError, match=r"MDN_FUSED_GATE_PROJ='yes': expected 0 or 1"):
+        layer.gates(torch.randn(1, 3, 32))
 
 
 def test_bad_layer_arguments_are_clear():
