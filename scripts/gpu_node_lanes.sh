@@ -41,6 +41,10 @@
 #                                                 # 2-GPU run on both from its own empty caches
 #   PHASE=5 bash scripts/gpu_node_lanes.sh        # same machine: mdn-1.3b on both GPUs (FSDP2), then the GPU
 #                                                 # tests on GPU 1 beside the op work (official kernel, profile)
+#   PHASE=6 bash scripts/gpu_node_lanes.sh        # 2 GPUs: training A/B on GPU 0 (MDN, GDN, Transformer, then MDN
+#                                                 # with each of TRAIN_AB's knobs), MQAR on GPU 1
+#   PHASE=7 bash scripts/gpu_node_lanes.sh        # 2 GPUs: the official kernel's fwd+bwd next to ours and GDN on
+#                                                 # GPU 0 (a whole call for its first-call autotuning), tests on GPU 1
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
 # first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
 # MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
@@ -65,7 +69,11 @@ case ${PHASE:-1} in
   4) LANES=${LANES:-"sweepone train sweepall"}; SWEEP_ONE_GPUS=0,1; TRAIN_GPU=1; SWEEP_ALL_GPUS=0,1
      SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-"sweepone train"}; TRAIN_S=${TRAIN_S:-290} ;;
   5) LANES=${LANES:-"pair"} ;;
+  6) LANES=${LANES:-"train mqar"}; TRAIN_GPU=${TRAIN_GPU_6:-0}; MQAR_GPUS=${MQAR_GPUS:-1}
+     TRAIN_AB=${TRAIN_AB-"MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
+  7) LANES=${LANES:-"official tests"}; OP_GPU=0; TESTS_GPU=1 ;;
 esac
+TRAIN_AB=${TRAIN_AB:-}
 SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-}
 MQAR_GPUS=${MQAR_GPUS:-3}
 AUTOTUNE_IN=${AUTOTUNE_IN:-$ROOT/.cache/autotune_cache.tgz}
@@ -82,7 +90,7 @@ rm -f "$O/.sweepone_done"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
-case $PHASE in 1|2|3|4|5) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 5" >&2; exit 2 ;; esac
+case $PHASE in 1|2|3|4|5|6|7) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 7" >&2; exit 2 ;; esac
 rm -f "$O"/.*_done
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
@@ -280,6 +288,14 @@ train_lane() {  # issue 5: MDN, GDN, Transformer 1.3B on one GPU; MDN again with
   mkdir -p "$TRITON_CACHE_DIR"; [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
   OUT=$d/runs timeout -k 10 "${TRAIN_S:-330}" bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
   echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  # PHASE 6: MDN again with each knob of TRAIN_AB (VAR=value words), same harness, next to the default run above
+  local kv
+  for kv in $TRAIN_AB; do
+    [ "$(left)" -gt 90 ] || break
+    env "$kv" MODELS=1.3b OUT=$d/runs_${kv%%=*} timeout -k 10 $(( $(left) - 15 )) \
+      bash scripts/gpu_train_bench.sh > "$d/train_${kv%%=*}.txt" 2>&1
+    echo "train $kv rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  done
   local best; best=$(best_env)
   echo "fastest op knobs at the training shape: ${best:-the defaults}" >> "$d/steps.txt"
   if [ -n "$best" ] && [ "$(left)" -gt 100 ]; then
@@ -316,6 +332,17 @@ pair_lane() {  # PHASE 5 on a 2-GPU node: the 1.3B model over both GPUs, then te
   (cd "$oc" && find . -name '*.autotune.json' | tar czf "$d/autotune_op.tgz" -T -)
 }
 
+official_lane() {  # PHASE 7: the official kernel's fwd+bwd (minutes of first-call autotuning) next to ours and GDN
+  local d=$O/official; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/official_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"; [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
+  [ -d .ext/official/fla ] || { echo "no .ext/official/fla: carry it" >> "$d/steps.txt"; return 2; }
+  MDN_OFFICIAL_PATH=$ROOT/.ext/official timeout -k 10 $(( $(left) - 20 )) "$MDN_PYTHON" scripts/bench_ops.py \
+    --impls official,mdn,gdn --T 4096 --out "$d/ops.jsonl" > "$d/ops.txt" 2>&1
+  echo "ops rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_official.tgz" -T -)
+}
+
 mqar_lane() {
   local d=$O/mqar; mkdir -p "$d" results/mqar-budget
   # a fresh machine: the rows of earlier sessions (docs/data) count as done, so RESUME=1 runs only the rest
@@ -345,7 +372,7 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train|pair) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train|pair|official) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
   ( ${lane}_lane; rc=$?; touch "$O/.${lane}_done"; exit $rc ) & pid[$lane]=$!
 done
