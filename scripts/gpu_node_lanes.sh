@@ -70,7 +70,7 @@ case ${PHASE:-1} in
      SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-"sweepone train"}; TRAIN_S=${TRAIN_S:-290} ;;
   5) LANES=${LANES:-"pair"} ;;
   6) LANES=${LANES:-"train mqar"}; TRAIN_GPU=${TRAIN_GPU_6:-0}; MQAR_GPUS=${MQAR_GPUS:-1}
-     TRAIN_AB=${TRAIN_AB-"MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
+     TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
   7) LANES=${LANES:-"official tests"}; OP_GPU=0; TESTS_GPU=1 ;;
 esac
 TRAIN_AB=${TRAIN_AB:-}
@@ -159,11 +159,23 @@ for tc in root.iter("testcase"):
 PYEOF
 }
 
-tests_lane() {  # phase 1: the whole GPU test set on its own GPU
+tests_lane() {  # the whole GPU test set on its own GPU; PHASE 7: then the op's knobs A/B with what is left
   local d=$O/tests; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$TESTS_GPU TRITON_CACHE_DIR=$ROOT/results/tests_triton_cache
   mkdir -p "$TRITON_CACHE_DIR"
+  [ "$PHASE" = 7 ] && HARD_S=$(( HARD_S - ${OPAB_S:-170} ))  # keep time for the A/B below
   run_gpu_tests "$d"
+  [ "$PHASE" = 7 ] || return 0
+  HARD_S=$(( HARD_S + ${OPAB_S:-170} ))
+  # the same op, same GPU, one after the other: default, then each knob of OP_AB (H16 K128 V128 first: the
+  # triangular solves are 12 % of its fwd+bwd)
+  local kv
+  for kv in default ${OP_AB:-MDN_TRIL_INV=triton MDN_SAVE_STATES=1}; do
+    [ "$(left)" -gt 45 ] || break
+    (cd triton && env ${kv#default} timeout -k 10 $(( $(left) - 20 )) "$MDN_PYTHON" mdn/bench/bench_op.py \
+      --shapes h16k128v128,h6k256v512 --T 4096 --phases --out "$d/opab.jsonl") >> "$d/opab.txt" 2>&1
+    echo "op A/B $kv rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  done
 }
 
 op_lane() {
@@ -276,6 +288,8 @@ if rows:
         env.append(f"MDN_SCAN_CONFIG={best['scan_config']}")
     if best.get("save_states", "0") == "1":
         env.append("MDN_SAVE_STATES=1")
+    if best.get("tril_inv", "solve") != "solve":
+        env.append(f"MDN_TRIL_INV={best['tril_inv']}")
     print(" ".join(env))
 PYEOF
 }

@@ -171,6 +171,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["intra_gemm"] = "bf16" if _bf16_gemm_wanted(op_dtype) else "fp32"
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
+    row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "solve") or "solve"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row

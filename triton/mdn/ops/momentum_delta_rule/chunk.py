@@ -24,6 +24,7 @@ from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
 from .chunk_scan_pqk import chunk_scan_pqk, save_states
+from .tril_inverse import tril_inv_mode
 from .validation import check_inputs
 from .autocast import no_autocast
 
@@ -78,7 +79,7 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
                   use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool,
-                  form: str = "six"):
+                  form: str = "six", tril_inv: str = "solve"):
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
@@ -93,7 +94,7 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
         return intra_pqk_fwd(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args],
                              out_dtype == torch.bfloat16, bf16_gemm)
     intra = chunk_mdn_intra_pqk if form == "pqk" else chunk_mdn_intra
-    return intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm)
+    return intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv)
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
@@ -292,6 +293,7 @@ def chunk_momentum_delta_rule(
                             check_values=not torch.compiler.is_compiling())
     form = scan_form()
     save_states()  # a bad MDN_SAVE_STATES fails here, before any kernel runs
+    tril_inv = tril_inv_mode()  # MDN_TRIL_INV, likewise
     B, T, H, K = q.shape
     C = int(chunk_size)
     # operands of the scan (and its stored states): bf16 for 16-bit inputs, fp32 for fp32 inputs
@@ -319,7 +321,7 @@ def chunk_momentum_delta_rule(
         # torch.compile on CUDA (_run_intra)
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
-                           "pqk_triton" if triton_intra else form)
+                           "pqk_triton" if triton_intra else form, tril_inv=tril_inv)
         oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
 
     o = _unpack_dense(oc, B, T) if cu_seqlens is None else _unpack_varlen(oc, pos)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import torch
 
+from .tril_inverse import unit_lower_inverse
+
 L2NORM_EPS = 1e-6
 
 
@@ -80,9 +82,11 @@ class IntraCoefficients(NamedTuple):
 
 
 def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel: bool,
-                       use_p_times_alpha: bool, bf16_gemm: bool) -> IntraCoefficients:
+                       use_p_times_alpha: bool, bf16_gemm: bool, tril_inv: str = "solve") -> IntraCoefficients:
     """Keys, the overflow-free coefficients (every exp of a masked non-positive segment sum) and A, all chunks at
-    once; inputs [NC, H, C, D] and gates [NC, H, C] in any float dtype, results in the compute dtype."""
+    once; inputs [NC, H, C, D] and gates [NC, H, C] in any float dtype, results in the compute dtype.
+    ``tril_inv`` (MDN_TRIL_INV, chunk.py): how A is computed, "solve" (torch.linalg.solve_triangular) or "triton"
+    (tril_inverse.py; fp32 on a GPU or the interpreter, the solve elsewhere)."""
     cd = compute_dtype(q)
     q, k, v = q.to(cd), k.to(cd), v.to(cd)
     log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
@@ -106,8 +110,7 @@ def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_k
     lmat = _mm(p, kw.transpose(-1, -2), bf16_gemm) * gam_prev  # [NC, H, C, C]  strictly lower
     # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then the wide products as batched GEMMs: cheaper
     # than one solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
-    eye = torch.eye(C, dtype=cd, device=q.device)
-    A = torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)  # [NC, H, C, C]
+    A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C]
     return IntraCoefficients(q, v, p, kw, abar, mbar, Lm, gam, b, a_prev, b_prev, A)
 
 
@@ -124,6 +127,7 @@ def chunk_mdn_intra(
     use_p_times_alpha: bool = True,
     out_dtype: torch.dtype | None = None,
     bf16_gemm: bool = False,
+    tril_inv: str = "solve",
 ) -> IntraChunk:
     """Intra-chunk coefficients and the triangular solve, all chunks at once.
 
@@ -135,7 +139,7 @@ def chunk_mdn_intra(
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
-                           bf16_gemm)
+                           bf16_gemm, tril_inv)
     C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
     a_prev, b_prev, Lm, mbar = c.a_prev, c.b_prev, c.Lm, c.mbar
 

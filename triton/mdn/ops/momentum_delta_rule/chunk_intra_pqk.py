@@ -41,15 +41,16 @@ def chunk_mdn_intra_pqk(
     use_p_times_alpha: bool = True,
     out_dtype: torch.dtype | None = None,
     bf16_gemm: bool = False,
+    tril_inv: str = "solve",
 ) -> IntraChunkPQK:
     """Intra-chunk coefficients and A, all chunks at once (arguments as chunk_intra.chunk_mdn_intra).
 
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
-    b, the row scalars and the triangular solve stay fp32.
+    b, the row scalars and the triangular solve stay fp32. ``tril_inv``: as in chunk_intra.intra_coefficients.
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
-                           bf16_gemm)
+                           bf16_gemm, tril_inv)
     C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
 
     def mm(x, y):

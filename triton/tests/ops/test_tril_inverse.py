@@ -1,0 +1,186 @@
+"""MDN_TRIL_INV=triton: A = (I + N)^-1 of the intra part by one Triton kernel (tril_inverse.py) instead of
+torch.linalg.solve_triangular. The kernel against the float64 solve (every chunk size, outputs poisoned with NaN),
+its backward against autograd through the solve, the op with it against the fp64 recurrence (dense, varlen,
+bf16), the plumbing (custom op under torch.compile, a bad value) and its sm_90 resources."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, _have_ptxas, compare_with_oracle, compile_sm90, make_inputs,
+                      rel_rms, run_op)
+from mdn.ops.momentum_delta_rule import tril_inverse as ti
+from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
+
+
+def _strict_lower(*shape, scale=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).tril(-1)
+
+
+def _solve64(n):
+    eye = torch.eye(n.shape[-1], dtype=torch.float64)
+    return torch.linalg.solve_triangular(n.double().cpu(), eye, upper=False, unitriangular=True)
+
+
+@needs_kernels
+@pytest.mark.parametrize("C", [16, 32, 64, 128])
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0])
+def test_kernel_matches_the_fp64_solve(C, scale):
+    n = _strict_lower(3, 2, C, C, scale=scale, seed=C)
+    # garbage above the diagonal must be ignored (the intra part's Lmat is strictly lower, but nothing relies on it)
+    n_in = (n + torch.triu(torch.full_like(n, 7.0))).float().to(DEV)
+    a = ti.tril_inverse_triton(n_in).cpu()
+    assert torch.isfinite(a).all(), "an element was left unwritten (poisoned output)"
+    assert (a.triu(1) == 0).all() and (a.diagonal(dim1=-2, dim2=-1) == 1).all()
+    ref = _solve64(n)
+    err = rel_rms(ref, a.double())
+    assert err <= 1e-6 * max(1.0, ref.abs().max().item()), err
+
+
+@needs_kernels
+def test_kernel_on_the_intra_parts_own_matrices():
+    """Lmat as the op builds it (layer-like gates, L2-normalised keys): the kernel equals the fp64 solve."""
+    from mdn.ops.momentum_delta_rule.chunk import _pack_dense
+    from mdn.ops.momentum_delta_rule.chunk_intra import intra_coefficients
+
+    x = make_inputs(2, 128, 2, 64, 32, gates="layer")
+    pk = [_pack_dense(x[n], 64) for n in ("q", "k", "v", "log_alpha", "beta", "log_mu", "eta")]
+    c = intra_coefficients(*pk, True, True, False, tril_inv="solve")
+    a_solve = c.A.double()
+    lmat = torch.linalg.inv(c.A.double()) - torch.eye(64, dtype=torch.float64)  # back to I + Lmat
+    a = ti.tril_inverse_triton(lmat.tril(-1).float().to(DEV)).cpu()
+    assert rel_rms(a_solve, a.double()) <= 1e-6
+
+
+@needs_kernels
+@pytest.mark.parametrize("C", [16, 64])
+def test_backward_matches_autograd_through_the_solve(C):
+    n = _strict_lower(2, C, C, scale=0.3, seed=1)
+    da = torch.randn(2, C, C, dtype=torch.float64)
+    n64 = n.clone().requires_grad_()
+    (_solve64(n64) * da).sum().backward()
+    n32 = n.float().to(DEV).requires_grad_()
+    (ti.tril_inverse_op(n32) * da.float().to(DEV)).sum().backward()
+    assert rel_rms(n64.grad.tril(-1), n32.grad.double().cpu()) <= 1e-5
+    assert (n32.grad.cpu().triu() == 0).all(), "only the strictly lower part of N is an input"
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,T,C,K,V,lengths", [
+    (torch.float32, 100, 32, 32, 40, None),
+    (torch.float32, 70, 16, 100, 20, [1, 50, 19]),
+    (torch.float32, 130, 128, 16, 16, None),
+    (torch.bfloat16, 81, 64, 64, 48, None),
+])
+def test_op_with_the_kernel_matches_the_fp64_recurrence(monkeypatch, dtype, T, C, K, V, lengths):
+    monkeypatch.setenv("MDN_TRIL_INV", "triton")
+    inputs = make_inputs(1 if lengths else 2, T, 2, K, V, dtype=dtype, device=DEV, gates="layer",
+                         initial_state=True, lengths=lengths)
+    if dtype == torch.float32:
+        compare_with_oracle(inputs, dtype=dtype, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": C})
+    else:
+        compare_with_oracle(inputs, dtype=dtype, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
+                            op_kwargs={"chunk_size": C})
+
+
+@needs_kernels
+def test_op_with_the_kernel_equals_the_solve(monkeypatch):
+    """Same op, same inputs: the kernel's A and the solve's give the same outputs and gradients (fp32)."""
+    inputs = make_inputs(2, 90, 2, 32, 24, device=DEV, initial_state=True)
+    do = torch.randn(2, 90, 2, 24, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
+    out = {}
+    for mode in ("solve", "triton"):
+        monkeypatch.setenv("MDN_TRIL_INV", mode)
+        out[mode] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
+    (so, sht, sg), (to, tht, tg) = out["solve"], out["triton"]
+    assert rel_rms(so, to) <= 1e-5 and rel_rms(sht, tht) <= 1e-5
+    for n in ALL_GRAD_NAMES:
+        assert rel_rms(sg[n], tg[n]) <= 1e-5, n
+
+
+@needs_kernels
+def test_kernel_under_torch_compile(monkeypatch):
+    """The kernel is a custom op with a fake: a caller's torch.compile(fullgraph=True) keeps it."""
+    torch._dynamo.reset()
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
+    monkeypatch.setenv("MDN_TRIL_INV", "triton")
+    inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)
+    do = torch.randn(1, 37, 2, 16, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 1, 2, 16, 16, dtype=torch.float64, device=DEV)
+    eo, eht, eg = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    op = torch.compile(chunk_momentum_delta_rule, fullgraph=True, backend="aot_eager")
+    co, cht, cg = run_op(op, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    assert rel_rms(eo, co) <= 1e-5 and rel_rms(eht, cht) <= 1e-5
+    for n in ALL_GRAD_NAMES:
+        assert rel_rms(eg[n], cg[n]) <= 1e-5, n
+
+
+def test_fake_tensor_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        n = torch.empty(3, 4, 64, 64)
+        a = ti.tril_inverse_op(n)
+    assert a.shape == (3, 4, 64, 64) and a.dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", ["cublas", "1", "Triton"])
+def test_env_rejects_unknown_value(monkeypatch, value):
+    monkeypatch.setenv("MDN_TRIL_INV", value)
+    inputs = make_inputs(1, 20, 1, 16, 16)
+    with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of solve, triton"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+def test_bad_kernel_arguments_are_clear():
+    with pytest.raises(ValueError, match=r"C in 16, 32, 64, 128, got \(2, 48, 48\)"):
+        ti.tril_inverse_triton(torch.zeros(2, 48, 48))
+    with pytest.raises(ValueError, match="expected float32, got torch.float64"):
+        ti.tril_inverse_triton(torch.zeros(2, 16, 16, dtype=torch.float64))
+
+
+def test_other_devices_and_dtypes_take_the_solve(monkeypatch):
+    """fp64 (the references) and CPU tensors without the interpreter: the solve, whatever the mode."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    n = _strict_lower(2, 16, 16)
+    called = []
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda x: called.append(x) or x)
+    torch.testing.assert_close(ti.unit_lower_inverse(n, "triton"), _solve64(n))
+    torch.testing.assert_close(ti.unit_lower_inverse(n.float(), "triton").double(), _solve64(n), rtol=1e-5,
+                               atol=1e-5)
+    assert called == []
+
+
+@pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
+@pytest.mark.parametrize("C,warps", [(16, 4), (32, 4), (64, 4)])
+def test_sm90_resources_without_spills(C, warps, monkeypatch):
+    """Compiled for sm_90 on the CPU (ptxas), at the launcher's warps: no register spills where the chunk sizes
+    are used (C = 128 at 8 warps spills ~100 bytes, and takes the kernel only when asked)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import triton
+    if triton.knobs.runtime.interpret or not hasattr(ti.momentum_delta_rule_fwd_kernel_tril_inverse, "cache_key"):
+        pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
+    res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse, {"n": "*fp32", "a": "*fp32"},
+                       {"C": C, "LEVELS": {16: 1, 32: 2, 64: 3}[C]}, warps)
+    assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("K,V", [(128, 128), (256, 512)])
+def test_gpu_op_with_the_kernel(monkeypatch, K, V):
+    """On the GPU (bf16, the 1.3B layer's and the H16 head shapes), compiled intra part: within the bf16
+    thresholds of the fp64 recurrence, every gradient included."""
+    monkeypatch.setenv("MDN_TRIL_INV", "triton")
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
