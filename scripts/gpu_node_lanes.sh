@@ -373,8 +373,8 @@ mqar_lane() {
     local grc=$?
     echo "cuda graph check rc $grc at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
     if [ "$grc" -ne 0 ]; then
-      sed 's/^cuda_graph = "auto"/cuda_graph = "off"/' sweeps/mqar-budget.toml > results/mqar-budget-eager.toml
-      sweep=results/mqar-budget-eager.toml
+      sed 's/^cuda_graph = "auto"/cuda_graph = "off"/' sweeps/mqar-budget.toml > results/mqar-budget/sweep-eager.toml
+      sweep=results/mqar-budget/sweep-eager.toml
     fi
   fi
   RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-$(( 7 * n ))} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
