@@ -431,8 +431,9 @@ class _GraphedStep(_EagerStep):
         state = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
                  for p, st in self.opt.state.items()}
         try:
-            with torch.no_grad():
-                want = float(self.loss(self.static_x, self.static_y, cache=False))
+            # with grad enabled, as in the step: a no-grad call may take another kernel (the MDN layer decodes
+            # calls of <= 64 tokens with the fused recurrent op)
+            want = float(self.loss(self.static_x, self.static_y, cache=False).detach())
             self.opt.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):  # records the kernels; nothing runs until a replay

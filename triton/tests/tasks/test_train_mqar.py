@@ -318,7 +318,7 @@ def test_gpu_cuda_graph_step_matches_eager(arch, precision):
     was captured (mode "on" raises otherwise)."""
     from mdn.layers.availability import MixerUnavailable
 
-    task = MQARConfig(vocab_size=256, seq_len=64, num_pairs=4)
+    task = MQARConfig(vocab_size=256, seq_len=128, num_pairs=8)
     cfg = dict(lr=3e-3, batch_size=32, steps=24, num_train=512, num_test=64, device="cuda", precision=precision,
                warmup_steps=4)
     curves = {}
