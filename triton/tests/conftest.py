@@ -244,6 +244,29 @@ def run_op(op, inputs: dict, *, grads=(), do=None, dht=None, **kwargs):
     return o, ht, g
 
 
+def assert_same_results(a, b, tol: float) -> None:
+    """Two run_op results (o, final_state, grads) agree within the relative RMS ``tol`` everywhere."""
+    (ao, aht, ag), (bo, bht, bg) = a, b
+    assert rel_rms(ao, bo) <= tol and rel_rms(aht, bht) <= tol
+    assert set(ag) == set(bg)
+    for n in ag:
+        assert rel_rms(ag[n], bg[n]) <= tol, (n, rel_rms(ag[n], bg[n]))
+
+
+def assert_compiled_op_matches_eager(B, T, H, K, V, *, chunk_size: int, device, tol: float = 1e-5) -> None:
+    """The chunk op inside a caller's torch.compile(fullgraph=True) (aot_eager) gives the eager numbers, outputs,
+    final state and every gradient: no graph break, and the custom ops' fakes and autograd hold."""
+    from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+    torch._dynamo.reset()
+    inputs = make_inputs(B, T, H, K, V, device=device, initial_state=True)
+    do = torch.randn(B, T, H, V, dtype=torch.float64, device=device)
+    dht = torch.randn(2, B, H, K, V, dtype=torch.float64, device=device)
+    kw = dict(grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=chunk_size)
+    eager = run_op(chunk_momentum_delta_rule, inputs, **kw)
+    op = torch.compile(chunk_momentum_delta_rule, fullgraph=True, backend="aot_eager")
+    assert_same_results(eager, run_op(op, inputs, **kw), tol)
+
+
 # ----------------------------------------------------------------------------------------------- fixtures
 def _fixture_of(fn):
     @pytest.fixture(name=fn.__name__)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, compare_with_oracle, make_inputs, rel_rms, run_op)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager, compare_with_oracle,
+                      make_inputs, rel_rms, run_op)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -81,18 +82,9 @@ def test_saved_states_without_grad_store_nothing(monkeypatch, pqk_fwd_calls):
 @needs_kernels
 def test_saved_states_under_torch_compile(monkeypatch):
     """The saving forward and its backward are custom ops: a caller's torch.compile(fullgraph=True) keeps them."""
-    torch._dynamo.reset()
     monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
     monkeypatch.setenv("MDN_SAVE_STATES", "1")
-    inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)
-    do = torch.randn(1, 37, 2, 16, dtype=torch.float64, device=DEV)
-    dht = torch.randn(2, 1, 2, 16, 16, dtype=torch.float64, device=DEV)
-    eo, eht, eg = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
-    op = torch.compile(chunk_momentum_delta_rule, fullgraph=True, backend="aot_eager")
-    co, cht, cg = run_op(op, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
-    assert rel_rms(eo, co) <= 1e-5 and rel_rms(eht, cht) <= 1e-5
-    for n in ALL_GRAD_NAMES:
-        assert rel_rms(eg[n], cg[n]) <= 1e-5, n
+    assert_compiled_op_matches_eager(1, 37, 2, 16, 16, chunk_size=16, device=DEV)
 
 
 @pytest.mark.parametrize("value", ["yes", "2", "true"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, _have_ptxas, compare_with_oracle, compile_sm90, make_inputs,
-                      rel_rms, run_op)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, _have_ptxas, assert_compiled_op_matches_eager,
+                      assert_same_results, compare_with_oracle, compile_sm90, make_inputs, rel_rms, run_op)
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -102,27 +102,15 @@ def test_op_with_the_kernel_equals_the_solve(monkeypatch):
     for mode in ("solve", "triton"):
         monkeypatch.setenv("MDN_TRIL_INV", mode)
         out[mode] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
-    (so, sht, sg), (to, tht, tg) = out["solve"], out["triton"]
-    assert rel_rms(so, to) <= 1e-5 and rel_rms(sht, tht) <= 1e-5
-    for n in ALL_GRAD_NAMES:
-        assert rel_rms(sg[n], tg[n]) <= 1e-5, n
+    assert_same_results(out["solve"], out["triton"], 1e-5)
 
 
 @needs_kernels
 def test_kernel_under_torch_compile(monkeypatch):
     """The kernel is a custom op with a fake: a caller's torch.compile(fullgraph=True) keeps it."""
-    torch._dynamo.reset()
     monkeypatch.setenv("MDN_CHUNK_COMPILE", "0")
     monkeypatch.setenv("MDN_TRIL_INV", "triton")
-    inputs = make_inputs(1, 37, 2, 16, 16, device=DEV, initial_state=True)
-    do = torch.randn(1, 37, 2, 16, dtype=torch.float64, device=DEV)
-    dht = torch.randn(2, 1, 2, 16, 16, dtype=torch.float64, device=DEV)
-    eo, eht, eg = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
-    op = torch.compile(chunk_momentum_delta_rule, fullgraph=True, backend="aot_eager")
-    co, cht, cg = run_op(op, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
-    assert rel_rms(eo, co) <= 1e-5 and rel_rms(eht, cht) <= 1e-5
-    for n in ALL_GRAD_NAMES:
-        assert rel_rms(eg[n], cg[n]) <= 1e-5, n
+    assert_compiled_op_matches_eager(1, 37, 2, 16, 16, chunk_size=16, device=DEV)
 
 
 def test_fake_tensor_shape():
@@ -138,7 +126,7 @@ def test_fake_tensor_shape():
 def test_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_TRIL_INV", value)
     inputs = make_inputs(1, 20, 1, 16, 16)
-    with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of solve, triton"):
+    with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of 'solve', 'triton'"):
         chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 

@@ -222,3 +222,19 @@ def test_fused_recurrent_rejects_fp64():
     del x["cu_seqlens"]
     with pytest.raises(ValueError, match="q: expected dtype in"):
         fused_recurrent_momentum_delta_rule(**x)
+
+
+def test_env_choice_default_and_error(monkeypatch):
+    """Every op knob reads through knobs.env_choice: unset or empty is the default, anything else outside the
+    choices is a ValueError naming the variable, the value, the choices and the default."""
+    from mdn.ops.momentum_delta_rule.knobs import env_choice
+
+    monkeypatch.delenv("MDN_TEST_KNOB", raising=False)
+    assert env_choice("MDN_TEST_KNOB", ("a", "b"), "a") == "a"
+    monkeypatch.setenv("MDN_TEST_KNOB", "")
+    assert env_choice("MDN_TEST_KNOB", ("a", "b"), "b") == "b"
+    monkeypatch.setenv("MDN_TEST_KNOB", "b")
+    assert env_choice("MDN_TEST_KNOB", ("a", "b"), "a") == "b"
+    monkeypatch.setenv("MDN_TEST_KNOB", "c")
+    with pytest.raises(ValueError, match=r"MDN_TEST_KNOB='c': expected one of 'a', 'b' \(default 'a'\)"):
+        env_choice("MDN_TEST_KNOB", ("a", "b"), "a")

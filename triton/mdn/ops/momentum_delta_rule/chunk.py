@@ -24,6 +24,7 @@ from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan
 from .chunk_scan_pqk import chunk_scan_pqk, save_states
+from .knobs import env_choice
 from .tril_inverse import tril_inv_mode
 from .validation import check_inputs
 from .autocast import no_autocast
@@ -139,11 +140,7 @@ def scan_form() -> str:
     or "six" (chunk_scan.py loads Y, Z, Qa, Qb, Ks, Km; README §6). pqk is the default since it was measured: H100,
     H6 K256 V512, T = 4096, same call: fwd 5.08 vs 6.63 ms, fwd+bwd 22.2 vs 24.8 ms, peak 8.9 vs 9.8 GiB, every error
     vs fp64 <= 4.6e-3 (docs/BENCHMARKS.md §1.8). Any other value is a ValueError, on every call."""
-    env = os.environ.get("MDN_SCAN_FORM", "") or "pqk"
-    if env not in SCAN_FORMS:
-        raise ValueError(f"MDN_SCAN_FORM={env!r}: expected one of {', '.join(repr(x) for x in SCAN_FORMS)} "
-                         f"(default 'pqk')")
-    return env
+    return env_choice("MDN_SCAN_FORM", SCAN_FORMS, "pqk")
 
 
 def _triton_intra_wanted(*xs: torch.Tensor, chunk_size: int, form: str) -> bool:

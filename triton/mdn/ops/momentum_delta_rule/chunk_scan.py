@@ -25,6 +25,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import poisoning
+from .knobs import env_choice
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -124,10 +125,7 @@ SCAN_LOADS = ("ptr", "tma")
 
 def scan_load() -> str:
     """The MDN_SCAN_LOAD setting ("ptr" or "tma"); any other value is a ValueError."""
-    val = os.environ.get('MDN_SCAN_LOAD', 'ptr')
-    if val not in SCAN_LOADS:
-        raise ValueError(f"MDN_SCAN_LOAD={val!r}: expected one of {', '.join(repr(x) for x in SCAN_LOADS)}")
-    return val
+    return env_choice("MDN_SCAN_LOAD", SCAN_LOADS, "ptr")
 
 
 def _tma_ok(ops) -> bool:

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
+from .knobs import env_choice
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _store_grad_states,
                          _store_states, _t, _use_tma, _use_triton, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
                          scan_load, torch_scan_bwd, torch_scan_fwd)
@@ -631,11 +632,7 @@ scan_pqk_fwd_saving.register_autograd(_scan_pqk_saving_backward, setup_context=_
 def save_states() -> bool:
     """MDN_SAVE_STATES: "0" (default: the backward recomputes the chunk-start states) or "1" (the forward stores
     them, see scan_pqk_fwd_saving). Any other value is a ValueError."""
-    env = os.environ.get("MDN_SAVE_STATES", "") or "0"
-    if env not in ("0", "1"):
-        raise ValueError(f"MDN_SAVE_STATES={env!r}: expected '0' (default: recompute the states in the backward) "
-                         f"or '1' (store them in the forward)")
-    return env == "1"
+    return env_choice("MDN_SAVE_STATES", ("0", "1"), "0") == "1"
 
 
 def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):

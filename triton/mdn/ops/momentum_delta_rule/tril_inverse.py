@@ -24,16 +24,14 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
+from .knobs import env_choice
 
 TRIL_INV_MODES = ("solve", "triton")
 
 
 def tril_inv_mode() -> str:
     """MDN_TRIL_INV: "solve" (default, torch.linalg.solve_triangular) or "triton" (this file's kernel)."""
-    v = os.environ.get("MDN_TRIL_INV", "solve")
-    if v not in TRIL_INV_MODES:
-        raise ValueError(f"MDN_TRIL_INV={v!r}: expected one of {', '.join(TRIL_INV_MODES)}")
-    return v
+    return env_choice("MDN_TRIL_INV", TRIL_INV_MODES, "solve")
 
 
 @triton.jit
