@@ -45,6 +45,9 @@
 #                                                 # with each of TRAIN_AB's knobs), MQAR on GPU 1
 #   PHASE=7 bash scripts/gpu_node_lanes.sh        # 2 GPUs: the official kernel's fwd+bwd next to ours and GDN on
 #                                                 # GPU 0 (a whole call for its first-call autotuning), tests on GPU 1
+#   PHASE=8 bash scripts/gpu_node_lanes.sh        # 4 GPUs: phases 6 and 7 at once: training A/B on GPU 0, the
+#                                                 # official kernel on GPU 1, tests then the op A/B on GPU 2, MQAR
+#                                                 # on GPU 3 (MQAR_GPUS)
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
 # first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
 # MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
@@ -72,6 +75,8 @@ case ${PHASE:-1} in
   6) LANES=${LANES:-"train mqar"}; TRAIN_GPU=${TRAIN_GPU_6:-0}; MQAR_GPUS=${MQAR_GPUS:-1}
      TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
   7) LANES=${LANES:-"official tests"}; OP_GPU=0; TESTS_GPU=1 ;;
+  8) LANES=${LANES:-"train official tests mqar"}; TRAIN_GPU=0; OP_GPU=1; TESTS_GPU=2; MQAR_GPUS=${MQAR_GPUS:-3}
+     TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
 esac
 TRAIN_AB=${TRAIN_AB:-}
 SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-}
@@ -90,7 +95,7 @@ rm -f "$O/.sweepone_done"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
-case $PHASE in 1|2|3|4|5|6|7) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 7" >&2; exit 2 ;; esac
+case $PHASE in 1|2|3|4|5|6|7|8) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 8" >&2; exit 2 ;; esac
 rm -f "$O"/.*_done
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
@@ -159,13 +164,14 @@ for tc in root.iter("testcase"):
 PYEOF
 }
 
-tests_lane() {  # the whole GPU test set on its own GPU; PHASE 7: then the op's knobs A/B with what is left
-  local d=$O/tests; mkdir -p "$d"
+tests_lane() {  # the whole GPU test set on its own GPU; PHASE 7, 8: then the op's knobs A/B with what is left
+  local d=$O/tests opab=0; mkdir -p "$d"
   export CUDA_VISIBLE_DEVICES=$TESTS_GPU TRITON_CACHE_DIR=$ROOT/results/tests_triton_cache
   mkdir -p "$TRITON_CACHE_DIR"
-  [ "$PHASE" = 7 ] && HARD_S=$(( HARD_S - ${OPAB_S:-170} ))  # keep time for the A/B below
+  case $PHASE in 7|8) opab=1 ;; esac
+  [ "$opab" = 1 ] && HARD_S=$(( HARD_S - ${OPAB_S:-170} ))  # keep time for the A/B below
   run_gpu_tests "$d"
-  [ "$PHASE" = 7 ] || return 0
+  [ "$opab" = 1 ] || return 0
   HARD_S=$(( HARD_S + ${OPAB_S:-170} ))
   # the same op, same GPU, one after the other: default, then each knob of OP_AB (H16 K128 V128 first: the
   # triangular solves are 12 % of its fwd+bwd)
