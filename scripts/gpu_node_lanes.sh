@@ -48,9 +48,16 @@
 #   PHASE=8 bash scripts/gpu_node_lanes.sh        # 4 GPUs: phases 6 and 7 at once: training A/B on GPU 0, the
 #                                                 # official kernel on GPU 1, tests then the op A/B on GPU 2, MQAR
 #                                                 # on GPU 3 (MQAR_GPUS)
+#   PHASE=9 bash scripts/gpu_node_lanes.sh        # 4 GPUs, code A/B against a baseline package BASE_PY (default
+#                                                 # .ext/base/triton: e.g. `git archive REV triton/mdn | tar x -C
+#                                                 # .ext/base`), all on GPU 0, one after the other: the op (base,
+#                                                 # then this tree's, profiled), training MDN and GDN 1.3B, the scan
+#                                                 # tiles at the training step's 8192 tokens; MQAR on GPUs 1-3
+#                                                 # (eager steps with MQAR_EAGER=1). LANES="... trainab" on a 5th
+#                                                 # lane: MDN (new), GDN, MDN (base), MDN with TRAIN_TILES.
 # Env: PHASE, HARD_S, LANES (a subset or other lanes), SWEEP_GPUS, SWEEP_ONE_GPUS (0,3: the 1-GPU run uses the
 # first), SWEEP_ALL_GPUS, OP_GPU, TILES_GPU, TILE_CFGS, TILES_S (250), SAVE_S (120), TRAIN_GPU, TESTS_GPU, TEST_JOBS (8),
-# MQAR_GPUS, MQAR_WORKERS (7 per GPU), AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
+# MQAR_GPUS, MQAR_WORKERS (7 per GPU), MQAR_GRAPH_CHECK (1), MQAR_EAGER (0), BASE_PY, TRAIN_TILES, AUTOTUNE_IN (.cache/autotune_cache.tgz), AUTOTUNE_OP_IN
 # (.cache/autotune_<h100|h200>.tgz of this card, else AUTOTUNE_IN), MDN_PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,7 +84,9 @@ case ${PHASE:-1} in
   7) LANES=${LANES:-"official tests"}; OP_GPU=0; TESTS_GPU=1 ;;
   8) LANES=${LANES:-"train official tests mqar"}; TRAIN_GPU=0; OP_GPU=1; TESTS_GPU=2; MQAR_GPUS=${MQAR_GPUS:-3}
      TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
+  9) LANES=${LANES:-"codeab mqar"}; OP_GPU=0; TRAIN_GPU=${TRAIN_GPU_9:-1}; MQAR_GPUS=${MQAR_GPUS:-1,2,3} ;;
 esac
+BASE_PY=${BASE_PY:-$ROOT/.ext/base/triton}
 TRAIN_AB=${TRAIN_AB:-}
 SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-}
 MQAR_GPUS=${MQAR_GPUS:-3}
@@ -95,7 +104,7 @@ rm -f "$O/.sweepone_done"
 export MDN_PYTHON=${MDN_PYTHON:-$(command -v python3)}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 left() { echo $((HARD_S - ($(date +%s) - T0))); }
-case $PHASE in 1|2|3|4|5|6|7|8) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 8" >&2; exit 2 ;; esac
+case $PHASE in 1|2|3|4|5|6|7|8|9) ;; *) echo "gpu_node_lanes: PHASE=$PHASE: expected 1 to 9" >&2; exit 2 ;; esac
 rm -f "$O"/.*_done
 nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$O/lanes.txt"
 [ -x bin/mdnctl ] || go build -o bin/mdnctl ./cmd/mdnctl || { echo "gpu_node_lanes: no bin/mdnctl" | tee -a "$O/lanes.txt"; exit 2; }
@@ -294,7 +303,7 @@ if rows:
         env.append(f"MDN_SCAN_CONFIG={best['scan_config']}")
     if best.get("save_states", "0") == "1":
         env.append("MDN_SAVE_STATES=1")
-    if best.get("tril_inv", "solve") != "solve":
+    if best.get("tril_inv", "auto") not in ("auto", "solve"):
         env.append(f"MDN_TRIL_INV={best['tril_inv']}")
     print(" ".join(env))
 PYEOF
@@ -364,6 +373,53 @@ official_lane() {  # PHASE 7: the official kernel's fwd+bwd (minutes of first-ca
   (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$d/autotune_official.tgz" -T -)
 }
 
+codeab_lane() {  # PHASE 9: the op, base package then this tree's, one after the other on one GPU; then the scan
+  # tiles at the training step's shape (8192 tokens per op call: 2 x 4096, as gpu_train_bench.sh)
+  local d=$O/codeab; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$OP_GPU TRITON_CACHE_DIR=$ROOT/results/codeab_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"
+  local site=${PYTHONPATH%%:*}
+  if [ -d "$BASE_PY/mdn" ]; then
+    (cd "$BASE_PY" && PYTHONPATH=$site:$BASE_PY timeout -k 10 150 "$MDN_PYTHON" mdn/bench/bench_op.py \
+      --shapes h16k128v128,h6k256v512 --T 4096 --phases --out "$d/opab_base.jsonl") > "$d/opab_base.txt" 2>&1
+    echo "op base rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  fi
+  (cd triton && timeout -k 10 200 "$MDN_PYTHON" mdn/bench/bench_op.py --shapes h16k128v128,h6k256v512 --T 4096 \
+    --phases --profile --out "$d/opab_new.jsonl") > "$d/opab_new.txt" 2>&1
+  echo "op new rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  # the training step next to GDN's on the same GPU (fla's autotune results seeded)
+  [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
+  MODELS="1.3b gdn-1.3b" OUT=$d/runs timeout -k 10 "${TRAIN_S:-240}" bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
+  echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  rm -rf "$d"/runs/*/checkpoints
+  (cd triton && timeout -k 10 $(( $(left) - 20 )) "$MDN_PYTHON" mdn/bench/bench_op.py --shapes h6k256v512 --T 4096 \
+    --tokens 8192 --phases --scan-configs "${TILE_CFGS:-default 16,4;16,4 32,4;16,4 16,4;32,4 16,8;16,8}" \
+    --out "$d/tiles_8192.jsonl") > "$d/tiles_8192.txt" 2>&1
+  echo "tiles 8192 rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+}
+
+trainab_lane() {  # PHASE 9: MDN (this tree), GDN, MDN (base package), MDN with each of TRAIN_TILES (fwd;bwd tiles)
+  local d=$O/trainab; mkdir -p "$d"
+  export CUDA_VISIBLE_DEVICES=$TRAIN_GPU TRITON_CACHE_DIR=$ROOT/results/train_triton_cache
+  mkdir -p "$TRITON_CACHE_DIR"; [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$TRITON_CACHE_DIR"
+  MODELS="1.3b gdn-1.3b" OUT=$d/runs timeout -k 10 240 bash scripts/gpu_train_bench.sh > "$d/train.txt" 2>&1
+  echo "train rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  local site=${PYTHONPATH%%:*}
+  if [ -d "$BASE_PY/mdn" ] && [ "$(left)" -gt 90 ]; then
+    PYTHONPATH=$site:$BASE_PY MODELS=1.3b OUT=$d/runs_base timeout -k 10 $(( $(left) - 15 )) \
+      bash scripts/gpu_train_bench.sh > "$d/train_base.txt" 2>&1
+    echo "train base rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  fi
+  local cfg i=0
+  for cfg in ${TRAIN_TILES:-"16,4;16,4"}; do
+    i=$((i + 1)); [ "$(left)" -gt 90 ] || break
+    MDN_SCAN_CONFIG=$cfg MODELS=1.3b OUT=$d/runs_tiles$i timeout -k 10 $(( $(left) - 15 )) \
+      bash scripts/gpu_train_bench.sh > "$d/train_tiles$i.txt" 2>&1
+    echo "train MDN_SCAN_CONFIG=$cfg rc $? at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
+  done
+  rm -rf "$d"/runs*/*/checkpoints
+}
+
 mqar_lane() {
   local d=$O/mqar; mkdir -p "$d" results/mqar-budget
   # a fresh machine: the rows of earlier sessions (docs/data) count as done, so RESUME=1 runs only the rest
@@ -379,10 +435,11 @@ mqar_lane() {
       tests/tasks/test_train_mqar.py -m gpu -k cuda_graph) > "$d/graph_check.txt" 2>&1
     local grc=$?
     echo "cuda graph check rc $grc at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
-    if [ "$grc" -ne 0 ]; then
-      sed 's/^cuda_graph = "auto"/cuda_graph = "off"/' sweeps/mqar-budget.toml > results/mqar-budget/sweep-eager.toml
-      sweep=results/mqar-budget/sweep-eager.toml
-    fi
+    if [ "$grc" -ne 0 ]; then MQAR_EAGER=1; fi
+  fi
+  if [ "${MQAR_EAGER:-0}" = 1 ]; then  # eager steps (the point ids do not depend on cuda_graph)
+    sed 's/^cuda_graph = "auto"/cuda_graph = "off"/' sweeps/mqar-budget.toml > results/mqar-budget/sweep-eager.toml
+    sweep=results/mqar-budget/sweep-eager.toml
   fi
   RESUME=1 GPUS=$MQAR_GPUS WORKERS=${MQAR_WORKERS:-$(( 7 * n ))} HARD_S=$(( $(left) - 15 )) OUT=results/mqar-budget \
     bash scripts/gpu_mqar.sh "$sweep" > "$d/lane.log" 2>&1
@@ -393,7 +450,7 @@ mqar_lane() {
 
 declare -A pid t_start
 for lane in $LANES; do
-  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train|pair|official) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
+  case $lane in sweep|op|mqar|tests|sweepone|sweepall|tiles|train|pair|official|codeab|trainab) ;; *) echo "gpu_node_lanes: unknown lane $lane" | tee -a "$O/lanes.txt"; continue ;; esac
   t_start[$lane]=$(date +%s)
   ( ${lane}_lane; rc=$?; touch "$O/.${lane}_done"; exit $rc ) & pid[$lane]=$!
 done

@@ -120,6 +120,23 @@ def run_profile(fn, top=12):
     return rows[:top]
 
 
+def run_profile_ops(fn, top=16):
+    """Top torch ops of one call by the device time of the kernels they launch themselves, with input shapes:
+    [(op, shapes, ms, calls)]; names the producers of the generic elementwise kernels in run_profile's list."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0 and e.key.startswith("aten::"):
+            rows.append((e.key, str(e.input_shapes)[:120], t / 1000.0, e.count))
+    rows.sort(key=lambda r: -r[2])
+    return rows[:top]
+
+
 def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=False):
     import torch
     from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule as op
@@ -162,6 +179,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
         row.update(run_phases(xs, do, chunk_size))
     if prof:
         row["profile"] = run_profile(fwd_bwd)
+        row["profile_ops"] = run_profile_ops(fwd_bwd)
         for x in leaves:
             x.grad = None
     if check:
@@ -171,7 +189,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["intra_gemm"] = "bf16" if _bf16_gemm_wanted(op_dtype) else "fp32"
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
-    row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "solve") or "solve"
+    row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row
@@ -310,6 +328,10 @@ def main(argv=None):
             print(f"profile {r['shape']} T={r['T']} (self CUDA ms, calls):")
             for name, ms, n in r["profile"]:
                 print(f"  {ms:8.3f} {n:5d}  {name}")
+        if "profile_ops" in r:
+            print(f"profile {r['shape']} T={r['T']} by torch op (self CUDA ms, calls, input shapes):")
+            for name, shapes, ms, n in r["profile_ops"]:
+                print(f"  {ms:8.3f} {n:5d}  {name} {shapes}")
     return 0
 
 

@@ -126,7 +126,7 @@ def test_fake_tensor_shape():
 def test_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_TRIL_INV", value)
     inputs = make_inputs(1, 20, 1, 16, 16)
-    with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of 'solve', 'triton'"):
+    with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of 'auto', 'solve', 'triton'"):
         chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
@@ -172,3 +172,29 @@ def test_gpu_op_with_the_kernel(monkeypatch, K, V):
     monkeypatch.setenv("MDN_TRIL_INV", "triton")
     inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
+
+
+def test_auto_takes_the_solve_off_cuda(monkeypatch):
+    """The default mode ("auto") runs the kernel only for CUDA tensors: on the CPU, the interpreter included (where
+    the kernel is slow), it is the solve."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("MDN_TRIL_INV", raising=False)
+    assert ti.tril_inv_mode() == "auto"
+    calls = []
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda n: calls.append(n) or n)
+    n = torch.randn(2, 32, 32).tril(-1) * 0.1
+    torch.testing.assert_close(ti.unit_lower_inverse(n, "auto").double(), _solve64(n), rtol=1e-5, atol=1e-6)
+    assert not calls
+    ti.unit_lower_inverse(n, "triton")
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_auto_takes_the_kernel(monkeypatch):
+    calls = []
+    real = ti.tril_inverse_op
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda n: calls.append(n) or real(n))
+    n = (torch.randn(4, 64, 64, device="cuda").tril(-1) * 0.1)
+    a = ti.unit_lower_inverse(n, "auto")
+    assert len(calls) == 1
+    assert rel_rms(a.double().cpu(), _solve64(n)) <= 1e-6

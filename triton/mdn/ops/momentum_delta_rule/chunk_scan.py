@@ -865,17 +865,21 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
     return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
 
 
-def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0):
+def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
     """The backward's reductions over V (either form), as batched matmuls: x = [dVt; dO] [S; M]^T
     [NC, H, 2C, 2K] = [[dVt S^T, dVt M^T], [dO S^T, dO M^T]] (one GEMM against both states), r = Vt [dS'; dM']^T
     [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit), du = dVt, daqk = tril(dO Vt^T), and dh0 (zeros
-    without h0; in h0's dtype)."""
+    without h0; in h0's dtype). sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K]
+    (hi parts' products, then lo parts'), for the caller to sum inside its compiled graph: on CUDA the strided
+    .float() copies and the add here were three elementwise passes over 2.4 GB (0.78 ms of a 16.2 ms fwd+bwd at H6
+    K256 V512, H200, docs/BENCHMARKS.md §1.11)."""
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
     x = dvo @ _t(hc.view(NC, H, 2 * K, V))   # [NC, H, 2C, 2K]
     P = dhc.shape[2]
     r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
-    r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
+    if sum_parts:
+        r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
     daqk = (do @ _t(vt)).tril()               # [NC, H, C, C]
     du = dvo[..., :C, :].contiguous()
     if h0 is None:

@@ -453,12 +453,15 @@ def _chain_rule(x, rr, p, q, kw, a, r):
     """Gradients of P, Q, K_w, A and r from the six-form GEMM results.
 
     x  [NC, H, 2C, 2K] = [dVt; dO] [S; M]^T = [[-dY, dZ], [dQa, -dQb]];
-    rr [NC, H, C, 2K]  = Vt [dS'; dM']^T     = [dKs, -dKm]   (fp32)
+    rr [NC, H, C, 2K]  = Vt [dS'; dM']^T     = [dKs, -dKm]   (fp32), or for 16-bit inputs [NC, H, C, 4K], the hi
+                         and the lo parts' products (scan_bwd_gemms(sum_parts=False)), summed here in fp32
     with Y = A D(a-) P, Z = A D(b-) P, Qa = D(s a) Q, Qb = D(s b) Q, Ks = D(gamma) K_w, Km = D(rho) K_w:
     dA = tril(dY (D(a-)P)^T + dZ (D(b-)P)^T, -1), dP = D(a-) A^T dY + D(b-) A^T dZ, da- = rowsum(P * A^T dY), ...
     (A is unit lower triangular: only its strictly lower part depends on anything).
     """
     C, K = p.shape[-2], p.shape[-1]
+    if rr.shape[-1] == 4 * K:
+        rr = rr[..., :2 * K].float() + rr[..., 2 * K:].float()
     t = lambda z: z.transpose(-1, -2)  # noqa: E731
     am, bm, sa, sb, ga, rho = _row_scalars(r)
     pf = p.float()
@@ -520,7 +523,7 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
         _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
     # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
-    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
+    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
     dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 

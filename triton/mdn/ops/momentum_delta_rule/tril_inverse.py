@@ -1,7 +1,8 @@
 """A = (I + N)^-1 for a batch of strictly lower triangular [C, C] matrices N (the intra part's triangular system,
-README §2), as one Triton kernel: an opt-in replacement (MDN_TRIL_INV=triton) for torch.linalg.solve_triangular,
+README §2), as one Triton kernel: the default on CUDA (MDN_TRIL_INV=auto) in place of torch.linalg.solve_triangular,
 whose batched cuBLAS trsm took 0.82 + 0.81 ms (forward + backward) of a 13.1 ms fwd+bwd at H16 K128 V128 on the
-H200 (docs/BENCHMARKS.md §1.11).
+H200 (docs/BENCHMARKS.md §1.11). Same call, H200 (§1.12): fwd+bwd 13.08 -> 11.82 ms at H16 K128 V128 and
+17.08 -> 16.57 ms at H6 K256 V512; training mdn-1.3b 18.8k -> 19.1k tokens/s.
 
 One program inverts one matrix, bottom-up by blocks, in fp32:
 
@@ -26,12 +27,13 @@ from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
 from .knobs import env_choice
 
-TRIL_INV_MODES = ("solve", "triton")
+TRIL_INV_MODES = ("auto", "solve", "triton")
 
 
 def tril_inv_mode() -> str:
-    """MDN_TRIL_INV: "solve" (default, torch.linalg.solve_triangular) or "triton" (this file's kernel)."""
-    return env_choice("MDN_TRIL_INV", TRIL_INV_MODES, "solve")
+    """MDN_TRIL_INV: "auto" (default: this file's kernel on CUDA, the solve elsewhere, the CPU interpreter included,
+    where the kernel is slow), "solve" (torch.linalg.solve_triangular) or "triton" (the kernel wherever it can run)."""
+    return env_choice("MDN_TRIL_INV", TRIL_INV_MODES, "auto")
 
 
 @triton.jit
@@ -128,9 +130,11 @@ tril_inverse_op.register_autograd(_backward, setup_context=_setup_context)
 def unit_lower_inverse(lmat: torch.Tensor, mode: str = "solve") -> torch.Tensor:
     """A = (I + lmat)^-1 for strictly lower triangular lmat [..., C, C]: torch.linalg.solve_triangular ("solve"),
     or the Triton kernel above ("triton": fp32 on a GPU or the interpreter; other dtypes and devices take the
-    solve)."""
+    solve); "auto": "triton" for CUDA tensors, else "solve"."""
     if mode not in TRIL_INV_MODES:
         raise ValueError(f"tril_inv={mode!r}: expected one of {', '.join(TRIL_INV_MODES)}")
+    if mode == "auto":
+        mode = "triton" if lmat.is_cuda else "solve"
     C = lmat.shape[-1]
     if (mode == "triton" and lmat.dtype == torch.float32 and C in (16, 32, 64, 128)
             and (lmat.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")):
