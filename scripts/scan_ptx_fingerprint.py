@@ -94,7 +94,7 @@ def fingerprint(job: tuple) -> str:
             sig[n] = "constexpr"
         elif n == "chunk_offsets":
             sig[n] = "*i32"
-        elif n == "H":
+        elif n == "H" or n.startswith("s_"):  # s_*: the strides of o / dO
             sig[n] = "i32"
         else:
             sig[n] = "*fp32" if n in fp32 else "*" + dtype

@@ -85,9 +85,10 @@ def gemm_tail(intra, vt, dO, hc, off):
     t = lambda x: x.transpose(-1, -2)  # noqa: E731
 
     def tail():
-        x = dvo @ t(hc.view(NC, H, 2 * K, V))
+        hct = t(hc.view(NC, H, 2 * K, V))
+        x = dvo[0] @ hct, dvo[1] @ hct
         r = vt @ t(dhc.view(NC, H, dhc.shape[2] * K, V))
-        return x, r, (dO @ t(vt)).tril()
+        return x, r, (dvo[1] @ t(vt)).tril()
     with torch.no_grad():
         return bench(tail)
 

@@ -169,8 +169,38 @@ def test_pqk_kernels_match_torch_mirror(dtype, K):
         m = sp.scan_pqk_bwd_torch(*a[1:], do, dht, hc_ref, off)
         for name, out, ref in zip(("dvo", "dhc", "dh0", "dg"), t, m):
             assert rel_rms(ref, out) <= (max(tol, 1e-6) if name == "dg" else tol), name
-        assert torch.equal(t[0][:, :, C:], do)  # the dO half of dvo is a copy
+        assert torch.equal(t[0][1], do)  # dvo[1] is a chunk-major copy of dO
         assert torch.equal(t[2][:, 1], dht[:, 1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pqk_kernels_token_major_o_and_do(dtype):
+    """O is stored token-major ([NC, C, H, V] memory behind the [NC, H, C, V] shape, chunk_scan._o_like) by the
+    kernel and the torch mirror alike, and the reverse scan reads a dO of any strides (the op's dO is a
+    token-major view) to the same bits as a contiguous one, with dvo[1] its chunk-major copy."""
+    NC, H, C, K, V = 4, 3, 16, 32, 48
+    x, off, h0, do, dht = _pqk_inputs(NC, H, C, K, V, dtype, [0, 1, 4])
+    a = _args(x)
+    for fwd in (sp.scan_pqk_fwd_triton, sp.scan_pqk_fwd_torch):
+        o = fwd(*a, h0, off)[0]
+        assert o.shape == (NC, H, C, V) and o.transpose(1, 2).is_contiguous(), fwd.__name__
+    hc = sp.scan_pqk_fwd_torch(*a, h0, off, vt=x["u"], store_states=True)[3]
+    do_tm = do.transpose(1, 2).contiguous().transpose(1, 2)  # same values, token-major memory
+    assert not do_tm.is_contiguous()
+    for bwd in (sp.scan_pqk_bwd_triton, sp.scan_pqk_bwd_torch):
+        ref = bwd(*a[1:], do, dht, hc, off)
+        got = bwd(*a[1:], do_tm, dht, hc, off)
+        for name, r_, g_ in zip(("dvo", "dhc", "dh0", "dg"), ref, got):
+            assert torch.equal(r_, g_), f"{bwd.__name__}: {name}"
+        assert torch.equal(got[0][1], do)
+
+
+def test_op_output_is_a_view_of_the_scan_output():
+    """With T a multiple of the chunk, the op's [B, T, H, V] output needs no copy: it is a contiguous view."""
+    inputs = make_inputs(2, 64, 2, 16, 24)
+    o, _ = chunk_momentum_delta_rule(**inputs, chunk_size=16)
+    assert o.is_contiguous() and o._base is not None
 
 
 def _virtual_six(x):

@@ -43,6 +43,21 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _o_like(u: torch.Tensor) -> torch.Tensor:
+    """The scan's output O for operands like u [NC, H, C, V]: shape [NC, H, C, V], stored token-major ([NC, C, H, V]
+    memory, a transposed view), so that the op's [B, T, H, V] output is a view of it (chunk.py::_unpack_dense) and
+    the gradient coming back is one too (the reverse scan reads dO through its strides). Chunk-major O cost one
+    strided copy in the forward and one in the backward (0.28 + 0.26 ms at H6 K256 V512, 32768 tokens, H200;
+    docs/BENCHMARKS.md §1.12)."""
+    NC, H, C, V = u.shape
+    return _empty((NC, C, H, V), u.dtype, u.device).transpose(1, 2)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """x, or a contiguous copy if its last dimension is strided (the scan kernels take any other strides)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def _dot_mode(dtype: torch.dtype) -> int:
     if dtype == torch.float32:
         return 0
@@ -399,7 +414,7 @@ def momentum_delta_rule_fwd_kernel_scan(
     u, y, z, qa, qb, aqk, ks, km, g,
     h0, o, vt, ht, hc,
     chunk_offsets,
-    H,
+    H, s_oc, s_oh, s_ot,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -484,7 +499,8 @@ def momentum_delta_rule_fwd_kernel_scan(
             b_o = _ck_dot(-b_o, qa + o_ck + p_ck, t_qa, row, b_S, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
             b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])  # [C, C]
             b_o = _dot_acc(b_a, b_vt, b_o, DOT_MODE)
-            tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
+            p_o = o + i_c * s_oc + i_h * s_oh + o_c[:, None] * s_ot + o_v[None, :]  # o's strides (_o_like)
+            tl.store(p_o, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
@@ -532,9 +548,9 @@ def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, t_qa, t_y, t_qb, t_z, ro
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_bwd_kernel_scan(
     y, z, qa, qb, aqk, ks, km, g,
-    do, dht, dh0, dvo, dhc, hc, dgp,
+    do, dht, dh0, dvt, dob, dhc, hc, dgp,
     chunk_offsets,
-    H,
+    H, s_dc, s_dh, s_dt,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -546,8 +562,9 @@ def momentum_delta_rule_bwd_kernel_scan(
     ABLATE: tl.constexpr = 0,
 ):
     """Reverse scan. Per chunk (last to first) stores the end-state grads dhc [NC, H, 2, K, V] (dS' then dM'),
-    dvo [NC, H, 2C, V] (rows :C = dVt, rows C: = a copy of dO, so one GEMM against the states gives dY, dZ, dQa
-    and dQb), the partial sums over this V-block of <dS', S>, <dS', M>, <dM', M> into dgp
+    dVt into dvt [NC, H, C, V] and a chunk-major copy of dO (read through its strides s_dc, s_dh, s_dt: the op's
+    dO arrives token-major, [B, T, H, V]) into dob [NC, H, C, V], for the GEMMs against the states (dY, dZ, dQa,
+    dQb) and Aqk's, the partial sums over this V-block of <dS', S>, <dS', M>, <dM', M> into dgp
     (S, M = the chunk-start states hc [NC, H, 2, K, V]; as row sums, dgp [NC, H, NV, 3, K]), then
 
         dVt = Aqk^T dO + Ks dS' - Km dM'
@@ -558,7 +575,7 @@ def momentum_delta_rule_bwd_kernel_scan(
     as in the forward kernel (b_ds1..b_ds4, b_dm1..b_dm4).
 
     ABLATE (timing experiments only, bench_scan.py; any bit set gives WRONG gradients): bit 1 skips the <dS', S>
-    partial sums (and their hc loads), bit 2 the lo planes of dhc, bit 4 every dhc store, bit 8 the dvo stores.
+    partial sums (and their hc loads), bit 2 the lo planes of dhc, bit 4 every dhc store, bit 8 the dVt / dO stores.
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -616,19 +633,18 @@ def momentum_delta_rule_bwd_kernel_scan(
             p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
             _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
-        b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
-        p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
+        b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
         if (ABLATE & 8) == 0:
-            tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
+            tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
         b_a = tl.load(aqk + base * C * C + o_c[:, None] * C + o_c[None, :])
         b_dvt = _dot(tl.trans(b_a), b_do, DOT_MODE)  # [C, BV]
         # dVt = -(-(Aqk^T dO + Ks dS') + Km dM'): sums over the K sub-tiles accumulate in place, and subtractions
         # negate a [C, BV] tile (exact), never a [C, BK] operand or a state
         b_dvt = _ck_dot(b_dvt, ks + o_ck + p_ck, t_ks, row, b_dS, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
         b_dvt = _ck_dot(-b_dvt, km + o_ck + p_ck, t_km, row, b_dM, m_k, K, BK, False, DOT_MODE, LOAD_TMA)
-        b_dvt = _cast(-b_dvt, dvo.dtype.element_ty, DOT_MODE)
+        b_dvt = _cast(-b_dvt, dvt.dtype.element_ty, DOT_MODE)
         if (ABLATE & 8) == 0:
-            tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
+            tl.store(dvt + o_cv + p_cv, b_dvt, mask=m_cv)
 
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
@@ -682,7 +698,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     dev = u.device
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
     BV = block_v or cfg_bv
-    o = None if recompute else _empty((NC, H, C, V), u.dtype, dev)
+    o = None if recompute else _o_like(u)
     if not recompute:
         vt = _empty((NC, H, C, V), u.dtype, dev)
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
@@ -691,7 +707,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     kernel[grid](
         u, *ops,
         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
-        chunk_offsets, H,
+        chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0)),
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
         DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma,
@@ -703,8 +719,10 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
 
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
                     zero_dg=False, **consts):
-    """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvo, dhc, hc, dgp, chunk_offsets, H,
-    ...), ops[0] a [C, K] operand; tma: LOAD_TMA; consts: extra constexprs. Returns (dvo, dhc, dh0, dg [NC, H, 3])."""
+    """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dhc, hc, dgp, chunk_offsets,
+    H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last one (the op's
+    dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
+    Returns (dvo [2, NC, H, C, V] = (dVt, dO chunk-major), dhc, dh0, dg [NC, H, 3])."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -713,7 +731,8 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     cfg_bv, cfg_nw = scan_config(K, V, x.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
-    dvo = _empty((NC, H, 2 * C, V), x.dtype, dev)
+    do = _unit_last(do)
+    dvo = _empty((2, NC, H, C, V), x.dtype, dev)
     # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
     dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
@@ -723,8 +742,8 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     grid = (NV, N * H)
     kernel[grid](
         *ops,
-        do, dht, dh0, dvo, dhc, hc, dgp,
-        chunk_offsets, H,
+        do, dht, dh0, dvo[0], dvo[1], dhc, hc, dgp,
+        chunk_offsets, H, *do.stride()[:3],
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
         DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts,
@@ -764,7 +783,7 @@ def torch_scan_fwd(u, K, h0, chunk_offsets, vt, store_states, step):
     N = chunk_offsets.shape[0] - 1
     recompute = vt is not None
     offs = chunk_offsets.tolist()
-    o = None if recompute else u.new_empty(NC, H, C, V)
+    o = None if recompute else _o_like(u)
     if not recompute:
         vt = u.new_empty(NC, H, C, V)
     ht = u.new_empty(2, N, H, K, V, dtype=torch.float32)
@@ -786,13 +805,13 @@ def torch_scan_fwd(u, K, h0, chunk_offsets, vt, store_states, step):
 def torch_scan_bwd(x, do, dht, hc, chunk_offsets, step):
     """The reverse scan's chunk loop in torch (either form; x: a [C, K] operand): per sequence from dht (or zeros),
     per chunk c (last to first) the end-state grads into dhc (hi + lo planes for 16-bit, _store_grad_state), the
-    <dS', S>, -<dS', M>, <dM', M> into dg, and dS, dM = step(c, dS, dM, dvo), step filling dvo[c].
+    <dS', S>, -<dS', M>, <dM', M> into dg, and dS, dM = step(c, dS, dM, dvo), step filling dvo[:, c].
     Returns (dvo, dhc, dh0, dg) as the kernels (dg summed)."""
     NC, H, C, V = do.shape
     K = x.shape[-1]
     N = chunk_offsets.shape[0] - 1
     offs = chunk_offsets.tolist()
-    dvo = x.new_empty(NC, H, 2 * C, V)
+    dvo = x.new_empty(2, NC, H, C, V)
     dhc = x.new_empty(NC, H, 2 if x.dtype == torch.float32 else 4, K, V)
     dh0 = x.new_empty(2, N, H, K, V, dtype=torch.float32)
     dg = x.new_zeros(NC, H, 3, dtype=torch.float32)
@@ -842,8 +861,8 @@ def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
 
     def step(c, dS, dM, dvo):
         b_dvt = (_mm(_t(aqk[c]), do[c], bf) + _mm(ks[c], dS, bf) - _mm(km[c], dM, bf)).to(dvo.dtype)
-        dvo[c, :, :C] = b_dvt
-        dvo[c, :, C:] = do[c]
+        dvo[0, c] = b_dvt
+        dvo[1, c] = do[c]
         g0, g1, g2 = (gf[c, :, i, None, None] for i in range(3))
         return (g0 * dS + _mm(_t(qa[c]), do[c], bf) - _mm(_t(y[c]), b_dvt, bf),
                 g2 * dM - g1 * dS - _mm(_t(qb[c]), do[c], bf) + _mm(_t(z[c]), b_dvt, bf))
@@ -866,25 +885,28 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
 
 
 def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
-    """The backward's reductions over V (either form), as batched matmuls: x = [dVt; dO] [S; M]^T
-    [NC, H, 2C, 2K] = [[dVt S^T, dVt M^T], [dO S^T, dO M^T]] (one GEMM against both states), r = Vt [dS'; dM']^T
-    [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit), du = dVt, daqk = tril(dO Vt^T), and dh0 (zeros
-    without h0; in h0's dtype). sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K]
-    (hi parts' products, then lo parts'), for the caller to sum inside its compiled graph: on CUDA the strided
-    .float() copies and the add here were three elementwise passes over 2.4 GB (0.78 ms of a 16.2 ms fwd+bwd at H6
-    K256 V512, H200, docs/BENCHMARKS.md §1.11)."""
+    """The backward's reductions over V (either form), as batched matmuls on dvo [2, NC, H, C, V] = (dVt, dO
+    chunk-major, both written by the reverse scan): xv = dVt [S; M]^T and xo = dO [S; M]^T, each [NC, H, C, 2K]
+    (two GEMMs against both states), r = Vt [dS'; dM']^T [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit),
+    du = dVt (a view of dvo: no copy), daqk = tril(dO Vt^T), and dh0 (zeros without h0; in h0's dtype).
+    sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K] (hi parts' products, then lo
+    parts'), for the caller to sum inside its compiled graph: on CUDA the strided .float() copies and the add here
+    were three elementwise passes over 2.4 GB (0.78 ms of a 16.2 ms fwd+bwd at H6 K256 V512, H200,
+    docs/BENCHMARKS.md §1.11). Returns ((xv, xo), r, du, daqk, dh0)."""
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
-    x = dvo @ _t(hc.view(NC, H, 2 * K, V))   # [NC, H, 2C, 2K]
+    hct = _t(hc.view(NC, H, 2 * K, V))
+    xv = dvo[0] @ hct                         # [NC, H, C, 2K] = [dVt S^T, dVt M^T]
+    xo = dvo[1] @ hct                         # [NC, H, C, 2K] = [dO S^T, dO M^T]
     P = dhc.shape[2]
     r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
     if sum_parts:
         r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
-    daqk = (do @ _t(vt)).tril()               # [NC, H, C, C]
-    du = dvo[..., :C, :].contiguous()
+    daqk = (dvo[1] @ _t(vt)).tril()           # [NC, H, C, C]
+    du = dvo[0]
     if h0 is None:
         dh0 = torch.zeros_like(dh0)
-    return x, r, du, daqk, dh0.to(h0.dtype if h0 is not None else torch.float32)
+    return (xv, xo), r, du, daqk, dh0.to(h0.dtype if h0 is not None else torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -906,7 +928,7 @@ def _(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets):
     NC, H, C, V = u.shape
     K = y.shape[-1]
     N = chunk_offsets.shape[0] - 1
-    return u.new_empty(NC, H, C, V), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
+    return _o_like(u), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
 
 
 @torch.library.custom_op("mdn::scan_bwd", mutates_args=())
@@ -924,13 +946,13 @@ def scan_bwd(
     # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype)
     _, _, _, hc = scan_fwd_impl(u_dummy, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt=vt,
                                 store_states=True)
-    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (dS', dM'; hi + lo for 16-bit); dg [NC, H, 3]
+    # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (dS', dM'; hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
-    x, r, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
-    dy = -x[..., :C, :K]
-    dz = x[..., :C, K:].contiguous()
-    dqa = x[..., C:, :K].contiguous()
-    dqb = -x[..., C:, K:]
+    (xv, xo), r, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0)
+    dy = -xv[..., :K]
+    dz = xv[..., K:].contiguous()
+    dqa = xo[..., :K].contiguous()
+    dqb = -xo[..., K:]
     dks = r[..., :K].to(ks.dtype).contiguous()
     dkm = (-r[..., K:]).to(km.dtype)
     return du, dy, dz, dqa, dqb, daqk, dks, dkm, dg.to(g.dtype), dh0
@@ -958,7 +980,7 @@ def _scan_backward(ctx, do, dvt_unused, dht):
     y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(vt)
-    grads = scan_bwd(y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt, do.contiguous(),
+    grads = scan_bwd(y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, vt, _unit_last(do),
                      dht.contiguous() if dht is not None else None)
     du, dy, dz, dqa, dqb, daqk, dks, dkm, dg, dh0 = grads
     return du, dy, dz, dqa, dqb, daqk, dks, dkm, dg, (dh0 if ctx.has_h0 else None), None

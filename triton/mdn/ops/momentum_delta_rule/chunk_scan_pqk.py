@@ -39,7 +39,7 @@ import triton.language as tl
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import env_choice
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _store_grad_states,
-                         _store_states, _t, _use_tma, _use_triton, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
+                         _o_like, _store_states, _t, _unit_last, _use_tma, _use_triton, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
                          scan_load, torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
@@ -99,7 +99,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     u, p, q, kw, a, aqk, r, g,
     h0, o, vt, ht, hc,
     chunk_offsets,
-    H,
+    H, s_oc, s_oh, s_ot,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -184,7 +184,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_o = b_sa[:, None] * b_qs - b_sb[:, None] * b_qm
             b_aqk = tl.load(aqk + base * C * C + p_cc)  # [C, C]
             b_o = _dot_acc(b_aqk, b_vt, b_o, DOT_MODE)
-            tl.store(o + o_cv + p_cv, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
+            p_o = o + i_c * s_oc + i_h * s_oh + o_c[:, None] * s_ot + o_v[None, :]  # o's strides (_o_like)
+            tl.store(p_o, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
@@ -232,9 +233,9 @@ def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_bwd_kernel_scan_pqk(
     p, q, kw, a, aqk, r, g,
-    do, dht, dh0, dvo, dhc, hc, dgp,
+    do, dht, dh0, dvt, dob, dhc, hc, dgp,
     chunk_offsets,
-    H,
+    H, s_dc, s_dh, s_dt,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -245,7 +246,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     LOAD_TMA: tl.constexpr,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
-    dvo = [dVt; dO], the partial sums dgp, dh0), with per chunk (last to first)
+    dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
+    per chunk (last to first)
 
         dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO,   X = A^T dVt
         dS  = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X)
@@ -300,9 +302,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
         _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
-        b_do = tl.load(do + o_cv + p_cv, mask=m_cv, other=0.)
-        p_cv2 = base * 2 * C * V + p_cv  # rows of dvo
-        tl.store(dvo + C * V + p_cv2, b_do.to(dvo.dtype.element_ty), mask=m_cv)
+        b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
+        tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
         # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
         b_kds, b_kdm = _ck_dot2(kw + o_ck + p_ck, t_kw, row, b_dS, b_dM, m_k, K, BK, DOT_MODE, LOAD_TMA)
         b_ga = tl.load(p_r + 4 * C)
@@ -310,16 +311,16 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         b_dvt = b_ga[:, None] * b_kds - b_rho[:, None] * b_kdm
         b_aqk = tl.load(aqk + base * C * C + p_cc)
         b_dvt = _dot_acc(tl.trans(b_aqk), b_do, b_dvt, DOT_MODE)  # [C, BV]
-        b_dvt = _cast(b_dvt, dvo.dtype.element_ty, DOT_MODE)
-        tl.store(dvo + p_cv2, b_dvt, mask=m_cv)
+        b_dvt = _cast(b_dvt, dvt.dtype.element_ty, DOT_MODE)
+        tl.store(dvt + o_cv + p_cv, b_dvt, mask=m_cv)
         # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
         b_a = tl.load(a + base * C * C + p_cc)
         b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
-        b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvo.dtype.element_ty, DOT_MODE)
-        b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvo.dtype.element_ty, DOT_MODE)
+        b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
+        b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
         b_dof = b_do.to(tl.float32)
-        b_sado = _cast(tl.load(p_r + 2 * C)[:, None] * b_dof, dvo.dtype.element_ty, DOT_MODE)
-        b_nsbdo = _cast(-tl.load(p_r + 3 * C)[:, None] * b_dof, dvo.dtype.element_ty, DOT_MODE)
+        b_sado = _cast(tl.load(p_r + 2 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
+        b_nsbdo = _cast(-tl.load(p_r + 3 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
 
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
@@ -400,8 +401,8 @@ def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     def step(c, dS, dM, dvo):
         b_dvt = (ga[c] * _mm(kw[c], dS, bf) - rho[c] * _mm(kw[c], dM, bf)
                  + _mm(_t(aqk[c]), do[c], bf)).to(dvo.dtype)
-        dvo[c, :, :C] = b_dvt
-        dvo[c, :, C:] = do[c]
+        dvo[0, c] = b_dvt
+        dvo[1, c] = do[c]
         x = _mm(_t(a[c]), b_dvt, bf)
         dof = do[c].float()
         nax, bx = (-am[c] * x).to(dvo.dtype), (bm[c] * x).to(dvo.dtype)
@@ -446,13 +447,13 @@ def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
-    return u.new_empty(NC, H, C, V), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
+    return _o_like(u), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
 
 
-def _chain_rule(x, rr, p, q, kw, a, r):
+def _chain_rule(xv, xo, rr, p, q, kw, a, r):
     """Gradients of P, Q, K_w, A and r from the six-form GEMM results.
 
-    x  [NC, H, 2C, 2K] = [dVt; dO] [S; M]^T = [[-dY, dZ], [dQa, -dQb]];
+    xv [NC, H, C, 2K]  = dVt [S; M]^T = [-dY, dZ];   xo [NC, H, C, 2K] = dO [S; M]^T = [dQa, -dQb];
     rr [NC, H, C, 2K]  = Vt [dS'; dM']^T     = [dKs, -dKm]   (fp32), or for 16-bit inputs [NC, H, C, 4K], the hi
                          and the lo parts' products (scan_bwd_gemms(sum_parts=False)), summed here in fp32
     with Y = A D(a-) P, Z = A D(b-) P, Qa = D(s a) Q, Qb = D(s b) Q, Ks = D(gamma) K_w, Km = D(rho) K_w:
@@ -465,7 +466,6 @@ def _chain_rule(x, rr, p, q, kw, a, r):
     t = lambda z: z.transpose(-1, -2)  # noqa: E731
     am, bm, sa, sb, ga, rho = _row_scalars(r)
     pf = p.float()
-    xv = x[..., :C, :]                                      # [C, 2K] = [-dY, dZ]
     pab = torch.cat([am * pf, bm * pf], -1).to(p.dtype)     # [C, 2K] = [D(a-)P, D(b-)P]
     # dA = dY (D(a-)P)^T + dZ (D(b-)P)^T = [-dY, dZ] [-D(a-)P, D(b-)P]^T
     pab_signed = torch.cat([-pab[..., :K], pab[..., K:]], -1)
@@ -474,7 +474,7 @@ def _chain_rule(x, rr, p, q, kw, a, r):
     g1, g2 = gx[..., :K], gx[..., K:]
     dp = bm * g2 - am * g1
     dam, dbm = -(pf * g1).sum(-1), (pf * g2).sum(-1)
-    xo = x[..., C:, :].float()                              # [C, 2K] = [dQa, -dQb]
+    xo = xo.float()                                         # [C, 2K] = [dQa, -dQb]
     qf = q.float()
     dq = sa * xo[..., :K] - sb * xo[..., K:]
     dsa, dsb = (qf * xo[..., :K]).sum(-1), -(qf * xo[..., K:]).sum(-1)
@@ -490,7 +490,7 @@ _compiled_chain = None
 _chain_compile_failed = False
 
 
-def _chain(x, rr, p, q, kw, a, r):
+def _chain(xv, xo, rr, p, q, kw, a, r):
     """_chain_rule through torch.compile where the intra part is compiled (chunk.py's MDN_CHUNK_COMPILE policy: on
     CUDA by default, =1 anywhere, =0 never; backend MDN_CHUNK_COMPILE_BACKEND), so that its row scalings and row
     sums over [NC, H, C, K] fuse into a few kernels instead of ~20 eager passes. A compiler error warns once and
@@ -499,19 +499,19 @@ def _chain(x, rr, p, q, kw, a, r):
     env = os.environ.get("MDN_CHUNK_COMPILE", "")
     want = env == "1" if env in ("0", "1") else (p.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1")
     if not want or _chain_compile_failed:
-        return _chain_rule(x, rr, p, q, kw, a, r)
+        return _chain_rule(xv, xo, rr, p, q, kw, a, r)
     try:
         if _compiled_chain is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
             _compiled_chain = torch.compile(_chain_rule, dynamic=None, backend=backend)
-        return _compiled_chain(x, rr, p, q, kw, a, r)
+        return _compiled_chain(xv, xo, rr, p, q, kw, a, r)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
         _chain_compile_failed = True
         warnings.warn(f"mdn pqk scan backward: torch.compile of the chain rule failed ({type(e).__name__}: "
                       f"{str(e)[:300]}); using eager torch from now on", RuntimeWarning, stacklevel=2)
-        return _chain_rule(x, rr, p, q, kw, a, r)
+        return _chain_rule(xv, xo, rr, p, q, kw, a, r)
 
 
 def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc):
@@ -521,10 +521,10 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
     if hc is None:
         # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype); vt stands in for u (shape/dtype only)
         _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
-    # dvo [NC, H, 2C, V] = [dVt; dO]; dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
+    # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
     dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
-    x, rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
-    dp, dq, dkw, da, dr = _chain(x, rr, p, q, kw, a, r)
+    (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
+    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
@@ -581,7 +581,7 @@ def _scan_pqk_backward(ctx, do, dvt_unused, dht):
     p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(vt)
-    grads = scan_pqk_bwd(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do.contiguous(),
+    grads = scan_pqk_bwd(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
                          dht.contiguous() if dht is not None else None)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
     return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None
@@ -608,7 +608,7 @@ def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
-    return (u.new_empty(NC, H, C, V), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32),
+    return (_o_like(u), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32),
             u.new_empty(NC, H, 2, K, V))
 
 
@@ -623,7 +623,7 @@ def _scan_pqk_saving_backward(ctx, do, dvt_unused, dht, dhc_unused):
     p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(vt)
-    grads = scan_pqk_bwd_saved(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do.contiguous(),
+    grads = scan_pqk_bwd_saved(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
                                dht.contiguous() if dht is not None else None, hc)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
     return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None
