@@ -80,10 +80,10 @@ case ${PHASE:-1} in
      SWEEP_ALL_AFTER=${SWEEP_ALL_AFTER:-"sweepone train"}; TRAIN_S=${TRAIN_S:-290} ;;
   5) LANES=${LANES:-"pair"} ;;
   6) LANES=${LANES:-"train mqar"}; TRAIN_GPU=${TRAIN_GPU_6:-0}; MQAR_GPUS=${MQAR_GPUS:-1}
-     TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
+     TRAIN_AB=${TRAIN_AB-"MDN_BWD_GEMM=stacked MDN_SAVE_STATES=1"} ;;
   7) LANES=${LANES:-"official tests"}; OP_GPU=0; TESTS_GPU=1 ;;
   8) LANES=${LANES:-"train official tests mqar"}; TRAIN_GPU=0; OP_GPU=1; TESTS_GPU=2; MQAR_GPUS=${MQAR_GPUS:-3}
-     TRAIN_AB=${TRAIN_AB-"MDN_TRIL_INV=triton MDN_FUSED_GATE_PROJ=0 MDN_SAVE_STATES=1"} ;;
+     TRAIN_AB=${TRAIN_AB-"MDN_BWD_GEMM=stacked MDN_SAVE_STATES=1"} ;;
   9) LANES=${LANES:-"codeab mqar"}; OP_GPU=0; TRAIN_GPU=${TRAIN_GPU_9:-1}; MQAR_GPUS=${MQAR_GPUS:-1,2,3} ;;
 esac
 BASE_PY=${BASE_PY:-$ROOT/.ext/base/triton}
@@ -185,7 +185,7 @@ tests_lane() {  # the whole GPU test set on its own GPU; PHASE 7, 8: then the op
   # the same op, same GPU, one after the other: default, then each knob of OP_AB (H16 K128 V128 first: the
   # triangular solves are 12 % of its fwd+bwd)
   local kv
-  for kv in default ${OP_AB:-MDN_TRIL_INV=triton MDN_SAVE_STATES=1}; do
+  for kv in default ${OP_AB:-MDN_BWD_GEMM=stacked MDN_SAVE_STATES=1}; do
     [ "$(left)" -gt 45 ] || break
     (cd triton && env ${kv#default} timeout -k 10 $(( $(left) - 20 )) "$MDN_PYTHON" mdn/bench/bench_op.py \
       --shapes h16k128v128,h6k256v512 --T 4096 --phases --out "$d/opab.jsonl") >> "$d/opab.txt" 2>&1

@@ -190,6 +190,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
+    row["bwd_gemm"] = os.environ.get("MDN_BWD_GEMM", "") or "planes"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row

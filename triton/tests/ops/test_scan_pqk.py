@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle as _compare, make_inputs,
-                      rel_rms, run_op, to_fp64)
+                      assert_same_results, rel_rms, run_op, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -194,6 +194,51 @@ def test_pqk_kernels_token_major_o_and_do(dtype):
         for name, r_, g_ in zip(("dvo", "dhc", "dh0", "dg"), ref, got):
             assert torch.equal(r_, g_), f"{bwd.__name__}: {name}"
         assert torch.equal(got[0][1], do)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pqk_reverse_scan_stacked_layout(dtype):
+    """MDN_BWD_GEMM=stacked: the reverse scan writes dVt twice, contiguous and as rows :C of [dVt; dO] [NC, H, 2C,
+    V], to the same bits as the planes layout; the GEMM tail gives the same gradients from either."""
+    from mdn.ops.momentum_delta_rule import chunk_scan as cs
+    NC, H, C, K, V = 4, 2, 16, 32, 40
+    x, off, h0, do, dht = _pqk_inputs(NC, H, C, K, V, dtype, [0, 3, 4])
+    a = _args(x)
+    hc = sp.scan_pqk_fwd_torch(*a, h0, off, vt=x["u"], store_states=True)[3]
+    do_tm = do.transpose(1, 2).contiguous().transpose(1, 2)
+    planes = sp.scan_pqk_bwd_triton(*a[1:], do_tm, dht, hc, off, stacked=False)
+    stacked = sp.scan_pqk_bwd_triton(*a[1:], do_tm, dht, hc, off, stacked=True)
+    dvt, dvs = stacked[0]
+    assert dvt.is_contiguous() and dvs.shape == (NC, H, 2 * C, V)
+    assert torch.equal(dvt, planes[0][0]) and torch.equal(dvs[..., :C, :], planes[0][0])
+    assert torch.equal(dvs[..., C:, :], planes[0][1])
+    for name, p_, s_ in zip(("dhc", "dh0", "dg"), planes[1:], stacked[1:]):
+        assert torch.equal(p_, s_), name
+    vt = x["u"]
+    gp = cs.scan_bwd_gemms(vt, do, planes[0], hc, planes[1], planes[2], h0, sum_parts=False)
+    gs = cs.scan_bwd_gemms(vt, do, stacked[0], hc, stacked[1], stacked[2], h0, sum_parts=False)
+    for name, p_, s_ in zip(("xv", "xo"), gp[0], gs[0]):
+        torch.testing.assert_close(p_, s_, rtol=0, atol=0, msg=name)
+    for name, p_, s_ in zip(("r", "du", "daqk", "dh0"), gp[1:], gs[1:]):
+        torch.testing.assert_close(p_, s_, rtol=0, atol=0, msg=name)
+
+
+@needs_kernels
+def test_op_stacked_bwd_gemm_equals_planes(monkeypatch):
+    """The op with MDN_BWD_GEMM=stacked gives the default's outputs and gradients; a bad value is a ValueError."""
+    dev = "cuda" if HAS_CUDA else "cpu"
+    inputs = make_inputs(2, 50, 2, 32, 24, device=dev, initial_state=True)
+    do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=dev)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=dev)
+    out = {}
+    for mode in ("planes", "stacked"):
+        monkeypatch.setenv("MDN_BWD_GEMM", mode)
+        out[mode] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    assert_same_results(out["planes"], out["stacked"], 1e-6)
+    monkeypatch.setenv("MDN_BWD_GEMM", "one")
+    with pytest.raises(ValueError, match="MDN_BWD_GEMM='one': expected one of 'planes', 'stacked'"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
 def test_op_output_is_a_view_of_the_scan_output():

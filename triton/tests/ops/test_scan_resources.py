@@ -18,12 +18,12 @@ SIGNATURES = {
     "momentum_delta_rule_fwd_kernel_scan": (
         ["u", "y", "z", "qa", "qb", "aqk", "ks", "km", "g", "h0", "o", "vt", "ht", "hc"], {"g", "h0", "ht"}),
     "momentum_delta_rule_bwd_kernel_scan": (
-        ["y", "z", "qa", "qb", "aqk", "ks", "km", "g", "do", "dht", "dh0", "dvt", "dob", "dhc", "hc", "dgp"],
+        ["y", "z", "qa", "qb", "aqk", "ks", "km", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp"],
         {"g", "dht", "dh0", "dgp"}),
     "momentum_delta_rule_fwd_kernel_scan_pqk": (
         ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc"], {"r", "g", "h0", "ht"}),
     "momentum_delta_rule_bwd_kernel_scan_pqk": (
-        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dhc", "hc", "dgp"],
+        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp"],
         {"r", "g", "dht", "dh0", "dgp"}),
 }
 

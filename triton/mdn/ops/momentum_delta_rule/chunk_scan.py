@@ -548,7 +548,7 @@ def _bwd_state_update(b_ds, b_dm, p_qa, p_y, p_qb, p_z, t_qa, t_y, t_qb, t_z, ro
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_bwd_kernel_scan(
     y, z, qa, qb, aqk, ks, km, g,
-    do, dht, dh0, dvt, dob, dhc, hc, dgp,
+    do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
     H, s_dc, s_dh, s_dt,
     K: tl.constexpr,
@@ -718,11 +718,13 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
 
 
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    zero_dg=False, **consts):
-    """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dhc, hc, dgp, chunk_offsets,
-    H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last one (the op's
-    dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
-    Returns (dvo [2, NC, H, C, V] = (dVt, dO chunk-major), dhc, dh0, dg [NC, H, 3])."""
+                    zero_dg=False, stacked=False, **consts):
+    """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
+    chunk_offsets, H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last
+    one (the op's dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
+    Returns (dvo, dhc, dh0, dg [NC, H, 3]); dvo = [2, NC, H, C, V] (dVt, dO chunk-major), or with stacked=True (pqk
+    kernel only, STACKED) the pair (dVt [NC, H, C, V], [dVt; dO] [NC, H, 2C, V]): dVt written twice, so that du
+    needs no copy and the GEMM against the states stays one M = 2C GEMM (scan_bwd_gemms)."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -732,7 +734,13 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     do = _unit_last(do)
-    dvo = _empty((2, NC, H, C, V), x.dtype, dev)
+    if stacked:
+        dvt, dvs = _empty((NC, H, C, V), x.dtype, dev), _empty((NC, H, 2 * C, V), x.dtype, dev)
+        dvo, dob = (dvt, dvs), dvt  # dob: unused under STACKED
+        consts["STACKED"] = True
+    else:
+        dvo = _empty((2, NC, H, C, V), x.dtype, dev)
+        dvt, dob, dvs = dvo[0], dvo[1], dvo[0]  # dvs: unused
     # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
     dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
@@ -742,7 +750,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     grid = (NV, N * H)
     kernel[grid](
         *ops,
-        do, dht, dh0, dvo[0], dvo[1], dhc, hc, dgp,
+        do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
         chunk_offsets, H, *do.stride()[:3],
         K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
         USE_DHT=dht is not None,
@@ -886,7 +894,7 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
 
 def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
     """The backward's reductions over V (either form), as batched matmuls on dvo [2, NC, H, C, V] = (dVt, dO
-    chunk-major, both written by the reverse scan): xv = dVt [S; M]^T and xo = dO [S; M]^T, each [NC, H, C, 2K]
+    chunk-major, both written by the reverse scan; or the stacked pair of launch_scan_bwd, one GEMM for x): xv = dVt [S; M]^T and xo = dO [S; M]^T, each [NC, H, C, 2K]
     (two GEMMs against both states), r = Vt [dS'; dM']^T [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit),
     du = dVt (a view of dvo: no copy), daqk = tril(dO Vt^T), and dh0 (zeros without h0; in h0's dtype).
     sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K] (hi parts' products, then lo
@@ -896,14 +904,21 @@ def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
     hct = _t(hc.view(NC, H, 2 * K, V))
-    xv = dvo[0] @ hct                         # [NC, H, C, 2K] = [dVt S^T, dVt M^T]
-    xo = dvo[1] @ hct                         # [NC, H, C, 2K] = [dO S^T, dO M^T]
+    if isinstance(dvo, tuple):                # stacked (launch_scan_bwd): one M = 2C GEMM, views of its halves
+        dvt, dvs = dvo
+        x = dvs @ hct                         # [NC, H, 2C, 2K]
+        xv, xo = x[..., :C, :], x[..., C:, :]
+        dob = dvs[..., C:, :]
+    else:
+        dvt, dob = dvo[0], dvo[1]
+        xv = dvt @ hct                        # [NC, H, C, 2K] = [dVt S^T, dVt M^T]
+        xo = dob @ hct                        # [NC, H, C, 2K] = [dO S^T, dO M^T]
     P = dhc.shape[2]
     r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
     if sum_parts:
         r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
-    daqk = (dvo[1] @ _t(vt)).tril()           # [NC, H, C, C]
-    du = dvo[0]
+    daqk = (dob @ _t(vt)).tril()              # [NC, H, C, C]
+    du = dvt
     if h0 is None:
         dh0 = torch.zeros_like(dh0)
     return (xv, xo), r, du, daqk, dh0.to(h0.dtype if h0 is not None else torch.float32)

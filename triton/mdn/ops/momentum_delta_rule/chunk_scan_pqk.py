@@ -233,7 +233,7 @@ def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_bwd_kernel_scan_pqk(
     p, q, kw, a, aqk, r, g,
-    do, dht, dh0, dvt, dob, dhc, hc, dgp,
+    do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
     H, s_dc, s_dh, s_dt,
     K: tl.constexpr,
@@ -244,10 +244,11 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     USE_DHT: tl.constexpr,
     DOT_MODE: tl.constexpr,
     LOAD_TMA: tl.constexpr,
+    STACKED: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
-    per chunk (last to first)
+    per chunk (last to first) (STACKED: dVt also into rows :C and dO into rows C: of dvs [NC, H, 2C, V], dob unused)
 
         dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO,   X = A^T dVt
         dS  = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X)
@@ -303,7 +304,11 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
         b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
-        tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
+        p_cv2 = base * 2 * C * V + p_cv  # rows of dvs (STACKED)
+        if STACKED:
+            tl.store(dvs + C * V + p_cv2, b_do.to(dvs.dtype.element_ty), mask=m_cv)
+        else:
+            tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
         # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
         b_kds, b_kdm = _ck_dot2(kw + o_ck + p_ck, t_kw, row, b_dS, b_dM, m_k, K, BK, DOT_MODE, LOAD_TMA)
         b_ga = tl.load(p_r + 4 * C)
@@ -313,6 +318,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         b_dvt = _dot_acc(tl.trans(b_aqk), b_do, b_dvt, DOT_MODE)  # [C, BV]
         b_dvt = _cast(b_dvt, dvt.dtype.element_ty, DOT_MODE)
         tl.store(dvt + o_cv + p_cv, b_dvt, mask=m_cv)
+        if STACKED:
+            tl.store(dvs + p_cv2, b_dvt, mask=m_cv)
         # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
         b_a = tl.load(a + base * C * C + p_cc)
         b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
@@ -357,10 +364,24 @@ def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None
                            block_v=block_v, num_warps=num_warps)
 
 
-def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None):
+def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
+                        stacked=None):
+    """stacked: None reads MDN_BWD_GEMM (bwd_gemm())."""
     return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
-                           num_warps=num_warps)
+                           num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked)
+
+
+BWD_GEMMS = ("planes", "stacked")
+
+
+def bwd_gemm() -> str:
+    """MDN_BWD_GEMM, how the pqk reverse scan lays out dVt and dO for the GEMMs after it (opt-in, not timed yet):
+    "planes" (default: two [NC, H, C, V] planes, two M = C GEMMs against the states; measured with token-major O,
+    docs/BENCHMARKS.md §1.12) or "stacked" (dVt written twice: contiguous for du, and with dO in one [NC, H, 2C, V]
+    tensor for one M = 2C GEMM; the H100 profile ran the two M = 64 GEMMs in 1.39 ms at H6 K256 V512, where one
+    M = 128 GEMM had taken ~0.56 ms on an H200). The Triton path only; other values are a ValueError."""
+    return env_choice("MDN_BWD_GEMM", BWD_GEMMS, "planes")
 
 
 def _row_scalars(r):
@@ -423,6 +444,7 @@ def scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_):
 
 def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     scan_load()
+    bwd_gemm()  # reject a bad MDN_BWD_GEMM on every path
     if _use_triton(p):
         return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
