@@ -430,8 +430,13 @@ mqar_lane() {
   # the sweep file replays each training step as a CUDA graph (cuda_graph = "auto"): check graphed against
   # eager steps on this GPU first (tests/tasks, -m gpu); if that fails, the points run eagerly
   if [ "${MQAR_GRAPH_CHECK:-1}" = 1 ]; then
+    # fla's kernels from seeded autotune results (the seventh session's check ran out of its 180 s while fla
+    # compiled and autotuned GDN's bf16 case from an empty cache)
+    local gc=$ROOT/results/mqar_check_triton_cache; mkdir -p "$gc"
+    [ -f "$AUTOTUNE_OP_IN" ] && tar xzf "$AUTOTUNE_OP_IN" -C "$gc"
     (cd triton && CUDA_VISIBLE_DEVICES=${MQAR_GPUS%%,*} MDN_CHUNK_COMPILE=0 MDN_FLA_BYPASS_HOPPER_GUARD=1 \
-      timeout -k 10 "${MQAR_GRAPH_CHECK_S:-180}" "$MDN_PYTHON" -m pytest -v -p no:cacheprovider \
+      TRITON_CACHE_DIR=$gc FLA_CACHE_RESULTS=1 \
+      timeout -k 10 "${MQAR_GRAPH_CHECK_S:-300}" "$MDN_PYTHON" -m pytest -v -p no:cacheprovider \
       tests/tasks/test_train_mqar.py -m gpu -k cuda_graph) > "$d/graph_check.txt" 2>&1
     local grc=$?
     echo "cuda graph check rc $grc at $(( $(date +%s) - T0 )) s" >> "$d/steps.txt"
