@@ -244,6 +244,16 @@ def run_op(op, inputs: dict, *, grads=(), do=None, dht=None, **kwargs):
     return o, ht, g
 
 
+def run_op_per_env(monkeypatch, var: str, values, op, inputs: dict, **kwargs) -> dict:
+    """run_op once per value of the environment knob ``var`` (same inputs, gradients as ``kwargs`` say):
+    {value: (o, final_state, grads)}, for A/B checks of the op's knobs with assert_same_results."""
+    out = {}
+    for value in values:
+        monkeypatch.setenv(var, value)
+        out[value] = run_op(op, inputs, **kwargs)
+    return out
+
+
 def assert_same_results(a, b, tol: float) -> None:
     """Two run_op results (o, final_state, grads) agree within the relative RMS ``tol`` everywhere."""
     (ao, aht, ag), (bo, bht, bg) = a, b

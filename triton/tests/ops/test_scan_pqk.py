@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle as _compare, make_inputs,
-                      assert_same_results, rel_rms, run_op, to_fp64)
+                      assert_same_results, rel_rms, run_op, run_op_per_env, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -116,10 +116,8 @@ def test_pqk_agrees_with_six_bf16(monkeypatch):
     inputs = make_inputs(1, 70, 2, 64, 32, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
     do = torch.randn(1, 70, 2, 32, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 1, 2, 64, 32, dtype=torch.float64, device=DEV)
-    res = {}
-    for form in ("six", "pqk"):
-        monkeypatch.setenv("MDN_SCAN_FORM", form)
-        res[form] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
+    res = run_op_per_env(monkeypatch, "MDN_SCAN_FORM", ("six", "pqk"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
     (o6, h6, g6), (op, hp, gp) = res["six"], res["pqk"]
     assert_rel("o", o6, op, 5e-3)
     assert_rel("ht", h6, hp, 5e-3)
@@ -227,14 +225,11 @@ def test_pqk_reverse_scan_stacked_layout(dtype):
 @needs_kernels
 def test_op_stacked_bwd_gemm_equals_planes(monkeypatch):
     """The op with MDN_BWD_GEMM=stacked gives the default's outputs and gradients; a bad value is a ValueError."""
-    dev = "cuda" if HAS_CUDA else "cpu"
-    inputs = make_inputs(2, 50, 2, 32, 24, device=dev, initial_state=True)
-    do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=dev)
-    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=dev)
-    out = {}
-    for mode in ("planes", "stacked"):
-        monkeypatch.setenv("MDN_BWD_GEMM", mode)
-        out[mode] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    inputs = make_inputs(2, 50, 2, 32, 24, device=DEV, initial_state=True)
+    do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_GEMM", ("planes", "stacked"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
     assert_same_results(out["planes"], out["stacked"], 1e-6)
     monkeypatch.setenv("MDN_BWD_GEMM", "one")
     with pytest.raises(ValueError, match="MDN_BWD_GEMM='one': expected one of 'planes', 'stacked'"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, _have_ptxas, assert_compiled_op_matches_eager,
-                      assert_same_results, compare_with_oracle, compile_sm90, make_inputs, rel_rms, run_op)
+                      assert_same_results, compare_with_oracle, compile_sm90, make_inputs, rel_rms,
+                      run_op_per_env)
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -98,10 +99,8 @@ def test_op_with_the_kernel_equals_the_solve(monkeypatch):
     inputs = make_inputs(2, 90, 2, 32, 24, device=DEV, initial_state=True)
     do = torch.randn(2, 90, 2, 24, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
-    out = {}
-    for mode in ("solve", "triton"):
-        monkeypatch.setenv("MDN_TRIL_INV", mode)
-        out[mode] = run_op(chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
+    out = run_op_per_env(monkeypatch, "MDN_TRIL_INV", ("solve", "triton"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
     assert_same_results(out["solve"], out["triton"], 1e-5)
 
 

@@ -863,7 +863,6 @@ def scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=Non
 
 
 def scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
-    C = do.shape[2]
     bf = y.dtype != torch.float32
     gf = g.float()
 

@@ -414,7 +414,6 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
 
 def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     """The reverse kernel's math in torch, with its rounding (dVt and the row-scaled [C, V] tiles rounded)."""
-    C = do.shape[2]
     bf = p.dtype != torch.float32
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
@@ -482,7 +481,7 @@ def _chain_rule(xv, xo, rr, p, q, kw, a, r):
     dA = tril(dY (D(a-)P)^T + dZ (D(b-)P)^T, -1), dP = D(a-) A^T dY + D(b-) A^T dZ, da- = rowsum(P * A^T dY), ...
     (A is unit lower triangular: only its strictly lower part depends on anything).
     """
-    C, K = p.shape[-2], p.shape[-1]
+    K = p.shape[-1]
     if rr.shape[-1] == 4 * K:
         rr = rr[..., :2 * K].float() + rr[..., 2 * K:].float()
     t = lambda z: z.transpose(-1, -2)  # noqa: E731
