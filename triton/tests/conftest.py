@@ -376,7 +376,7 @@ def ptxas_path() -> str:
     return path if os.path.exists(path) else (shutil.which("ptxas") or path)
 
 
-def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = True) -> dict:
+def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = True, num_stages: int = 1) -> dict:
     """Compile a Triton kernel for sm_90 on the CPU: sig maps the runtime arguments to Triton types ("*bf16",
     "i32", ...), consts the constexprs. Returns {"shared", "tma_loads"} and, with ptxas=True, "regs", "stack",
     "spill_st", "spill_ld" from `ptxas -v --gpu-name sm_90a`. Every pointer is taken as 16-byte aligned, as the
@@ -390,7 +390,7 @@ def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = 
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
              if sig.get(n, "").startswith("*")}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     # "tma_loads": descriptor (bulk tensor) copies in the PTX, 0 on the pointer path
     res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor")}
     if not ptxas:

@@ -11,6 +11,7 @@
     MDN_SCAN_FORM=six python triton/mdn/bench/bench_op.py --phases --T 4096  # the first scan form (default: pqk)
     python triton/mdn/bench/bench_op.py --intra triton --check        # fused Triton intra part (fwd; bwd in pqk)
     python triton/mdn/bench/bench_op.py --out results/bench_op.jsonl
+    python triton/mdn/bench/bench_op.py --env-sets "default|MDN_SCAN_STAGES=1,2,1|MDN_BWD_GEMM=stacked"  # knob A/B
 
 Shapes: H6 K256 V512 (1.3B layer) and H16 K128 V128, T in {2048, 4096, 8192}, B = tokens / T, gates drawn like the
 layer at init. Timing: triton.testing.do_bench median (and p20/p80) after a warm-up call; fwd+bwd back-propagates
@@ -191,6 +192,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     row["bwd_gemm"] = os.environ.get("MDN_BWD_GEMM", "") or "planes"
+    row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row
@@ -244,6 +246,42 @@ def run_phases(xs, do, C):
     return out
 
 
+def parse_env_sets(text: str) -> list:
+    """--env-sets: [[(VAR, VALUE), ...], ...]; [[]] (one run, the environment as it is) when empty."""
+    sets = []
+    for part in (text.split("|") if text.strip() else ["default"]):
+        words = part.split()
+        if words == ["default"]:
+            sets.append([])
+            continue
+        pairs = []
+        for w in words:
+            var, eq, val = w.partition("=")
+            if not eq or not var.startswith("MDN_"):
+                raise ValueError(f"--env-sets: {w!r} in {part.strip()!r}; expected MDN_VAR=VALUE or 'default'")
+            pairs.append((var, val))
+        if not pairs:
+            raise ValueError(f"--env-sets: empty set in {text!r}")
+        sets.append(pairs)
+    return sets
+
+
+_ENV_SET_VARS: dict = {}  # what apply_env_set changed: var -> the value before (None: was unset)
+
+
+def apply_env_set(pairs) -> None:
+    """Undo the previous set, then set this one's variables."""
+    for var, old in _ENV_SET_VARS.items():
+        if old is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = old
+    _ENV_SET_VARS.clear()
+    for var, val in pairs:
+        _ENV_SET_VARS[var] = os.environ.get(var)
+        os.environ[var] = val
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES))
@@ -255,6 +293,10 @@ def main(argv=None):
     p.add_argument("--scan-configs", default="",
                    help='space-separated list to sweep: "BV,warps" (both phases), "BV,w;BV,w" (fwd;bwd) or "default"; '
                         '--phases applies to the first only')
+    p.add_argument("--env-sets", default="",
+                   help='"|"-separated list of knob settings to A/B in one process, each "default" or space-separated '
+                        'VAR=VALUE (e.g. "default|MDN_SCAN_STAGES=2|MDN_BWD_GEMM=stacked MDN_SCAN_STAGES=1,2,1"); '
+                        'each run sets only its own, on top of the environment; rows record it as "env"')
     p.add_argument("--eager-intra", action="store_true", help="MDN_CHUNK_COMPILE=0 (eager torch intra part)")
     p.add_argument("--intra", default="torch", choices=["torch", "triton"],
                    help="intra part: torch (default) or the fused Triton kernels (MDN_INTRA=triton: forward and, in "
@@ -282,10 +324,16 @@ def main(argv=None):
         os.environ["MDN_INTRA"] = "triton"
     dtype = getattr(torch, a.dtype)
     configs = a.scan_configs.split() or [None]
+    try:
+        env_sets = parse_env_sets(a.env_sets)
+    except ValueError as e:
+        print(f"bench_op.py: {e}", file=sys.stderr)
+        return 2
     rows = []
     for shape in a.shapes.split(","):
         for T in (int(t) for t in a.T.split(",")):
-            for i_cfg, cfg in enumerate(configs):
+            for i_run, (i_cfg, cfg, env_set) in enumerate((i, c, e) for e in env_sets for i, c in enumerate(configs)):
+                apply_env_set(env_set)
                 if cfg == "default":
                     cfg = None
                 if cfg:
@@ -293,12 +341,19 @@ def main(argv=None):
                 else:
                     os.environ.pop("MDN_SCAN_CONFIG", None)
                 try:
+                    # --phases: every env set's first scan config; --check and --profile: the first run only
                     row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0,
-                                   check=a.check and i_cfg == 0, prof=a.profile and i_cfg == 0)
+                                   check=a.check and i_run == 0, prof=a.profile and i_run == 0)
                 except torch.cuda.OutOfMemoryError as e:
                     row = {"shape": shape, "T": T, "scan_config": cfg or "default", "scan_load": scan_load(),
                            "scan_form": scan_form(), "error": f"oom: {e}"}
                     torch.cuda.empty_cache()
+                except Exception as e:  # e.g. triton's OutOfResources (shared memory) for a knob that cannot fit
+                    if type(e).__name__ != "OutOfResources":
+                        raise
+                    row = {"shape": shape, "T": T, "scan_config": cfg or "default", "scan_load": scan_load(),
+                           "scan_form": scan_form(), "error": f"out of resources: {e}"}
+                row["env"] = " ".join(f"{k}={v}" for k, v in env_set) or "default"
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if a.out:
@@ -309,16 +364,16 @@ def main(argv=None):
     cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
     if not any("intra_fwd_triton" in r for r in rows):
         cols.remove("intra_fwd_triton")
-    print("| shape | T | B | scan cfg | scan load | scan form | " + " | ".join(c + " ms" for c in cols)
+    print("| shape | T | B | env | scan cfg | scan load | scan form | " + " | ".join(c + " ms" for c in cols)
           + " | peak GiB |")
-    print("|---|---|---|---|---|---|" + "---|" * len(cols) + "---|")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(cols) + "---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['shape']} | {r['T']} | | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
+            print(f"| {r['shape']} | {r['T']} | | {r['env']} | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
                   f"{r['error'][:40]} |")
             continue
         vals = [f"{r[c]['ms']:.3f}" if c in r else "" for c in cols]
-        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
+        print(f"| {r['shape']} | {r['T']} | {r['B']} | {r['env']} | {r['scan_config']} | {r['scan_load']} | {r['scan_form']} | "
               + " | ".join(vals)
               + f" | {r['peak_mem_gib']:.2f} |")
     for r in rows:

@@ -422,3 +422,41 @@ def test_gpu_pqk_kernels_tile_configs(monkeypatch, K, cfg, load):
     m = sp.scan_pqk_bwd_torch(*a[1:], do, dht, hc_ref, off)
     for name, out, ref in zip(("dvo", "dhc", "dh0", "dg"), t, m):
         assert rel_rms(ref, out) <= 1e-2, name
+
+
+def test_scan_stages_knob(monkeypatch):
+    """MDN_SCAN_STAGES: unset -> SCAN_STAGES (1 where absent); "n" for every phase or "fwd,rec,bwd"; anything else
+    is a ValueError naming the variable and the value, raised by the op before any kernel runs."""
+    from mdn.ops.momentum_delta_rule import chunk_scan as cs
+    monkeypatch.delenv("MDN_SCAN_STAGES", raising=False)
+    for phase in cs.SCAN_PHASES:
+        assert cs.scan_stages(256, torch.bfloat16, phase) == cs.SCAN_STAGES.get((256, False, phase), 1)
+    monkeypatch.setenv("MDN_SCAN_STAGES", "3")
+    assert [cs.scan_stages(128, torch.bfloat16, ph) for ph in cs.SCAN_PHASES] == [3, 3, 3]
+    monkeypatch.setenv("MDN_SCAN_STAGES", "1,2,4")
+    assert [cs.scan_stages(64, torch.float32, ph) for ph in cs.SCAN_PHASES] == [1, 2, 4]
+    with pytest.raises(ValueError, match="phase='back'"):
+        cs.scan_stages(64, torch.float32, "back")
+    inputs = make_inputs(1, 20, 1, 16, 16)
+    for bad in ("0", "1,2", "two", "1,2,5"):
+        monkeypatch.setenv("MDN_SCAN_STAGES", bad)
+        with pytest.raises(ValueError, match=f"MDN_SCAN_STAGES='{bad}': expected 'n' or 'fwd,rec,bwd'"):
+            chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,stages", [(128, "2,2,2"), (128, "3,3,3"), (256, "1,2,1"), (256, "1,3,1")])
+def test_gpu_scan_stages_match_one_stage_and_oracle(monkeypatch, K, stages):
+    """Pipelined chunk loops (MDN_SCAN_STAGES) give the one-stage numbers and stay within the bf16 tolerances
+    against fp64, forward and backward, at configs that fit Hopper's shared memory (a miscompiled pipelined
+    backward, as in fla issue 640, would show here)."""
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    inputs = make_inputs(2, 1000, 2, K, 2 * K, dtype=torch.bfloat16, device="cuda", gates="layer",
+                         initial_state=True)
+    do = torch.randn(2, 1000, 2, 2 * K, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, 2 * K, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, "MDN_SCAN_STAGES", ("1", stages), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out["1"], out[stages], 1e-3)
+    monkeypatch.setenv("MDN_SCAN_STAGES", stages)
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))

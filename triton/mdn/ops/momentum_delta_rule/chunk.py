@@ -22,7 +22,7 @@ from .chunk_intra_pqk import chunk_mdn_intra_pqk
 from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
-from .chunk_scan import chunk_scan
+from .chunk_scan import chunk_scan, scan_stages
 from .chunk_scan_pqk import bwd_gemm, chunk_scan_pqk, save_states
 from .knobs import env_choice
 from .tril_inverse import tril_inv_mode
@@ -292,6 +292,7 @@ def chunk_momentum_delta_rule(
     save_states()  # a bad MDN_SAVE_STATES fails here, before any kernel runs
     tril_inv = tril_inv_mode()  # MDN_TRIL_INV, likewise
     bwd_gemm()  # MDN_BWD_GEMM, likewise
+    scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape
     C = int(chunk_size)
     # operands of the scan (and its stored states): bf16 for 16-bit inputs, fp32 for fp32 inputs

@@ -131,6 +131,33 @@ def scan_config(K: int, V: int, dtype: torch.dtype, phase: str = "fwd") -> tuple
     return max(16, min(bv, triton.next_power_of_2(V))), nw
 
 
+
+# Software pipelining of the chunk loops (Triton's num_stages): the [C, K] operand tiles and A of chunk c + 1 are
+# loaded while chunk c computes (the loads do not depend on the states). Costs shared memory: bf16 C = 64, (32, 4),
+# sm_90 (scripts/scan_regs.py): K = 128 fwd 28 -> 157 (2) / 223 KB (3), reverse 28 -> 153 / 219 KB, recompute
+# 16 -> 46 / 67 KB; K = 256 fwd 45 -> 271 KB and reverse 45 -> 267 KB (over Hopper's 227 KB: they cannot be
+# pipelined), recompute 16 -> 78 / 116 KB. Phases: "fwd" (forward scan), "rec" (the backward's state recompute),
+# "bwd" (reverse scan). Override with MDN_SCAN_STAGES="n" (every phase) or "fwd,rec,bwd", e.g. "1,2,1".
+SCAN_STAGES: dict = {}  # (BK, is_fp32, phase): num_stages; absent = 1
+SCAN_PHASES = ("fwd", "rec", "bwd")
+
+
+def scan_stages(K: int, dtype: torch.dtype, phase: str) -> int:
+    """num_stages of the scan kernel of `phase` ("fwd", "rec" or "bwd")."""
+    if phase not in SCAN_PHASES:
+        raise ValueError(f"scan_stages: phase={phase!r}; expected one of {SCAN_PHASES}")
+    env = os.environ.get("MDN_SCAN_STAGES")
+    if not env:
+        return SCAN_STAGES.get((_block_k(K), dtype == torch.float32, phase), 1)
+    parts = env.split(",")
+    try:
+        vals = [int(x) for x in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 3) or any(v not in (1, 2, 3, 4) for v in vals):
+        raise ValueError(f"MDN_SCAN_STAGES={env!r}: expected 'n' or 'fwd,rec,bwd' with each n in 1..4, e.g. '1,2,1'")
+    return vals[0] if len(vals) == 1 else vals[SCAN_PHASES.index(phase)]
+
 # How the scan kernels load their six [C, K] operands (Y, Z, Qa, Qb, Ks, Km), one [C, BK] sub-tile at a time:
 # "ptr" (default): masked pointer loads; "tma": through tensor descriptors (tl.make_tensor_descriptor, one per
 # operand, made on the device; Hopper's copy engine fetches the tiles), an opt-in variant to time against "ptr".
@@ -697,6 +724,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     recompute = vt is not None
     dev = u.device
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
+    stages = scan_stages(K, u.dtype, "rec" if recompute else "fwd")
     BV = block_v or cfg_bv
     o = None if recompute else _o_like(u)
     if not recompute:
@@ -712,7 +740,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
         USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
         DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma,
         num_warps=num_warps or cfg_nw,
-        num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
+        num_stages=stages,  # 1 unless SCAN_STAGES / MDN_SCAN_STAGES say otherwise
     )
     return o, vt, ht, hc
 
@@ -731,6 +759,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     N = chunk_offsets.shape[0] - 1
     dev = do.device
     cfg_bv, cfg_nw = scan_config(K, V, x.dtype, "bwd")
+    stages = scan_stages(K, x.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     do = _unit_last(do)
@@ -756,7 +785,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
         USE_DHT=dht is not None,
         DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts,
         num_warps=num_warps or cfg_nw,
-        num_stages=1,  # the chunk loop is sequential: pipelining only multiplies shared memory (655 KB at K=256 on Hopper)
+        num_stages=stages,  # 1 unless SCAN_STAGES / MDN_SCAN_STAGES say otherwise
     )
     return dvo, dhc, dh0, dgp.sum((2, 4))
 
