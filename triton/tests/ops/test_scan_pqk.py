@@ -460,3 +460,45 @@ def test_gpu_scan_stages_match_one_stage_and_oracle(monkeypatch, K, stages):
     assert_same_results(out["1"], out[stages], 1e-3)
     monkeypatch.setenv("MDN_SCAN_STAGES", stages)
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+class _StubKernel:
+    """Stands in for a jitted kernel: records each launch's num_stages; fails like Triton when over `fits`."""
+
+    class fn:
+        __name__ = "stub_kernel_pqk"
+
+    def __init__(self, fits):
+        self.fits, self.launches = fits, []
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps, num_stages, **consts):
+            self.launches.append(num_stages)
+            if num_stages > self.fits:
+                from triton.runtime.errors import OutOfResources
+                raise OutOfResources(300000, 232448, "shared memory")
+        return launch
+
+
+def test_pipelined_launch_falls_back_to_one_stage_where_shared_memory_is_short():
+    """A pipelined scan config that this GPU cannot hold runs with one stage (once tried, then directly); one that
+    fits runs as asked; other errors propagate."""
+    from mdn.ops.momentum_delta_rule import chunk_scan as cs
+    cs._UNPIPELINED.clear()
+    k = _StubKernel(fits=1)
+    for _ in range(2):
+        cs._launch_pipelined(k, (1,), (), dict(K=128, BV=32), 4, 3)
+    assert k.launches == [3, 1, 1]
+    cs._UNPIPELINED.clear()
+    k2 = _StubKernel(fits=3)
+    cs._launch_pipelined(k2, (1,), (), dict(K=128, BV=32), 4, 3)
+    assert k2.launches == [3]
+
+    class Broken(_StubKernel):
+        def __getitem__(self, grid):
+            def launch(*a, **kw):
+                raise RuntimeError("compile error")
+            return launch
+    with pytest.raises(RuntimeError, match="compile error"):
+        cs._launch_pipelined(Broken(1), (1,), (), dict(K=64), 4, 2)
+    cs._UNPIPELINED.clear()

@@ -138,8 +138,41 @@ def scan_config(K: int, V: int, dtype: torch.dtype, phase: str = "fwd") -> tuple
 # 16 -> 46 / 67 KB; K = 256 fwd 45 -> 271 KB and reverse 45 -> 267 KB (over Hopper's 227 KB: they cannot be
 # pipelined), recompute 16 -> 78 / 116 KB. Phases: "fwd" (forward scan), "rec" (the backward's state recompute),
 # "bwd" (reverse scan). Override with MDN_SCAN_STAGES="n" (every phase) or "fwd,rec,bwd", e.g. "1,2,1".
-SCAN_STAGES: dict = {}  # (BK, is_fp32, phase): num_stages; absent = 1
+# Measured (one H200, bench_op.py --env-sets, T = 4096, 32768 tokens; docs/BENCHMARKS.md §1.13), fwd+bwd ms:
+# H16 K128 V128 1 stage 10.06 / 10.04, "3,3,3" 10.01 (forward scan 1.00 -> 0.86 ms, reverse scan slower),
+# "1,2,1" 9.93, "2,2,2" 10.19, "2,1,2" 10.29; H6 K256 V512 1 stage 14.16 / 14.22, "1,2,1" 13.84, "1,3,1" 13.83.
+# A GPU whose shared memory cannot hold a config runs the loop unpipelined (_launch_pipelined).
+SCAN_STAGES: dict = {  # (BK, is_fp32, phase): num_stages; absent = 1
+    (128, False, "fwd"): 3, (128, False, "rec"): 2, (256, False, "rec"): 2,
+}
 SCAN_PHASES = ("fwd", "rec", "bwd")
+
+
+_UNPIPELINED: set = set()  # (kernel name, constexprs, num_warps) that did not fit this GPU's shared memory
+
+
+def _launch_pipelined(kernel, grid, args, consts: dict, num_warps: int, num_stages: int) -> None:
+    """kernel[grid](*args, **consts) with num_stages, or with 1 stage where the pipelined kernel needs more shared
+    memory than this GPU has (e.g. 223 KB for K = 128 at 3 stages: Hopper has 227 KB, an A100 164 KB). A
+    one-stage kernel that does not fit raises as usual."""
+    key = (kernel.fn.__name__, tuple(sorted(consts.items())), num_warps)
+    if num_stages > 1 and key not in _UNPIPELINED:
+        try:
+            kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+            return
+        except Exception as e:  # noqa: BLE001  (triton.runtime.errors.OutOfResources, raised at the first launch)
+            if type(e).__name__ != "OutOfResources":
+                raise
+            _UNPIPELINED.add(key)
+    kernel[grid](*args, **consts, num_warps=num_warps, num_stages=1)
+
+
+def _kernel_stages(kernel, K: int, dtype: torch.dtype, phase: str) -> int:
+    """scan_stages for the pqk kernels (where SCAN_STAGES was measured); the six form's take 1 unless
+    MDN_SCAN_STAGES says otherwise."""
+    if kernel.fn.__name__.endswith("_pqk") or os.environ.get("MDN_SCAN_STAGES"):
+        return scan_stages(K, dtype, phase)
+    return 1
 
 
 def scan_stages(K: int, dtype: torch.dtype, phase: str) -> int:
@@ -724,7 +757,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     recompute = vt is not None
     dev = u.device
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
-    stages = scan_stages(K, u.dtype, "rec" if recompute else "fwd")
+    stages = _kernel_stages(kernel, K, u.dtype, "rec" if recompute else "fwd")
     BV = block_v or cfg_bv
     o = None if recompute else _o_like(u)
     if not recompute:
@@ -732,16 +765,15 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
     hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
     grid = (triton.cdiv(V, BV), N * H)
-    kernel[grid](
-        u, *ops,
-        h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
-        chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0)),
-        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
-        USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
-        DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma,
-        num_warps=num_warps or cfg_nw,
-        num_stages=stages,  # 1 unless SCAN_STAGES / MDN_SCAN_STAGES say otherwise
-    )
+    _launch_pipelined(
+        kernel, grid,
+        (u, *ops,
+         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
+         chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0))),
+        dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
+             USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
+             DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma),
+        num_warps or cfg_nw, stages)
     return o, vt, ht, hc
 
 
@@ -759,7 +791,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     N = chunk_offsets.shape[0] - 1
     dev = do.device
     cfg_bv, cfg_nw = scan_config(K, V, x.dtype, "bwd")
-    stages = scan_stages(K, x.dtype, "bwd")
+    stages = _kernel_stages(kernel, K, x.dtype, "bwd")
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     do = _unit_last(do)
@@ -777,16 +809,12 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     # kernel run that skips them (ABLATE) stays finite
     dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K), dtype=torch.float32, device=dev)
     grid = (NV, N * H)
-    kernel[grid](
-        *ops,
-        do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
-        chunk_offsets, H, *do.stride()[:3],
-        K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
-        USE_DHT=dht is not None,
-        DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts,
-        num_warps=num_warps or cfg_nw,
-        num_stages=stages,  # 1 unless SCAN_STAGES / MDN_SCAN_STAGES say otherwise
-    )
+    _launch_pipelined(
+        kernel, grid,
+        (*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp, chunk_offsets, H, *do.stride()[:3]),
+        dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None,
+             DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts),
+        num_warps or cfg_nw, stages)
     return dvo, dhc, dh0, dgp.sum((2, 4))
 
 
