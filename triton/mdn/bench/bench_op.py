@@ -179,8 +179,12 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     if phases:
         row.update(run_phases(xs, do, chunk_size))
     if prof:
-        row["profile"] = run_profile(fwd_bwd)
-        row["profile_ops"] = run_profile_ops(fwd_bwd)
+        def fwd_bwd_fresh():  # as do_bench runs it (grad_to_none): no accumulation into the leaves' .grad
+            for x in leaves:
+                x.grad = None
+            fwd_bwd()
+        row["profile"] = run_profile(fwd_bwd_fresh)
+        row["profile_ops"] = run_profile_ops(fwd_bwd_fresh)
         for x in leaves:
             x.grad = None
     if check:
