@@ -428,8 +428,14 @@ func printTrainSummary(w io.Writer, res *train.Outcome) {
 		fmt.Fprintf(w, " (%v non-finite steps skipped)", s)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "throughput: %s tokens/s (%s per GPU, %v process(es), %s, %s)", fmtTokenRate(f("tokens_per_s")),
-		fmtTokenRate(f("tokens_per_s_per_gpu")), r["world_size"], r["device"], r["precision"])
+	if _, ok := r["tokens_per_s"].(float64); ok {
+		fmt.Fprintf(w, "throughput: %s tokens/s (%s per GPU, %v process(es), %s, %s)", fmtTokenRate(f("tokens_per_s")),
+			fmtTokenRate(f("tokens_per_s_per_gpu")), r["world_size"], r["device"], r["precision"])
+	} else {
+		// null: every step was a warm-up step (compilation / autotuning), so there is no steady-state rate
+		fmt.Fprintf(w, "throughput: n/a (no step after the warm-up steps; run more steps) (%v process(es), %s, %s)",
+			r["world_size"], r["device"], r["precision"])
+	}
 	if mfu, ok := r["mfu"].(float64); ok && !math.IsNaN(mfu) {
 		fmt.Fprintf(w, ", MFU %.1f%%", 100*mfu)
 	}

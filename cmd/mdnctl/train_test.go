@@ -264,3 +264,13 @@ func TestTrainTorchrunTwoCPURanksIntegration(t *testing.T) {
 		t.Errorf("result: %s", b)
 	}
 }
+
+func TestTrainSummaryWithoutSteadyStateRate(t *testing.T) {
+	var b strings.Builder
+	printTrainSummary(&b, &train.Outcome{OutDir: "/tmp/x", Result: map[string]any{
+		"name": "mdn-tiny", "steps_done": 3.0, "steps": 3.0, "first_loss": 5.0, "final_loss": 4.0,
+		"tokens_per_s": nil, "world_size": 1.0, "device": "cpu", "precision": "fp32"}})
+	if !strings.Contains(b.String(), "throughput: n/a (no step after the warm-up steps") || strings.Contains(b.String(), "0 tokens/s") {
+		t.Errorf("summary:\n%s", b.String())
+	}
+}
