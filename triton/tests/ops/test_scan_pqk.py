@@ -502,3 +502,55 @@ def test_pipelined_launch_falls_back_to_one_stage_where_shared_memory_is_short()
     with pytest.raises(RuntimeError, match="compile error"):
         cs._launch_pipelined(Broken(1), (1,), (), dict(K=64), 4, 2)
     cs._UNPIPELINED.clear()
+
+
+def test_compile_mode_knob(monkeypatch):
+    """MDN_CHUNK_COMPILE_MODE: unset -> None (torch.compile's default), an inductor mode passes through, anything
+    else is a ValueError from the op before any kernel runs."""
+    from mdn.ops.momentum_delta_rule.knobs import compile_mode
+    monkeypatch.delenv("MDN_CHUNK_COMPILE_MODE", raising=False)
+    assert compile_mode() is None
+    monkeypatch.setenv("MDN_CHUNK_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    assert compile_mode() == "max-autotune-no-cudagraphs"
+    monkeypatch.setenv("MDN_CHUNK_COMPILE_MODE", "fast")
+    with pytest.raises(ValueError, match="MDN_CHUNK_COMPILE_MODE='fast': expected one of"):
+        chunk_momentum_delta_rule(**make_inputs(1, 20, 1, 16, 16), chunk_size=16)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-3)])
+def test_op_dg_in_recompute_equals_reverse(monkeypatch, dtype, tol):
+    """MDN_BWD_DG=rec (the <dS', S> row sums in the state recompute, after the reverse scan) gives the default's
+    outputs and gradients (bf16: the recompute multiplies the fp32 states where the reverse scan reads their bf16
+    copies, so the gate gradients differ by that rounding); also against fp64; a bad value is a ValueError."""
+    inputs = make_inputs(2, 50, 2, 32, 24, dtype=dtype, device=DEV, initial_state=True)
+    do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "rec"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    assert_same_results(out["rev"], out["rec"], tol)
+    monkeypatch.setenv("MDN_BWD_DG", "rec")
+    if dtype == torch.float32:
+        _compare(inputs, dtype=dtype, tol_o=FP32_TOL, tol_grad=FP32_TOL, op_kwargs=dict(chunk_size=16))
+    else:
+        _compare(inputs, dtype=dtype, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=16))
+    monkeypatch.setenv("MDN_BWD_DG", "both")
+    with pytest.raises(ValueError, match="MDN_BWD_DG='both': expected one of 'rev', 'rec'"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48)])
+def test_gpu_dg_in_recompute_matches_reverse_and_oracle(monkeypatch, K, V):
+    """MDN_BWD_DG=rec on the GPU at the shipped tiles (and their pipelined recompute): the default's numbers within
+    bf16 rounding, and the bf16 tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    monkeypatch.delenv("MDN_SAVE_STATES", raising=False)
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "rec"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out["rev"], out["rec"], 2e-3)
+    monkeypatch.setenv("MDN_BWD_DG", "rec")
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))

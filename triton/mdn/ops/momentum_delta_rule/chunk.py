@@ -23,8 +23,8 @@ from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan, scan_stages
-from .chunk_scan_pqk import bwd_gemm, chunk_scan_pqk, save_states
-from .knobs import env_choice
+from .chunk_scan_pqk import bwd_dg, bwd_gemm, chunk_scan_pqk, save_states
+from .knobs import compile_mode, env_choice
 from .tril_inverse import tril_inv_mode
 from .validation import check_inputs
 from .autocast import no_autocast
@@ -186,7 +186,8 @@ def _run_intra(q, *args, **kwargs):
             # static run of the same code a call earlier: intra fwd 2.78 vs 1.85 ms, intra fwd+bwd 7.94 vs 5.06 ms;
             # docs/BENCHMARKS.md §1.8). Varlen batches change NC with every batch: automatic dynamic there.
             fn = torch.compile(_packed_intra_dense if dense else _packed_intra_varlen,
-                               dynamic=False if dense else None, backend=backend)
+                               dynamic=False if dense else None, backend=backend,
+                               **({"mode": compile_mode()} if backend == "inductor" else {}))
             _compiled_intra["dense" if dense else "varlen"] = fn
         if dense:
             args = args[:7] + (0,) + args[8:]  # NC is unused when dense: no guard on its value
@@ -292,6 +293,8 @@ def chunk_momentum_delta_rule(
     save_states()  # a bad MDN_SAVE_STATES fails here, before any kernel runs
     tril_inv = tril_inv_mode()  # MDN_TRIL_INV, likewise
     bwd_gemm()  # MDN_BWD_GEMM, likewise
+    compile_mode()  # MDN_CHUNK_COMPILE_MODE, likewise
+    bwd_dg()  # MDN_BWD_DG, likewise
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape
     C = int(chunk_size)

@@ -436,6 +436,31 @@ def _bwd_dg_states(p_dg, hc, p_hc, b_ds, b_dm, o_k, m_k, m_v, K: tl.constexpr, V
 
 
 @triton.jit
+def _grad_state_tile(p, m_k, m_v, LO: tl.constexpr, DOT_MODE: tl.constexpr):
+    """A [BK, BV] end-state gradient tile as _store_grad_state stored it, in fp32 (hi + lo for 16-bit)."""
+    x = _load_state(p, m_k, m_v)
+    if DOT_MODE != 0:
+        x += _load_state(p + LO, m_k, m_v)
+    return x
+
+
+@triton.jit
+def _rec_dg_states(p_dg, dhc, p_dhc, b_s, b_m, o_k, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                   DOT_MODE: tl.constexpr):
+    """_bwd_dg_states from the other side: the chunk-start states S, M in registers (b_s, b_m: tuples of four
+    [BK, BV] fp32 sub-tiles, in the state recompute) and the end-state gradients dS', dM' loaded from the reverse
+    scan's dhc planes (p_dhc: plane 0, sub-tile 0): the same row sums, stored at p_dg (+ j * BK)."""
+    for j in tl.static_range(4):
+        if K > j * BK:
+            b_ds = _grad_state_tile(dhc + j * BK * V + p_dhc, m_k[j], m_v, 2 * K * V, DOT_MODE)
+            b_dm = _grad_state_tile(dhc + K * V + j * BK * V + p_dhc, m_k[j], m_v, 2 * K * V, DOT_MODE)
+            d0 = tl.sum(b_ds * b_s[j], 1)
+            d1 = tl.sum(b_ds * b_m[j], 1)
+            d2 = tl.sum(b_dm * b_m[j], 1)
+            _store_dg_rows(p_dg + j * BK, d0, d1, d2, o_k, m_k[j], K)
+
+
+@triton.jit
 def _ck_dot(acc, p, t, row, b, m_k, K: tl.constexpr, BK: tl.constexpr, FIRST: tl.constexpr,
             DOT_MODE: tl.constexpr, LOAD_TMA: tl.constexpr):
     """acc + X b = acc + sum_j X_j b[j] over the K sub-tiles of a chunk's [C, K] operand X (X_j: [C, BK], loaded
@@ -748,11 +773,13 @@ def _dims(u, y, chunk_offsets):
 
 
 def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
-                    num_warps=None):
+                    num_warps=None, dg_from=None):
     """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
     being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
     ones).
-    Returns (o, vt, ht, hc); vt given: the state recompute (o, ht None), which takes the backward's tile config."""
+    Returns (o, vt, ht, hc); vt given: the state recompute (o, ht None), which takes the backward's tile config.
+    dg_from (pqk kernel, state recompute only): the reverse scan's dhc; the recompute then also computes the row sums
+    of <dS', S>, <dS', M>, <dM', M> (MDN_BWD_DG=rec) and returns (o, vt, ht, hc, dg [NC, H, 3])."""
     NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
@@ -764,16 +791,29 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
         vt = _empty((NC, H, C, V), u.dtype, dev)
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
     hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
-    grid = (triton.cdiv(V, BV), N * H)
+    NV = triton.cdiv(V, BV)
+    grid = (NV, N * H)
+    consts = dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
+                  USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
+                  DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma)
+    dg_ptrs, dgp = (), None
+    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's (dhc, dgp) arguments
+        if dg_from is not None:
+            if not recompute:
+                raise ValueError("launch_scan_fwd: dg_from needs the state recompute (vt given)")
+            dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
+        dg_ptrs = (dg_from, dgp) if dgp is not None else (vt, vt)
+        consts["DG"] = dgp is not None
+    elif dg_from is not None:
+        raise ValueError(f"launch_scan_fwd: dg_from is for the pqk kernel, not {kernel.fn.__name__}")
     _launch_pipelined(
         kernel, grid,
         (u, *ops,
-         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt,
+         h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt, *dg_ptrs,
          chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0))),
-        dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
-             USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
-             DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma),
-        num_warps or cfg_nw, stages)
+        consts, num_warps or cfg_nw, stages)
+    if dgp is not None:
+        return o, vt, ht, hc, dgp.sum((2, 4))
     return o, vt, ht, hc
 
 
@@ -806,8 +846,14 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
     dh0 = _empty((2, N, H, K, V), torch.float32, dev)
     # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zero_dg: zeros, so that a
-    # kernel run that skips them (ABLATE) stays finite
-    dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K), dtype=torch.float32, device=dev)
+    # kernel run that skips them (ABLATE) stays finite. hc None (pqk kernel only): no row sums here (MDN_BWD_DG=rec:
+    # the state recompute after this scan computes them, launch_scan_fwd(dg_from=)), dg None
+    dg_here = hc is not None
+    if not dg_here:
+        consts["DG"] = False
+        hc = dvt  # unused
+    dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K) if dg_here else (1,), dtype=torch.float32,
+                                               device=dev)
     grid = (NV, N * H)
     _launch_pipelined(
         kernel, grid,
@@ -815,7 +861,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
         dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None,
              DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts),
         num_warps or cfg_nw, stages)
-    return dvo, dhc, dh0, dgp.sum((2, 4))
+    return dvo, dhc, dh0, dgp.sum((2, 4)) if dg_here else None
 
 
 def scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, chunk_offsets, *, vt=None, store_states=False,

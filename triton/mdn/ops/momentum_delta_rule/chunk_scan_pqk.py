@@ -37,10 +37,10 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
-from .knobs import env_choice
-from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _store_grad_states,
-                         _o_like, _store_states, _t, _unit_last, _use_tma, _use_triton, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
-                         scan_load, torch_scan_bwd, torch_scan_fwd)
+from .knobs import compile_mode, env_choice
+from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
+                         _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
+                         launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_load, torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 
@@ -97,7 +97,7 @@ def _fwd_state_update_pqk(b_s, b_m, p_kw, t_kw, row, col: tl.constexpr, m_k, b_g
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_fwd_kernel_scan_pqk(
     u, p, q, kw, a, aqk, r, g,
-    h0, o, vt, ht, hc,
+    h0, o, vt, ht, hc, dhc, dgp,
     chunk_offsets,
     H, s_oc, s_oh, s_ot,
     K: tl.constexpr,
@@ -110,12 +110,16 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     STORE_STATES: tl.constexpr,
     DOT_MODE: tl.constexpr,
     LOAD_TMA: tl.constexpr,
+    DG: tl.constexpr = False,
 ):
     """Forward scan (pqk form) over the chunks of one (sequence, head, V-block).
 
     RECOMPUTE=False: computes Vt and O, stores them and the final state ht [2, N, H, K, V].
     RECOMPUTE=True: reads the saved Vt instead and only advances the states (loads K_w only).
     STORE_STATES: stores the chunk-start states into hc [NC, H, 2, K, V] (S then M).
+    DG (with RECOMPUTE; MDN_BWD_DG=rec): also the row sums of <dS', S>, <dS', M>, <dM', M> for the gate gradients,
+    from the chunk-start states in registers and the reverse scan's end-state gradients dhc [NC, H, 2 or 4, K, V],
+    into dgp [NC, H, NV, 3, K] (what the reverse kernel computes otherwise; chunk_scan._rec_dg_states).
     K sub-tiles (b_s1..b_s4), DOT_MODE and LOAD_TMA as in chunk_scan.momentum_delta_rule_fwd_kernel_scan; each of
     P, Q, K_w is loaded one [C, BK] sub-tile at a time (two dots each); the row scalars r [NC, H, 6, C] scale
     [C, BV] tiles (module docstring).
@@ -163,6 +167,10 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
         if STORE_STATES:
             p_hc = hc + base * 2 * K * V + p_st
             _store_states(p_hc, p_hc + K * V, b_S, b_M, m_k, m_v, K, V, BK, DOT_MODE)
+        if DG:
+            _rec_dg_states(dgp + (base * tl.num_programs(0) + i_v) * 3 * K, dhc,
+                           base * (2 if DOT_MODE == 0 else 4) * K * V + p_st, b_S, b_M, o_k, m_k, m_v, K, V, BK,
+                           DOT_MODE)
         if RECOMPUTE:
             b_vt = tl.load(vt + o_cv + p_cv, mask=m_cv, other=0.)
         else:
@@ -245,6 +253,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     DOT_MODE: tl.constexpr,
     LOAD_TMA: tl.constexpr,
     STACKED: tl.constexpr = False,
+    DG: tl.constexpr = True,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -300,8 +309,9 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
         # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
-        p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
-        _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
+        if DG:  # else the state recompute after this scan computes them (MDN_BWD_DG=rec), hc unused
+            p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
+            _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
         b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
         p_cv2 = base * 2 * C * V + p_cv  # rows of dvs (STACKED)
@@ -358,10 +368,10 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
 # ---------------------------------------------------------------------------------------------------------------
 
 def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False,
-                        block_v=None, num_warps=None):
+                        block_v=None, num_warps=None, dg_from=None):
     return launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states,
-                           block_v=block_v, num_warps=num_warps)
+                           block_v=block_v, num_warps=num_warps, dg_from=dg_from)
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
@@ -373,6 +383,17 @@ def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, b
 
 
 BWD_GEMMS = ("planes", "stacked")
+BWD_DGS = ("rev", "rec")
+
+
+def bwd_dg() -> str:
+    """MDN_BWD_DG: where the backward computes the row sums of <dS', S>, <dS', M>, <dM', M> (the gate gradients of
+    each chunk's gS, gSM, gM): "rev" (default: in the reverse scan, which then loads the chunk-start states hc every
+    chunk) or "rec" (the reverse scan runs first, without them, and the state recompute after it computes them from
+    the states in its registers and the stored end-state gradients; takes the loads and row sums off the reverse
+    scan's sequential critical path). "rec" applies where the states are recomputed (not with MDN_SAVE_STATES=1) on
+    the Triton path; other values are a ValueError."""
+    return env_choice("MDN_BWD_DG", BWD_DGS, "rev")
 
 
 def bwd_gemm() -> str:
@@ -444,6 +465,7 @@ def scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_):
 def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     scan_load()
     bwd_gemm()  # reject a bad MDN_BWD_GEMM on every path
+    bwd_dg()  # and MDN_BWD_DG
     if _use_triton(p):
         return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
@@ -524,7 +546,8 @@ def _chain(xv, xo, rr, p, q, kw, a, r):
     try:
         if _compiled_chain is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
-            _compiled_chain = torch.compile(_chain_rule, dynamic=None, backend=backend)
+            _compiled_chain = torch.compile(_chain_rule, dynamic=None, backend=backend,
+                                            **({"mode": compile_mode()} if backend == "inductor" else {}))
         return _compiled_chain(xv, xo, rr, p, q, kw, a, r)
     except torch.cuda.OutOfMemoryError:
         raise
@@ -539,11 +562,19 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
     """The backward of the pqk scan; hc: the chunk-start states saved by the forward (scan_pqk_fwd_saving), or None
     to rebuild them from the saved Vt (the state recompute)."""
     do = do.to(vt.dtype)
-    if hc is None:
-        # chunk-start states S, M: [NC, H, 2, K, V] (in the operands' dtype); vt stands in for u (shape/dtype only)
-        _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
-    # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit); dg [NC, H, 3]
-    dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
+    if hc is None and bwd_dg() == "rec" and _use_triton(p):
+        # MDN_BWD_DG=rec: the reverse scan first (it needs no states without the dg row sums), then the state
+        # recompute, which also computes the row sums from its registers and the end-state gradients dhc
+        dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets)
+        _, _, _, hc, dg = scan_pqk_fwd_triton(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt,
+                                              store_states=True, dg_from=dhc)
+    else:
+        if hc is None:
+            # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
+            _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
+        # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
+        # dg [NC, H, 3]
+        dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
     dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
