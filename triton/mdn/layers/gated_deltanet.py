@@ -25,6 +25,22 @@ from .norm import GatedRMSNorm, upcast
 GDN_IMPLS = ("auto", "fla", "reference")
 
 
+_FLA_GDN: list = []  # fla.ops.gated_delta_rule, once loaded (load_fla_gdn)
+
+
+def load_fla_gdn():
+    """fla's GDN op module, imported (with the Hopper guard bypass where opted in) once, outside any compiled region:
+    GatedDeltaNet.__init__ calls it, so that a torch.compile'd block only reads the cached module. Traced by dynamo,
+    the import check failed and compile=true reported fla as not installed (eighth session, H200)."""
+    if not _FLA_GDN:
+        if not fla_ops_available():
+            raise MixerUnavailable("gdn on GPU needs flash-linear-attention (fla.ops.gated_delta_rule), which is not "
+                                   "installed; install the fla wheel or set model.mixer_impl = \"reference\"")
+        bypass_fla_hopper_guard()
+        _FLA_GDN.append(importlib.import_module("fla.ops.gated_delta_rule"))
+    return _FLA_GDN[0]
+
+
 def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, output_final_state=False, impl="auto"):
     """GDN: S_t = alpha_t (I - beta_t k k^T) S_{t-1} + beta_t k v_t^T, o_t = scale * S_t^T q (q, k L2-normalised).
 
@@ -43,11 +59,7 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, output_fin
         o, ht = _recurrent_torch(q, k, v, la, upcast(beta), torch.full_like(la, -math.inf), torch.ones_like(la),
                               None, h0, output_final_state, True, True)
         return o, (ht[0] if ht is not None else None)
-    if not fla_ops_available():
-        raise MixerUnavailable("gdn on GPU needs flash-linear-attention (fla.ops.gated_delta_rule), which is not "
-                               "installed; install the fla wheel or set model.mixer_impl = \"reference\"")
-    bypass_fla_hopper_guard()
-    fla_gdn = importlib.import_module("fla.ops.gated_delta_rule")
+    fla_gdn = _FLA_GDN[0] if _FLA_GDN else load_fla_gdn()
     short = q.shape[1] <= 64 and not torch.is_grad_enabled()
     fn = fla_gdn.fused_recurrent_gated_delta_rule if short else fla_gdn.chunk_gated_delta_rule
     return fn(q=q, k=k, v=v, g=log_alpha, beta=beta, initial_state=initial_state,
@@ -73,6 +85,8 @@ class GatedDeltaNet(nn.Module):
         self.use_short_conv = use_short_conv
         self.use_output_gate = use_output_gate
         self.mixer_impl = mixer_impl
+        if mixer_impl in ("auto", "fla") and fla_ops_available():
+            load_fla_gdn()  # before any torch.compile traces forward (load_fla_gdn)
         self.layer_idx = layer_idx
 
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
