@@ -392,16 +392,18 @@ def bwd_dg() -> str:
     chunk) or "rec" (the reverse scan runs first, without them, and the state recompute after it computes them from
     the states in its registers and the stored end-state gradients; takes the loads and row sums off the reverse
     scan's sequential critical path). "rec" applies where the states are recomputed (not with MDN_SAVE_STATES=1) on
-    the Triton path; other values are a ValueError."""
+    the Triton path. Measured on an H200 (README §6): the reverse scan 1.7 ms faster at H6 K256 V512, the recompute
+    1.8 ms slower (it loads four [K, BV] planes per chunk for them, the reverse scan two): "rev" stays the default.
+    Other values are a ValueError."""
     return env_choice("MDN_BWD_DG", BWD_DGS, "rev")
 
 
 def bwd_gemm() -> str:
-    """MDN_BWD_GEMM, how the pqk reverse scan lays out dVt and dO for the GEMMs after it (opt-in, not timed yet):
-    "planes" (default: two [NC, H, C, V] planes, two M = C GEMMs against the states; measured with token-major O,
-    docs/BENCHMARKS.md §1.12) or "stacked" (dVt written twice: contiguous for du, and with dO in one [NC, H, 2C, V]
-    tensor for one M = 2C GEMM; the H100 profile ran the two M = 64 GEMMs in 1.39 ms at H6 K256 V512, where one
-    M = 128 GEMM had taken ~0.56 ms on an H200). The Triton path only; other values are a ValueError."""
+    """MDN_BWD_GEMM, how the pqk reverse scan lays out dVt and dO for the GEMMs after it: "planes" (default: two
+    [NC, H, C, V] planes, two M = C GEMMs against the states) or "stacked" (dVt written twice: contiguous for du,
+    and with dO in one [NC, H, 2C, V] tensor for one M = 2C GEMM; measured 0.06-0.12 ms faster per 32k tokens for
+    0.12-0.19 GiB more, training within noise: opt-in; README §6). The Triton path only; other values are a
+    ValueError."""
     return env_choice("MDN_BWD_GEMM", BWD_GEMMS, "planes")
 
 
