@@ -554,3 +554,56 @@ def test_gpu_dg_in_recompute_matches_reverse_and_oracle(monkeypatch, K, V):
     assert_same_results(out["rev"], out["rec"], 2e-3)
     monkeypatch.setenv("MDN_BWD_DG", "rec")
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
+@pytest.mark.parametrize("segments", ["2", "3", "9"])
+def test_op_segmented_reverse_scan_equals_one_pass(monkeypatch, dtype, tol, segments):
+    """MDN_BWD_SEGMENTS: the reverse scan and its GEMM Vt [dS'; dM']^T in time segments, each with a segment-sized
+    dhc, give the one-pass outputs and gradients (same arithmetic), dense with an initial state and a final-state
+    gradient, and varlen with uneven lengths (one of length 1, more segments than a sequence has chunks)."""
+    do = torch.randn(2, 100, 2, 24, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
+    dense = make_inputs(2, 100, 2, 32, 24, dtype=dtype, device=DEV, initial_state=True)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, dense,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    assert_same_results(out["1"], out[segments], tol)
+    cu = torch.tensor([0, 1, 40, 71], dtype=torch.long, device=DEV)
+    varlen = make_inputs(1, 71, 2, 32, 24, dtype=dtype, device=DEV)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, varlen,
+                         grads=[n for n in ALL_GRAD_NAMES if n != "initial_state"],
+                         do=torch.randn(1, 71, 2, 24, dtype=torch.float64, device=DEV),
+                         dht=torch.randn(2, 3, 2, 32, 24, dtype=torch.float64, device=DEV), chunk_size=16,
+                         cu_seqlens=cu)
+    assert_same_results(out["1"], out[segments], tol)
+
+
+def test_bwd_segments_knob(monkeypatch):
+    """A bad MDN_BWD_SEGMENTS, or segments with MDN_BWD_DG=rec, is a ValueError from the op before any kernel."""
+    inputs = make_inputs(1, 20, 1, 16, 16)
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("MDN_BWD_SEGMENTS", bad)
+        with pytest.raises(ValueError, match=f"MDN_BWD_SEGMENTS='{bad}': expected a positive integer"):
+            chunk_momentum_delta_rule(**inputs, chunk_size=16)
+    monkeypatch.setenv("MDN_BWD_SEGMENTS", "4")
+    monkeypatch.setenv("MDN_BWD_DG", "rec")
+    with pytest.raises(ValueError, match="needs MDN_BWD_DG=rev"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,V,segments", [(256, 512, "4"), (128, 128, "3")])
+def test_gpu_segmented_reverse_scan_matches_one_pass_and_oracle(monkeypatch, K, V, segments):
+    """MDN_BWD_SEGMENTS on the GPU at the shipped tiles: the one-pass numbers (same arithmetic) and the bf16
+    tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    monkeypatch.delenv("MDN_BWD_DG", raising=False)
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out["1"], out[segments], 1e-5)
+    monkeypatch.setenv("MDN_BWD_SEGMENTS", segments)
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))

@@ -7,6 +7,8 @@ kernel), so marked slow; scripts/gpu_check_op.sh does not need it (the GPU tests
 """
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90, ptxas_path  # noqa: F401  (re-exported)
@@ -38,11 +40,17 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
     names, fp32_ptrs = SIGNATURES[kernel.fn.__name__]
     sig = {n: ("*fp32" if n in fp32_ptrs else ptr) for n in names}
     sig.update(chunk_offsets="*i32", H="i32")
-    sig.update({n: "i32" for n in kernel.arg_names if n.startswith("s_")})  # the strides of o / dO
+    # the strides of o / dO, and the reverse scan's segment bounds
+    sig.update({n: "i32" for n in kernel.arg_names if n.startswith("s_") or n.startswith("seg_")})
     consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1,
                   LOAD_TMA=load == "tma", **flags)
     if "ABLATE" in kernel.arg_names:
         consts.setdefault("ABLATE", 0)  # the launcher's default (its constexpr default is not applied here)
+    # every other constexpr with a default (STACKED, DG, SEGMENTED, ...): its default, as a launch without it gets
+    # (ASTSource applies none; left out, a flag would compile as None, e.g. without the reverse scan's dg row sums)
+    for prm in kernel.params:
+        if prm.is_constexpr and prm.default is not inspect.Parameter.empty:
+            consts.setdefault(prm.name, prm.default)
     return compile_sm90(kernel, sig, consts, num_warps, ptxas=ptxas, num_stages=num_stages)
 
 

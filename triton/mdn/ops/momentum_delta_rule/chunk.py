@@ -23,7 +23,7 @@ from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan, scan_stages
-from .chunk_scan_pqk import bwd_dg, bwd_gemm, chunk_scan_pqk, save_states
+from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, save_states
 from .knobs import compile_mode, env_choice
 from .tril_inverse import tril_inv_mode
 from .validation import check_inputs
@@ -295,6 +295,7 @@ def chunk_momentum_delta_rule(
     bwd_gemm()  # MDN_BWD_GEMM, likewise
     compile_mode()  # MDN_CHUNK_COMPILE_MODE, likewise
     bwd_dg()  # MDN_BWD_DG, likewise
+    bwd_segments()  # MDN_BWD_SEGMENTS, likewise (and its pairing with MDN_BWD_DG)
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape
     C = int(chunk_size)

@@ -818,13 +818,18 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
 
 
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    zero_dg=False, stacked=False, **consts):
+                    zero_dg=False, stacked=False, seg=None, bufs=None, **consts):
     """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets, H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last
     one (the op's dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
     Returns (dvo, dhc, dh0, dg [NC, H, 3]); dvo = [2, NC, H, C, V] (dVt, dO chunk-major), or with stacked=True (pqk
     kernel only, STACKED) the pair (dVt [NC, H, C, V], [dVt; dO] [NC, H, 2C, V]): dVt written twice, so that du
-    needs no copy and the GEMM against the states stays one M = 2C GEMM (scan_bwd_gemms)."""
+    needs no copy and the GEMM against the states stays one M = 2C GEMM (scan_bwd_gemms).
+    seg = (j0, j1, seg_len) (pqk kernel only, SEGMENTED; chunk_scan_pqk.scan_pqk_bwd_segmented): only the chunks
+    j0 <= j < j1 of every sequence (j counted from the sequence's first chunk), their end-state gradients into the
+    segment's own dhc [N * seg_len, H, P, K, V] at row n * seg_len + j - j0; bufs = (dvo, dhc, dh0, dgp): the
+    outputs, allocated by the caller (dvo, dgp full-size, shared by the segments); then dg is returned None (the
+    caller sums dgp once every segment has run)."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -835,16 +840,22 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     BV = block_v or cfg_bv
     NV = triton.cdiv(V, BV)
     do = _unit_last(do)
+    if bufs is not None:
+        dvo, dhc, dh0, dgp = bufs
     if stacked:
-        dvt, dvs = _empty((NC, H, C, V), x.dtype, dev), _empty((NC, H, 2 * C, V), x.dtype, dev)
-        dvo, dob = (dvt, dvs), dvt  # dob: unused under STACKED
+        if bufs is None:
+            dvo = (_empty((NC, H, C, V), x.dtype, dev), _empty((NC, H, 2 * C, V), x.dtype, dev))
+        dvt, dvs = dvo
+        dob = dvt  # unused under STACKED
         consts["STACKED"] = True
     else:
-        dvo = _empty((2, NC, H, C, V), x.dtype, dev)
+        if bufs is None:
+            dvo = _empty((2, NC, H, C, V), x.dtype, dev)
         dvt, dob, dvs = dvo[0], dvo[1], dvo[0]  # dvs: unused
-    # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
-    dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
-    dh0 = _empty((2, N, H, K, V), torch.float32, dev)
+    if bufs is None:
+        # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
+        dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
+        dh0 = _empty((2, N, H, K, V), torch.float32, dev)
     # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zero_dg: zeros, so that a
     # kernel run that skips them (ABLATE) stays finite. hc None (pqk kernel only): no row sums here (MDN_BWD_DG=rec:
     # the state recompute after this scan computes them, launch_scan_fwd(dg_from=)), dg None
@@ -852,15 +863,26 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     if not dg_here:
         consts["DG"] = False
         hc = dvt  # unused
-    dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K) if dg_here else (1,), dtype=torch.float32,
-                                               device=dev)
+    if bufs is None:
+        dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K) if dg_here else (1,), dtype=torch.float32,
+                                                   device=dev)
+    elif dg_here and dgp.shape[2] != NV:
+        raise ValueError(f"launch_scan_bwd: dgp has {dgp.shape[2]} V-blocks, the kernel runs {NV}")
+    seg_args = ()
+    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's segment arguments (seg_j0, seg_j1, seg_len)
+        seg_args = tuple(int(x) for x in seg) if seg is not None else (0, 0, 0)
+        consts["SEGMENTED"] = seg is not None
+    elif seg is not None:
+        raise ValueError(f"launch_scan_bwd: seg is for the pqk kernel, not {kernel.fn.__name__}")
     grid = (NV, N * H)
     _launch_pipelined(
         kernel, grid,
-        (*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp, chunk_offsets, H, *do.stride()[:3]),
+        (*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp, chunk_offsets, H, *do.stride()[:3], *seg_args),
         dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None,
              DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts),
         num_warps or cfg_nw, stages)
+    if bufs is not None:
+        return dvo, dhc, dh0, None
     return dvo, dhc, dh0, dgp.sum((2, 4)) if dg_here else None
 
 
@@ -994,7 +1016,7 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
     return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
 
 
-def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
+def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True, r=None):
     """The backward's reductions over V (either form), as batched matmuls on dvo [2, NC, H, C, V] = (dVt, dO
     chunk-major, both written by the reverse scan; or the stacked pair of launch_scan_bwd, one GEMM for x): xv = dVt [S; M]^T and xo = dO [S; M]^T, each [NC, H, C, 2K]
     (two GEMMs against both states), r = Vt [dS'; dM']^T [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit),
@@ -1002,7 +1024,8 @@ def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
     sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K] (hi parts' products, then lo
     parts'), for the caller to sum inside its compiled graph: on CUDA the strided .float() copies and the add here
     were three elementwise passes over 2.4 GB (0.78 ms of a 16.2 ms fwd+bwd at H6 K256 V512, H200,
-    docs/BENCHMARKS.md §1.11). Returns ((xv, xo), r, du, daqk, dh0)."""
+    docs/BENCHMARKS.md §1.11). r given (dhc None): that GEMM's result, computed by the caller (the segmented
+    reverse scan, chunk_scan_pqk.scan_pqk_bwd_segmented). Returns ((xv, xo), r, du, daqk, dh0)."""
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
     hct = _t(hc.view(NC, H, 2 * K, V))
@@ -1015,8 +1038,10 @@ def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
         dvt, dob = dvo[0], dvo[1]
         xv = dvt @ hct                        # [NC, H, C, 2K] = [dVt S^T, dVt M^T]
         xo = dob @ hct                        # [NC, H, C, 2K] = [dO S^T, dO M^T]
-    P = dhc.shape[2]
-    r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
+    if dhc is not None:
+        P = dhc.shape[2]
+        r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
+    P = r.shape[-1] // K
     if sum_parts:
         r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
     daqk = (dob @ _t(vt)).tril()              # [NC, H, C, C]

@@ -40,7 +40,8 @@ from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
-                         launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_load, torch_scan_bwd, torch_scan_fwd)
+                         _empty, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
+                         torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 
@@ -238,12 +239,12 @@ def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr
     return b_ds, b_dm
 
 
-@triton.jit(do_not_specialize=['H'])
+@triton.jit(do_not_specialize=['H', 'seg_j0', 'seg_j1', 'seg_len'])
 def momentum_delta_rule_bwd_kernel_scan_pqk(
     p, q, kw, a, aqk, r, g,
     do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
-    H, s_dc, s_dh, s_dt,
+    H, s_dc, s_dh, s_dt, seg_j0, seg_j1, seg_len,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -254,6 +255,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     LOAD_TMA: tl.constexpr,
     STACKED: tl.constexpr = False,
     DG: tl.constexpr = True,
+    SEGMENTED: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -262,6 +264,10 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO,   X = A^T dVt
         dS  = gS dS' + Q^T (D(s a) dO) + P^T (D(-a-) X)
         dM  = -gSM dS' + gM dM' + Q^T (D(-s b) dO) + P^T (D(b-) X)
+
+    SEGMENTED (MDN_BWD_SEGMENTS, scan_pqk_bwd_segmented): only the chunks seg_j0 <= j < seg_j1 of the sequence (j
+    from its first chunk), starting from dht (the gradient carried in from the later segment) and ending in dh0 (the
+    one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk.
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -295,8 +301,14 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(dht, st_off, p_st, N, H, m_k, m_v,
                                                                           K, V, BK, BV, USE_DHT)
 
-    for i in range(0, c_end - c_start):
-        i_c = c_end - 1 - i  # int64
+    if SEGMENTED:
+        j_hi = tl.minimum(c_end - c_start, seg_j1.to(tl.int64))
+        n_it = tl.maximum(j_hi - seg_j0, 0)
+    else:
+        j_hi = c_end - c_start
+        n_it = j_hi
+    for i in range(0, n_it):
+        i_c = c_start + j_hi - 1 - i  # int64
         base = i_c * H + i_h
         o_ck = base * C * K
         row = (base * C).to(tl.int32)
@@ -304,7 +316,11 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         p_r = r + base * 6 * C + o_c
         p_hc = base * 2 * K * V + p_st
         # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
-        p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+        if SEGMENTED:  # the segment's own dhc rows
+            l_c = i_n.to(tl.int64) * seg_len + (j_hi - 1 - i - seg_j0)
+            p_dhc = (l_c * H + i_h) * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+        else:
+            p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
         b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
         _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
@@ -407,6 +423,75 @@ def bwd_gemm() -> str:
     return env_choice("MDN_BWD_GEMM", BWD_GEMMS, "planes")
 
 
+def bwd_segments() -> int:
+    """MDN_BWD_SEGMENTS (default 1): run the pqk reverse scan in this many time segments, last to first, each
+    writing its end-state gradients into one segment-sized buffer that the segment's GEMM Vt [dS'; dM']^T reads
+    right away (scan_pqk_bwd_segmented): the [NC, H, 4, K, V] dhc (3.2 GB per 32768 tokens at H6 K256 V512, bf16,
+    half the backward's peak) shrinks to 1 / segments of it, for more launches. Needs MDN_BWD_DG=rev; the
+    Triton path only. Anything but a positive integer is a ValueError."""
+    env = os.environ.get("MDN_BWD_SEGMENTS", "") or "1"
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != env.strip():
+        raise ValueError(f"MDN_BWD_SEGMENTS={env!r}: expected a positive integer (default 1)")
+    if n > 1 and bwd_dg() != "rev":
+        raise ValueError(f"MDN_BWD_SEGMENTS={env!r} needs MDN_BWD_DG=rev (the state recompute reads the whole dhc "
+                         f"with MDN_BWD_DG=rec), got MDN_BWD_DG={bwd_dg()!r}")
+    return n
+
+
+def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, vt, segments: int):
+    """The pqk reverse scan in `segments` time segments (MDN_BWD_SEGMENTS), last to first: segment s covers the
+    chunks s * L <= j < (s + 1) * L of every sequence (L = ceil(longest sequence's chunks / segments)), starts
+    from the end-state gradient carried out of segment s + 1 (dht for the last) and writes its dhc into a buffer
+    of N * L chunk rows, which the segment's GEMM Vt [dS'; dM']^T reads before the next segment overwrites it.
+    Same arithmetic as one pass. Returns (dvo, rr, dh0, dg) with rr = that GEMM's result for every chunk
+    ([NC, H, C, P K], as scan_bwd_gemms(sum_parts=False) leaves it)."""
+    NC, H, C, V = vt.shape
+    K = p.shape[-1]
+    N = chunk_offsets.shape[0] - 1
+    dev = vt.device
+    P = 2 if p.dtype == torch.float32 else 4
+    lens = (chunk_offsets[1:] - chunk_offsets[:-1]).long()
+    starts = chunk_offsets[:-1].long()
+    nt_max = int(lens.max().item()) if N else 0
+    seg_len = max(1, -(-nt_max // segments))
+    stacked = bwd_gemm() == "stacked"
+    BV = scan_config(K, V, p.dtype, "bwd")[0]
+    NV = triton.cdiv(V, BV)
+    if stacked:
+        dvo = (_empty((NC, H, C, V), p.dtype, dev), _empty((NC, H, 2 * C, V), p.dtype, dev))
+    else:
+        dvo = _empty((2, NC, H, C, V), p.dtype, dev)
+    dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
+    dhc = _empty((N * seg_len, H, P, K, V), p.dtype, dev)
+    rr = _empty((NC, H, C, P * K), p.dtype, dev)
+    carry = [_empty((2, N, H, K, V), torch.float32, dev), _empty((2, N, H, K, V), torch.float32, dev)]
+    jj = torch.arange(seg_len, device=dev)
+    cur = dht
+    for i, s_ in enumerate(reversed(range(segments))):
+        j0, j1 = s_ * seg_len, min((s_ + 1) * seg_len, nt_max)
+        if j1 <= j0:
+            continue
+        out = carry[i % 2]
+        launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g), _use_tma((p, q, kw)),
+                        do, cur, hc, chunk_offsets, stacked=stacked, seg=(j0, j1, seg_len),
+                        bufs=(dvo, dhc, out, dgp))
+        cur = out
+        # this segment's r = Vt [dS'; dM']^T, for the chunk rows n * L + j - j0 that exist (j < j1, j < len_n)
+        j = j0 + jj
+        idx = (starts[:, None] + j[None, :]).flatten()                           # [N * L] chunk ids
+        valid = ((j[None, :] < lens[:, None]) & (j[None, :] < j1)).flatten()
+        vt_seg = vt.index_select(0, torch.where(valid, idx, torch.zeros_like(idx)))
+        r_seg = vt_seg @ _t(dhc.view(N * seg_len, H, P * K, V))                 # rows without a chunk: discarded
+        rows = valid.nonzero().squeeze(1)
+        rr.index_copy_(0, idx.index_select(0, rows), r_seg.index_select(0, rows))
+    dh0 = cur if cur is not None else torch.zeros(2, N, H, K, V, dtype=torch.float32, device=dev)
+    return dvo, rr, dh0, dgp.sum((2, 4))
+
+
 def _row_scalars(r):
     """r [NC, H, 6, C] -> six fp32 [NC, H, C, 1] columns (a-, b-, s a, s b, gamma, rho)."""
     rf = r.float()
@@ -468,6 +553,7 @@ def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
     scan_load()
     bwd_gemm()  # reject a bad MDN_BWD_GEMM on every path
     bwd_dg()  # and MDN_BWD_DG
+    bwd_segments()  # and MDN_BWD_SEGMENTS
     if _use_triton(p):
         return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
@@ -574,6 +660,15 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
             _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
+        segments = bwd_segments()
+        if segments > 1 and _use_triton(p):
+            # MDN_BWD_SEGMENTS: the reverse scan and its GEMM Vt [dS'; dM']^T in time segments (a segment-sized dhc)
+            dvo, rr, dh0, dg = scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do,
+                                                      dht.float().contiguous() if dht is not None else None,
+                                                      hc, chunk_offsets, vt, segments)
+            (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, None, dh0, h0, sum_parts=False, r=rr)
+            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
         dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
