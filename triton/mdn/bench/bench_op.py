@@ -252,6 +252,9 @@ def run_phases(xs, do, C):
     return out
 
 
+PER_PROCESS_KNOBS = ("MDN_CHUNK_COMPILE", "MDN_CHUNK_COMPILE_MODE", "MDN_CHUNK_COMPILE_BACKEND")
+
+
 def parse_env_sets(text: str) -> list:
     """--env-sets: [[(VAR, VALUE), ...], ...]; [[]] (one run, the environment as it is) when empty."""
     sets = []
@@ -269,6 +272,11 @@ def parse_env_sets(text: str) -> list:
         if not pairs:
             raise ValueError(f"--env-sets: empty set in {text!r}")
         sets.append(pairs)
+    # the op compiles its intra part once per process: a compile knob set in a later run would not take effect
+    per_process = sorted({v for pairs in sets for v, _ in pairs if v in PER_PROCESS_KNOBS})
+    if per_process and len(sets) > 1:
+        raise ValueError(f"--env-sets: {', '.join(per_process)} take effect once per process (the compiled intra "
+                         f"part is cached); A/B them in separate runs, e.g. VAR=x python bench_op.py ...")
     return sets
 
 

@@ -10,7 +10,8 @@ def test_parse_env_sets():
     assert parse_env_sets("") == [[]]
     assert parse_env_sets("default|MDN_SCAN_STAGES=1,2,1 MDN_BWD_GEMM=stacked") == [
         [], [("MDN_SCAN_STAGES", "1,2,1"), ("MDN_BWD_GEMM", "stacked")]]
-    for bad in ("MDN_X", "PATH=/x", "default||default"):
+    assert parse_env_sets("MDN_CHUNK_COMPILE_MODE=default") == [[("MDN_CHUNK_COMPILE_MODE", "default")]]
+    for bad in ("MDN_X", "PATH=/x", "default||default", "default|MDN_CHUNK_COMPILE_MODE=max-autotune"):
         with pytest.raises(ValueError, match="--env-sets"):
             parse_env_sets(bad)
 
