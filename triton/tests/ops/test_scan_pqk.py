@@ -607,3 +607,14 @@ def test_gpu_segmented_reverse_scan_matches_one_pass_and_oracle(monkeypatch, K, 
     assert_same_results(out["1"], out[segments], 1e-5)
     monkeypatch.setenv("MDN_BWD_SEGMENTS", segments)
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+@needs_kernels
+def test_op_segmented_reverse_scan_with_stacked_gemm(monkeypatch):
+    """MDN_BWD_SEGMENTS with MDN_BWD_GEMM=stacked (the segments share the full dVt / [dVt; dO] buffers)."""
+    monkeypatch.setenv("MDN_BWD_GEMM", "stacked")
+    inputs = make_inputs(2, 70, 2, 32, 24, dtype=torch.bfloat16, device=DEV, initial_state=True)
+    do = torch.randn(2, 70, 2, 24, dtype=torch.float64, device=DEV)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", "2"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, chunk_size=16, output_final_state=True)
+    assert_same_results(out["1"], out["2"], 1e-6)
