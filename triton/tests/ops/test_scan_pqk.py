@@ -579,6 +579,20 @@ def test_op_segmented_reverse_scan_equals_one_pass(monkeypatch, dtype, tol, segm
     assert_same_results(out["1"], out[segments], tol)
 
 
+@needs_kernels
+@pytest.mark.parametrize("segments", ["2", "5"])
+def test_op_segmented_backward_with_saved_states(monkeypatch, segments):
+    """MDN_BWD_SEGMENTS with MDN_SAVE_STATES=1: the forward's full hc, segment-sized dhc only; the one-pass
+    numbers."""
+    monkeypatch.setenv("MDN_SAVE_STATES", "1")
+    inputs = make_inputs(2, 90, 2, 32, 24, dtype=torch.bfloat16, device=DEV, initial_state=True)
+    do = torch.randn(2, 90, 2, 24, dtype=torch.float64, device=DEV)
+    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
+    assert_same_results(out["1"], out[segments], 1e-6)
+
+
 def test_bwd_segments_knob(monkeypatch):
     """A bad MDN_BWD_SEGMENTS, or segments with MDN_BWD_DG=rec, is a ValueError from the op before any kernel."""
     inputs = make_inputs(1, 20, 1, 16, 16)

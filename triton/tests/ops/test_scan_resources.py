@@ -23,8 +23,8 @@ SIGNATURES = {
         ["y", "z", "qa", "qb", "aqk", "ks", "km", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp"],
         {"g", "dht", "dh0", "dgp"}),
     "momentum_delta_rule_fwd_kernel_scan_pqk": (
-        ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc", "dhc", "dgp"],
-        {"r", "g", "h0", "ht", "dgp"}),
+        ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc", "dhc", "dgp", "hb"],
+        {"r", "g", "h0", "ht", "dgp", "hb"}),
     "momentum_delta_rule_bwd_kernel_scan_pqk": (
         ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp"],
         {"r", "g", "dht", "dh0", "dgp"}),

@@ -773,13 +773,16 @@ def _dims(u, y, chunk_offsets):
 
 
 def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
-                    num_warps=None, dg_from=None):
+                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None):
     """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
     being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
     ones).
     Returns (o, vt, ht, hc); vt given: the state recompute (o, ht None), which takes the backward's tile config.
     dg_from (pqk kernel, state recompute only): the reverse scan's dhc; the recompute then also computes the row sums
-    of <dS', S>, <dS', M>, <dM', M> (MDN_BWD_DG=rec) and returns (o, vt, ht, hc, dg [NC, H, 3])."""
+    of <dS', S>, <dS', M>, <dM', M> (MDN_BWD_DG=rec) and returns (o, vt, ht, hc, dg [NC, H, 3]).
+    pqk kernel, state recompute only (MDN_BWD_SEGMENTS, chunk_scan_pqk.scan_pqk_bwd_segmented): bounds = (hb
+    [S, 2, N, H, K, V] fp32, seg_len): store the start states of every seg_len-th chunk into hb (no hc);
+    seg = (j0, j1, seg_len) with hc_out [N * seg_len, H, 2, K, V]: only those chunks, from h0, into hc_out."""
     NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
@@ -790,27 +793,37 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     if not recompute:
         vt = _empty((NC, H, C, V), u.dtype, dev)
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
-    hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
+    if hc_out is not None:
+        hc = hc_out
+    else:
+        hc = _empty((NC, H, 2, K, V), u.dtype, dev) if store_states else None
     NV = triton.cdiv(V, BV)
     grid = (NV, N * H)
     consts = dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV,
                   USE_H0=h0 is not None, RECOMPUTE=recompute, STORE_STATES=store_states,
                   DOT_MODE=_dot_mode(u.dtype), LOAD_TMA=tma)
-    dg_ptrs, dgp = (), None
-    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's (dhc, dgp) arguments
+    dg_ptrs, dgp, seg_args = (), None, ()
+    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's (dhc, dgp, hb) and segment arguments
+        if (dg_from is not None or seg is not None or bounds is not None) and not recompute:
+            raise ValueError("launch_scan_fwd: dg_from, seg and bounds need the state recompute (vt given)")
+        if seg is not None and (hc_out is None or not store_states):
+            raise ValueError("launch_scan_fwd: seg needs store_states and hc_out (the segment's hc)")
         if dg_from is not None:
-            if not recompute:
-                raise ValueError("launch_scan_fwd: dg_from needs the state recompute (vt given)")
             dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
-        dg_ptrs = (dg_from, dgp) if dgp is not None else (vt, vt)
+        dg_ptrs = ((dg_from, dgp) if dgp is not None else (vt, vt)) + ((bounds[0],) if bounds is not None else (vt,))
         consts["DG"] = dgp is not None
-    elif dg_from is not None:
-        raise ValueError(f"launch_scan_fwd: dg_from is for the pqk kernel, not {kernel.fn.__name__}")
+        consts["SEGMENTED"] = seg is not None
+        consts["STORE_BOUNDS"] = bounds is not None
+        seg_args = (tuple(int(x) for x in seg) if seg is not None
+                    else (0, 0, int(bounds[1])) if bounds is not None else (0, 0, 0))
+    elif dg_from is not None or seg is not None or bounds is not None:
+        raise ValueError(f"launch_scan_fwd: dg_from, seg and bounds are for the pqk kernel, not "
+                         f"{kernel.fn.__name__}")
     _launch_pipelined(
         kernel, grid,
         (u, *ops,
          h0, o if o is not None else vt, vt, ht if ht is not None else vt, hc if hc is not None else vt, *dg_ptrs,
-         chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0))),
+         chunk_offsets, H, *(o.stride()[:3] if o is not None else (0, 0, 0)), *seg_args),
         consts, num_warps or cfg_nw, stages)
     if dgp is not None:
         return o, vt, ht, hc, dgp.sum((2, 4))

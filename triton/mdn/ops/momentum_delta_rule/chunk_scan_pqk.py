@@ -95,12 +95,12 @@ def _fwd_state_update_pqk(b_s, b_m, p_kw, t_kw, row, col: tl.constexpr, m_k, b_g
     return b_s, b_m
 
 
-@triton.jit(do_not_specialize=['H'])
+@triton.jit(do_not_specialize=['H', 'seg_j0', 'seg_j1', 'seg_len'])
 def momentum_delta_rule_fwd_kernel_scan_pqk(
     u, p, q, kw, a, aqk, r, g,
-    h0, o, vt, ht, hc, dhc, dgp,
+    h0, o, vt, ht, hc, dhc, dgp, hb,
     chunk_offsets,
-    H, s_oc, s_oh, s_ot,
+    H, s_oc, s_oh, s_ot, seg_j0, seg_j1, seg_len,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -112,6 +112,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     DOT_MODE: tl.constexpr,
     LOAD_TMA: tl.constexpr,
     DG: tl.constexpr = False,
+    SEGMENTED: tl.constexpr = False,
+    STORE_BOUNDS: tl.constexpr = False,
 ):
     """Forward scan (pqk form) over the chunks of one (sequence, head, V-block).
 
@@ -121,6 +123,9 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     DG (with RECOMPUTE; MDN_BWD_DG=rec): also the row sums of <dS', S>, <dS', M>, <dM', M> for the gate gradients,
     from the chunk-start states in registers and the reverse scan's end-state gradients dhc [NC, H, 2 or 4, K, V],
     into dgp [NC, H, NV, 3, K] (what the reverse kernel computes otherwise; chunk_scan._rec_dg_states).
+    STORE_BOUNDS (MDN_BWD_SEGMENTS): the fp32 states at the start of every seg_len-th chunk j of the sequence into
+    hb [S, 2, N, H, K, V] at [j / seg_len]. SEGMENTED (with RECOMPUTE, STORE_STATES): only the chunks seg_j0 <= j <
+    seg_j1, from h0 = the segment's start states, into hc rows n * seg_len + j - seg_j0 (a segment-sized hc).
     K sub-tiles (b_s1..b_s4), DOT_MODE and LOAD_TMA as in chunk_scan.momentum_delta_rule_fwd_kernel_scan; each of
     P, Q, K_w is loaded one [C, BK] sub-tile at a time (two dots each); the row scalars r [NC, H, 6, C] scale
     [C, BV] tiles (module docstring).
@@ -158,7 +163,13 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     b_s1, b_m1, b_s2, b_m2, b_s3, b_m3, b_s4, b_m4 = _load_states(h0, st_off, p_st, N, H, m_k, m_v, K, V, BK, BV,
                                                                   USE_H0)
 
-    for i_c in range(c_start, c_end):  # int64: c_start is int64
+    if SEGMENTED:
+        i_lo = c_start + seg_j0
+        i_hi = tl.minimum(c_end, c_start + seg_j1)
+    else:
+        i_lo = c_start
+        i_hi = c_end
+    for i_c in range(i_lo, i_hi):  # int64: c_start is int64
         base = i_c * H + i_h                  # index of [c, h]
         o_ck = base * C * K                   # offset of [c, h] in [NC, H, C, K]
         row = (base * C).to(tl.int32)         # first row of [c, h] in [NC * H * C, K] (LOAD_TMA)
@@ -166,8 +177,15 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
         p_r = r + base * 6 * C + o_c          # [C] pointers to row scalar 0 (a-) of [c, h]
         b_S, b_M = (b_s1, b_s2, b_s3, b_s4), (b_m1, b_m2, b_m3, b_m4)
         if STORE_STATES:
-            p_hc = hc + base * 2 * K * V + p_st
+            if SEGMENTED:  # the segment's own hc rows
+                p_hc = hc + ((i_n.to(tl.int64) * seg_len + (i_c - i_lo)) * H + i_h) * 2 * K * V + p_st
+            else:
+                p_hc = hc + base * 2 * K * V + p_st
             _store_states(p_hc, p_hc + K * V, b_S, b_M, m_k, m_v, K, V, BK, DOT_MODE)
+        if STORE_BOUNDS:
+            if (i_c - c_start) % seg_len == 0:  # a segment's first chunk: its start states, fp32
+                p_hb = hb + ((i_c - c_start) // seg_len) * 2 * N * H * K * V + st_off + p_st
+                _store_states(p_hb, p_hb + N.to(tl.int64) * H * K * V, b_S, b_M, m_k, m_v, K, V, BK, 0)
         if DG:
             _rec_dg_states(dgp + (base * tl.num_programs(0) + i_v) * 3 * K, dhc,
                            base * (2 if DOT_MODE == 0 else 4) * K * V + p_st, b_S, b_M, o_k, m_k, m_v, K, V, BK,
@@ -256,6 +274,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     STACKED: tl.constexpr = False,
     DG: tl.constexpr = True,
     SEGMENTED: tl.constexpr = False,
+    SEG_HC: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -267,7 +286,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
 
     SEGMENTED (MDN_BWD_SEGMENTS, scan_pqk_bwd_segmented): only the chunks seg_j0 <= j < seg_j1 of the sequence (j
     from its first chunk), starting from dht (the gradient carried in from the later segment) and ending in dh0 (the
-    one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk.
+    one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk (and hc
+    too with SEG_HC, when the state recompute ran for this segment only).
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -316,9 +336,11 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         p_r = r + base * 6 * C + o_c
         p_hc = base * 2 * K * V + p_st
         # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
-        if SEGMENTED:  # the segment's own dhc rows
+        if SEGMENTED:  # the segment's own dhc rows (and hc's, SEG_HC: a segment-sized hc)
             l_c = i_n.to(tl.int64) * seg_len + (j_hi - 1 - i - seg_j0)
             p_dhc = (l_c * H + i_h) * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+            if SEG_HC:
+                p_hc = (l_c * H + i_h) * 2 * K * V + p_st
         else:
             p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
         b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
@@ -424,11 +446,11 @@ def bwd_gemm() -> str:
 
 
 def bwd_segments() -> int:
-    """MDN_BWD_SEGMENTS (default 1): run the pqk reverse scan in this many time segments, last to first, each
-    writing its end-state gradients into one segment-sized buffer that the segment's GEMM Vt [dS'; dM']^T reads
-    right away (scan_pqk_bwd_segmented): the [NC, H, 4, K, V] dhc (3.2 GB per 32768 tokens at H6 K256 V512, bf16,
-    half the backward's peak) shrinks to 1 / segments of it, for more launches. Needs MDN_BWD_DG=rev; the
-    Triton path only. Anything but a positive integer is a ValueError."""
+    """MDN_BWD_SEGMENTS (default 1): run the pqk backward's scans and its GEMMs against the states in this many
+    time segments, last to first, with segment-sized chunk-start states hc and end-state gradients dhc
+    (scan_pqk_bwd_segmented): the backward's two largest buffers (4.8 GB per 32768 tokens at H6 K256 V512, bf16)
+    shrink to 1 / segments, for one more store-free state-recompute pass and more launches. Needs
+    MDN_BWD_DG=rev; the Triton path only. Anything but a positive integer is a ValueError."""
     env = os.environ.get("MDN_BWD_SEGMENTS", "") or "1"
     try:
         n = int(env)
@@ -442,54 +464,83 @@ def bwd_segments() -> int:
     return n
 
 
-def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, vt, segments: int):
-    """The pqk reverse scan in `segments` time segments (MDN_BWD_SEGMENTS), last to first: segment s covers the
-    chunks s * L <= j < (s + 1) * L of every sequence (L = ceil(longest sequence's chunks / segments)), starts
-    from the end-state gradient carried out of segment s + 1 (dht for the last) and writes its dhc into a buffer
-    of N * L chunk rows, which the segment's GEMM Vt [dS'; dM']^T reads before the next segment overwrites it.
-    Same arithmetic as one pass. Returns (dvo, rr, dh0, dg) with rr = that GEMM's result for every chunk
-    ([NC, H, C, P K], as scan_bwd_gemms(sum_parts=False) leaves it)."""
+def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, vt, segments: int, h0=None):
+    """The pqk backward's scans and GEMMs against the states in `segments` time segments (MDN_BWD_SEGMENTS), last
+    to first: segment s covers the chunks s * L <= j < (s + 1) * L of every sequence (L = ceil(longest sequence's
+    chunks / segments)).
+
+    hc None (the states are recomputed): one state-recompute pass stores only each segment's fp32 start states
+    (hb [S, 2, N, H, K, V]); then per segment the recompute from them fills a segment-sized hc. hc given
+    (MDN_SAVE_STATES=1): used as it is. Per segment, the reverse scan starts from the end-state gradient carried out
+    of the segment after it (dht for the last), writes the segment's end-state gradients into a segment-sized dhc,
+    and the GEMMs of scan_bwd_gemms read both before the next segment reuses them. So the two largest buffers of
+    the backward (hc, dhc: 4.8 GB per 32768 tokens at H6 K256 V512) shrink to 1 / segments, for one more
+    (store-free) recompute pass and more launches. Same arithmetic as one pass.
+    Returns (dvo, xv, xo, rr, dh0, dg): xv = dVt [S; M]^T and xo = dO [S; M]^T ([NC, H, C, 2K]) and rr = Vt [dS';
+    dM']^T ([NC, H, C, P K]) as scan_bwd_gemms(sum_parts=False) gives them."""
     NC, H, C, V = vt.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
     dev = vt.device
-    P = 2 if p.dtype == torch.float32 else 4
+    dt = p.dtype
+    P = 2 if dt == torch.float32 else 4
     lens = (chunk_offsets[1:] - chunk_offsets[:-1]).long()
     starts = chunk_offsets[:-1].long()
     nt_max = int(lens.max().item()) if N else 0
     seg_len = max(1, -(-nt_max // segments))
+    n_seg = max(1, -(-nt_max // seg_len))
     stacked = bwd_gemm() == "stacked"
-    BV = scan_config(K, V, p.dtype, "bwd")[0]
+    BV = scan_config(K, V, dt, "bwd")[0]
     NV = triton.cdiv(V, BV)
+    ops = (p, q, kw, a, aqk, r, g)
     if stacked:
-        dvo = (_empty((NC, H, C, V), p.dtype, dev), _empty((NC, H, 2 * C, V), p.dtype, dev))
+        dvo = (_empty((NC, H, C, V), dt, dev), _empty((NC, H, 2 * C, V), dt, dev))
     else:
-        dvo = _empty((2, NC, H, C, V), p.dtype, dev)
+        dvo = _empty((2, NC, H, C, V), dt, dev)
     dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
-    dhc = _empty((N * seg_len, H, P, K, V), p.dtype, dev)
-    rr = _empty((NC, H, C, P * K), p.dtype, dev)
+    dhc = _empty((N * seg_len, H, P, K, V), dt, dev)
+    rr = _empty((NC, H, C, P * K), dt, dev)
+    xv, xo = _empty((NC, H, C, 2 * K), dt, dev), _empty((NC, H, C, 2 * K), dt, dev)
+    seg_hc = hc is None
+    if seg_hc:
+        hb = _empty((n_seg, 2, N, H, K, V), torch.float32, dev)
+        launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, vt, ops, _use_tma((p, q, kw)), h0, chunk_offsets,
+                        vt=vt, bounds=(hb, seg_len))
+        hc_seg = _empty((N * seg_len, H, 2, K, V), dt, dev)
     carry = [_empty((2, N, H, K, V), torch.float32, dev), _empty((2, N, H, K, V), torch.float32, dev)]
     jj = torch.arange(seg_len, device=dev)
     cur = dht
-    for i, s_ in enumerate(reversed(range(segments))):
+    for i, s_ in enumerate(reversed(range(n_seg))):
         j0, j1 = s_ * seg_len, min((s_ + 1) * seg_len, nt_max)
-        if j1 <= j0:
-            continue
+        if seg_hc:  # this segment's chunk-start states, from its start states in hb
+            launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, vt, ops, _use_tma((p, q, kw)), hb[s_],
+                            chunk_offsets, vt=vt, store_states=True, seg=(j0, j1, seg_len), hc_out=hc_seg)
         out = carry[i % 2]
-        launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g), _use_tma((p, q, kw)),
-                        do, cur, hc, chunk_offsets, stacked=stacked, seg=(j0, j1, seg_len),
-                        bufs=(dvo, dhc, out, dgp))
+        launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, ops, _use_tma((p, q, kw)), do, cur,
+                        hc_seg if seg_hc else hc, chunk_offsets, stacked=stacked, seg=(j0, j1, seg_len),
+                        bufs=(dvo, dhc, out, dgp), SEG_HC=seg_hc)
         cur = out
-        # this segment's r = Vt [dS'; dM']^T, for the chunk rows n * L + j - j0 that exist (j < j1, j < len_n)
+        # the GEMMs for the segment's chunk rows n * L + j - j0 that exist (j < j1, j < len_n); rows without a
+        # chunk read chunk 0 and their products are discarded
         j = j0 + jj
         idx = (starts[:, None] + j[None, :]).flatten()                           # [N * L] chunk ids
         valid = ((j[None, :] < lens[:, None]) & (j[None, :] < j1)).flatten()
-        vt_seg = vt.index_select(0, torch.where(valid, idx, torch.zeros_like(idx)))
-        r_seg = vt_seg @ _t(dhc.view(N * seg_len, H, P * K, V))                 # rows without a chunk: discarded
+        safe = torch.where(valid, idx, torch.zeros_like(idx))
         rows = valid.nonzero().squeeze(1)
-        rr.index_copy_(0, idx.index_select(0, rows), r_seg.index_select(0, rows))
+        dst = idx.index_select(0, rows)
+        r_seg = vt.index_select(0, safe) @ _t(dhc.view(N * seg_len, H, P * K, V))
+        rr.index_copy_(0, dst, r_seg.index_select(0, rows))
+        h_seg = hc_seg if seg_hc else hc.index_select(0, safe)                  # [N * L, H, 2, K, V]
+        hct = _t(h_seg.view(N * seg_len, H, 2 * K, V))
+        if stacked:
+            x = dvo[1].index_select(0, safe) @ hct                               # [N * L, H, 2C, 2K]
+            xv.index_copy_(0, dst, x[:, :, :C].index_select(0, rows))
+            xo.index_copy_(0, dst, x[:, :, C:].index_select(0, rows))
+        else:
+            xv.index_copy_(0, dst, (dvo[0].index_select(0, safe) @ hct).index_select(0, rows))
+            xo.index_copy_(0, dst, (dvo[1].index_select(0, safe) @ hct).index_select(0, rows))
     dh0 = cur if cur is not None else torch.zeros(2, N, H, K, V, dtype=torch.float32, device=dev)
-    return dvo, rr, dh0, dgp.sum((2, 4))
+    return dvo, xv, xo, rr, dh0, dgp.sum((2, 4))
 
 
 def _row_scalars(r):
@@ -657,18 +708,21 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
         _, _, _, hc, dg = scan_pqk_fwd_triton(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt,
                                               store_states=True, dg_from=dhc)
     else:
+        segments = bwd_segments()
+        if segments > 1 and _use_triton(p):
+            # MDN_BWD_SEGMENTS: the scans and the GEMMs against the states in time segments (segment-sized hc, dhc)
+            dvo, xv, xo, rr, dh0, dg = scan_pqk_bwd_segmented(
+                p, q, kw, a, aqk, r, g, do, dht.float().contiguous() if dht is not None else None, hc,
+                chunk_offsets, vt, segments, h0=h0)
+            du = dvo[0]
+            dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
+            daqk = (dob @ _t(vt)).tril()
+            dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
+            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
             _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
-        segments = bwd_segments()
-        if segments > 1 and _use_triton(p):
-            # MDN_BWD_SEGMENTS: the reverse scan and its GEMM Vt [dS'; dM']^T in time segments (a segment-sized dhc)
-            dvo, rr, dh0, dg = scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do,
-                                                      dht.float().contiguous() if dht is not None else None,
-                                                      hc, chunk_offsets, vt, segments)
-            (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, None, dh0, h0, sum_parts=False, r=rr)
-            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
-            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
         dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
