@@ -403,11 +403,14 @@ def _bwd_dg_rows(b_ds, b_dm, p_hc, m_k, m_v, KV: tl.constexpr):
     (as before) crossed warps through shared memory twelve times per chunk: the <dS', S> partials cost 2.2 of the
     reverse scan's 6.9 ms on the H100 (bench_scan.py, ABLATE=1; docs/BENCHMARKS.md §1.7)."""
     b_hs = _load_state(p_hc, m_k, m_v)
-    d0 = tl.sum(b_ds * b_hs, 1)
     b_hm = _load_state(p_hc + KV, m_k, m_v)
-    d1 = tl.sum(b_ds * b_hm, 1)
-    d2 = tl.sum(b_dm * b_hm, 1)
-    return d0, d1, d2
+    return _dg_row_sums(b_ds, b_dm, b_hs, b_hm)
+
+
+@triton.jit
+def _dg_row_sums(b_ds, b_dm, b_s, b_m):
+    """Row sums of dS' * S, dS' * M, dM' * M for one [BK, BV] sub-tile (three [BK] vectors)."""
+    return tl.sum(b_ds * b_s, 1), tl.sum(b_ds * b_m, 1), tl.sum(b_dm * b_m, 1)
 
 
 @triton.jit
@@ -454,9 +457,7 @@ def _rec_dg_states(p_dg, dhc, p_dhc, b_s, b_m, o_k, m_k, m_v, K: tl.constexpr, V
         if K > j * BK:
             b_ds = _grad_state_tile(dhc + j * BK * V + p_dhc, m_k[j], m_v, 2 * K * V, DOT_MODE)
             b_dm = _grad_state_tile(dhc + K * V + j * BK * V + p_dhc, m_k[j], m_v, 2 * K * V, DOT_MODE)
-            d0 = tl.sum(b_ds * b_s[j], 1)
-            d1 = tl.sum(b_ds * b_m[j], 1)
-            d2 = tl.sum(b_dm * b_m[j], 1)
+            d0, d1, d2 = _dg_row_sums(b_ds, b_dm, b_s[j], b_m[j])
             _store_dg_rows(p_dg + j * BK, d0, d1, d2, o_k, m_k[j], K)
 
 
@@ -1029,7 +1030,7 @@ def scan_bwd_impl(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets):
     return scan_bwd_torch(y, z, qa, qb, aqk, ks, km, g, do, dht, hc, chunk_offsets)
 
 
-def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True, r=None):
+def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True):
     """The backward's reductions over V (either form), as batched matmuls on dvo [2, NC, H, C, V] = (dVt, dO
     chunk-major, both written by the reverse scan; or the stacked pair of launch_scan_bwd, one GEMM for x): xv = dVt [S; M]^T and xo = dO [S; M]^T, each [NC, H, C, 2K]
     (two GEMMs against both states), r = Vt [dS'; dM']^T [NC, H, C, 2K] (fp32; hi + lo parts summed for 16-bit),
@@ -1037,8 +1038,7 @@ def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True, r=None
     sum_parts=False returns r as the GEMM wrote it: for 16-bit inputs [NC, H, C, 4K] (hi parts' products, then lo
     parts'), for the caller to sum inside its compiled graph: on CUDA the strided .float() copies and the add here
     were three elementwise passes over 2.4 GB (0.78 ms of a 16.2 ms fwd+bwd at H6 K256 V512, H200,
-    docs/BENCHMARKS.md §1.11). r given (dhc None): that GEMM's result, computed by the caller (the segmented
-    reverse scan, chunk_scan_pqk.scan_pqk_bwd_segmented). Returns ((xv, xo), r, du, daqk, dh0)."""
+    docs/BENCHMARKS.md §1.11). Returns ((xv, xo), r, du, daqk, dh0)."""
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
     hct = _t(hc.view(NC, H, 2 * K, V))
@@ -1051,10 +1051,8 @@ def scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts: bool = True, r=None
         dvt, dob = dvo[0], dvo[1]
         xv = dvt @ hct                        # [NC, H, C, 2K] = [dVt S^T, dVt M^T]
         xo = dob @ hct                        # [NC, H, C, 2K] = [dO S^T, dO M^T]
-    if dhc is not None:
-        P = dhc.shape[2]
-        r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
-    P = r.shape[-1] // K
+    P = dhc.shape[2]
+    r = vt @ _t(dhc.view(NC, H, P * K, V))   # [NC, H, C, 2K] = [Vt dS'^T, Vt dM'^T] (+ the lo parts' when P = 4)
     if sum_parts:
         r = r[..., :2 * K].float() + r[..., 2 * K:].float() if P == 4 else r.float()
     daqk = (dob @ _t(vt)).tril()              # [NC, H, C, C]
