@@ -38,6 +38,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
+from .chunk_state_gemms import state_gemms_triton
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
                          _empty, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
@@ -421,7 +422,7 @@ def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, b
 
 
 BWD_GEMMS = ("planes", "stacked")
-BWD_DGS = ("rev", "rec")
+BWD_DGS = ("rev", "rec", "tail")
 
 
 def bwd_dg() -> str:
@@ -432,7 +433,9 @@ def bwd_dg() -> str:
     scan's sequential critical path). "rec" applies where the states are recomputed (not with MDN_SAVE_STATES=1) on
     the Triton path. Measured on an H200 (README §6): the reverse scan 1.7 ms faster at H6 K256 V512, the recompute
     1.8 ms slower (it loads four [K, BV] planes per chunk for them, the reverse scan two): "rev" stays the default.
-    Other values are a ValueError."""
+    "tail": the reverse scan runs without them and one fused kernel after it computes them together with the GEMMs
+    against the states (chunk_state_gemms.py), reading each state tile once; the Triton path (where it does not
+    apply, e.g. the torch path, the row sums stay in the reverse scan). Other values are a ValueError."""
     return env_choice("MDN_BWD_DG", BWD_DGS, "rev")
 
 
@@ -458,9 +461,9 @@ def bwd_segments() -> int:
         n = 0
     if n < 1 or str(n) != env.strip():
         raise ValueError(f"MDN_BWD_SEGMENTS={env!r}: expected a positive integer (default 1)")
-    if n > 1 and bwd_dg() != "rev":
-        raise ValueError(f"MDN_BWD_SEGMENTS={env!r} needs MDN_BWD_DG=rev (the state recompute reads the whole dhc "
-                         f"with MDN_BWD_DG=rec), got MDN_BWD_DG={bwd_dg()!r}")
+    if n > 1 and bwd_dg() == "rec":
+        raise ValueError(f"MDN_BWD_SEGMENTS={env!r} needs MDN_BWD_DG=rev or tail (the state recompute reads the whole "
+                         f"dhc with MDN_BWD_DG=rec), got MDN_BWD_DG={bwd_dg()!r}")
     return n
 
 
@@ -723,6 +726,17 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
             _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
+        if bwd_dg() == "tail" and _use_triton(p):
+            # MDN_BWD_DG=tail: the reverse scan without the states; one fused kernel then does the GEMMs against
+            # the states and the <dS', S> sums (chunk_state_gemms.py)
+            dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets)
+            (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
+            du = dvo[0]
+            dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
+            daqk = (dob @ _t(vt)).tril()
+            dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
+            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
         dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)

@@ -1,0 +1,167 @@
+"""The backward's reductions over V against the chunk states, fused into one Triton kernel (MDN_BWD_DG=tail).
+
+After the reverse scan, per chunk and head (README §4), with S, M the chunk-start states (hc) and dS', dM' the
+chunk-end state gradients (dhc, hi + lo bf16 planes for 16-bit inputs):
+
+    xv = dVt [S; M]^T,   xo = dO [S; M]^T,   rr = Vt [dS'; dM']^T            # [C, 2K] each
+    dg = (<dS', S>, -<dS', M>, <dM', M>)                                      # the gate gradients of gS, gSM, gM
+
+scan_bwd_gemms does the first three as cuBLAS GEMMs and the reverse scan computes dg, loading the states of every
+chunk on its sequential critical path (1.7 of its 5.1 ms at H6 K256 V512 on an H200, docs/BENCHMARKS.md §1.13).
+Here one program per (chunk, head, K-block) walks V once: it loads each [BK, BV] tile of S, M, dS', dM' a single
+time, feeds the six products (hi and lo of dS', dM' into one fp32 accumulator, so rr keeps the lo parts' bits that
+a bf16 GEMM output rounded away) and takes the three inner products from the same tiles. The states are read
+once instead of three times, and the reverse scan runs without them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
+from .chunk_scan import _dot_acc, _dot_mode, _empty
+
+
+@triton.jit
+def _tile(p, m, DOT_MODE: tl.constexpr):
+    """A masked tile in its storage dtype (16-bit inputs feed the tensor cores as they are)."""
+    x = tl.load(p, mask=m, other=0.)
+    if DOT_MODE == 0:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit(do_not_specialize=["s_dob"])
+def momentum_delta_rule_bwd_kernel_state_gemms(
+    vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+    P: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    """Grid (NK, NC * H). vt, dvt [NC * H, C, V] contiguous; dob the same with s_dob elements between (chunk, head)
+    blocks (C V for the planes layout, 2 C V for the stacked one); hc [NC * H, 2, K, V]; dhc [NC * H, P, K, V]
+    (P = 2: fp32 [dS', dM']; P = 4: bf16 [hi dS', hi dM', lo dS', lo dM']); xv, xo [NC * H, C, 2K] in the inputs'
+    dtype; rr [NC * H, C, 2K] fp32; dgp [NC * H, NK, 3] fp32 (partial sums over this K-block)."""
+    i_k, i_nh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_c = tl.arange(0, C)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    vt += i_nh * C * V
+    dvt += i_nh * C * V
+    dob += i_nh * s_dob
+    hc += i_nh * 2 * K * V
+    dhc += i_nh * P * K * V
+
+    b_xs = tl.zeros([C, BK], dtype=tl.float32)  # dVt S^T
+    b_xm = tl.zeros([C, BK], dtype=tl.float32)  # dVt M^T
+    b_os = tl.zeros([C, BK], dtype=tl.float32)  # dO S^T
+    b_om = tl.zeros([C, BK], dtype=tl.float32)  # dO M^T
+    b_rs = tl.zeros([C, BK], dtype=tl.float32)  # Vt dS'^T
+    b_rm = tl.zeros([C, BK], dtype=tl.float32)  # Vt dM'^T
+    d_ss = tl.zeros([BK], dtype=tl.float32)     # row sums of dS' * S
+    d_sm = tl.zeros([BK], dtype=tl.float32)     # dS' * M
+    d_mm = tl.zeros([BK], dtype=tl.float32)     # dM' * M
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        p_cv = o_c[:, None] * V + o_v[None, :]                        # [C, BV]
+        p_kv = o_k[:, None] * V + o_v[None, :]                        # [BK, BV]
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_vt = _tile(vt + p_cv, m_v[None, :], DOT_MODE)               # [C, BV]
+        b_dvt = _tile(dvt + p_cv, m_v[None, :], DOT_MODE)
+        b_do = _tile(dob + p_cv, m_v[None, :], DOT_MODE)
+        b_s = _tile(hc + p_kv, m_kv, DOT_MODE)                        # [BK, BV]
+        b_m = _tile(hc + K * V + p_kv, m_kv, DOT_MODE)
+        b_ds = _tile(dhc + p_kv, m_kv, DOT_MODE)
+        b_dm = _tile(dhc + K * V + p_kv, m_kv, DOT_MODE)
+        b_xs = _dot_acc(b_dvt, tl.trans(b_s), b_xs, DOT_MODE)
+        b_xm = _dot_acc(b_dvt, tl.trans(b_m), b_xm, DOT_MODE)
+        b_os = _dot_acc(b_do, tl.trans(b_s), b_os, DOT_MODE)
+        b_om = _dot_acc(b_do, tl.trans(b_m), b_om, DOT_MODE)
+        b_rs = _dot_acc(b_vt, tl.trans(b_ds), b_rs, DOT_MODE)
+        b_rm = _dot_acc(b_vt, tl.trans(b_dm), b_rm, DOT_MODE)
+        f_ds = b_ds.to(tl.float32)
+        f_dm = b_dm.to(tl.float32)
+        if P == 4:
+            b_dsl = _tile(dhc + 2 * K * V + p_kv, m_kv, DOT_MODE)
+            b_dml = _tile(dhc + 3 * K * V + p_kv, m_kv, DOT_MODE)
+            b_rs = _dot_acc(b_vt, tl.trans(b_dsl), b_rs, DOT_MODE)
+            b_rm = _dot_acc(b_vt, tl.trans(b_dml), b_rm, DOT_MODE)
+            f_ds += b_dsl.to(tl.float32)
+            f_dm += b_dml.to(tl.float32)
+        f_s = b_s.to(tl.float32)
+        f_m = b_m.to(tl.float32)
+        d_ss += tl.sum(f_ds * f_s, 1)
+        d_sm += tl.sum(f_ds * f_m, 1)
+        d_mm += tl.sum(f_dm * f_m, 1)
+
+    p_ck = i_nh * C * 2 * K + o_c[:, None] * 2 * K + o_k[None, :]    # [C, BK] in [C, 2K]
+    m_ck = m_k[None, :]
+    tl.store(xv + p_ck, b_xs.to(xv.dtype.element_ty), mask=m_ck)
+    tl.store(xv + K + p_ck, b_xm.to(xv.dtype.element_ty), mask=m_ck)
+    tl.store(xo + p_ck, b_os.to(xo.dtype.element_ty), mask=m_ck)
+    tl.store(xo + K + p_ck, b_om.to(xo.dtype.element_ty), mask=m_ck)
+    tl.store(rr + p_ck, b_rs, mask=m_ck)
+    tl.store(rr + K + p_ck, b_rm, mask=m_ck)
+    p_dg = dgp + (i_nh * NK + i_k) * 3
+    tl.store(p_dg, tl.sum(d_ss, 0))
+    tl.store(p_dg + 1, -tl.sum(d_sm, 0))
+    tl.store(p_dg + 2, tl.sum(d_mm, 0))
+
+
+def _pow2_clamp(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(n)))
+
+
+def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BK, BV, num_warps, num_stages) of the fused kernel; MDN_TAIL_CONFIG="BK,BV,warps,stages" overrides it
+    (a ValueError names a malformed value). Default at C <= 64: BK 64, BV 32, 8 warps, 3 stages (the V loop's
+    loads do not depend on the accumulators, so the next V-blocks' tiles load while this one multiplies): ptxas
+    for sm_90a (bf16, K256 V512 and K128 V128) gives 216 registers and no spills at 78 KB of shared memory (fp32:
+    254 registers, no spills, 115 KB), where BV 64 or 4 warps spill (test_state_gemms.py::test_tail_resources_sm90,
+    slow); at C = 128, BK 32 and 2 stages."""
+    env = os.environ.get("MDN_TAIL_CONFIG", "").strip()
+    if env:
+        try:
+            bk, bv, nw, ns = (int(x) for x in env.split(","))
+        except ValueError:
+            bk = bv = nw = ns = 0
+        if bk < 16 or bk & (bk - 1) or bv < 16 or bv & (bv - 1) or nw not in (1, 2, 4, 8, 16) or not 1 <= ns <= 4:
+            raise ValueError(f"MDN_TAIL_CONFIG={env!r}: expected \"BK,BV,num_warps,num_stages\" with BK and BV powers "
+                             f"of two >= 16, num_warps in 1-16 (a power of two), num_stages 1-4, e.g. \"64,32,8,3\"")
+        return bk, bv, nw, ns
+    bk = _pow2_clamp(K, 16, 64 if C <= 64 else 32)
+    bv = _pow2_clamp(V, 16, 32)
+    return bk, bv, 8 if C * bk >= 64 * 64 else 4, 3 if C <= 64 else 2
+
+
+def state_gemms_triton(vt, dvo, hc, dhc):
+    """xv, xo, rr and dg of the module docstring in one kernel. vt [NC, H, C, V]; dvo the reverse scan's dVt and dO:
+    [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO] [NC, H, 2C, V]); hc [NC, H, 2, K, V];
+    dhc [NC, H, P, K, V]. Returns ((xv, xo), rr, dg): xv, xo [NC, H, C, 2K] in vt's dtype, rr [NC, H, C, 2K] fp32,
+    dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>)."""
+    NC, H, C, V = vt.shape
+    K = hc.shape[-2]
+    P = dhc.shape[2]
+    if isinstance(dvo, tuple):
+        dvt, dvs = dvo
+        dob, s_dob = dvs[:, :, C:], 2 * C * V
+    else:
+        dvt, dob, s_dob = dvo[0], dvo[1], C * V
+    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc)):
+        if not x.is_contiguous():
+            raise ValueError(f"state_gemms_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
+    BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
+    NK = triton.cdiv(K, BK)
+    xv = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
+    xo = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
+    rr = _empty((NC, H, C, 2 * K), torch.float32, vt.device)
+    dgp = _empty((NC, H, NK, 3), torch.float32, vt.device)
+    if NC * H:
+        momentum_delta_rule_bwd_kernel_state_gemms[(NK, NC * H)](
+            vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
+            K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype),
+            num_warps=num_warps, num_stages=num_stages)
+    return (xv, xo), rr, dgp.sum(2)

@@ -1,0 +1,172 @@
+"""The fused backward tail (MDN_BWD_DG=tail; chunk_state_gemms.py): dVt [S; M]^T, dO [S; M]^T, Vt [dS'; dM']^T and
+the <dS', S> sums in one kernel.
+
+Checked: the kernel against float64 products of the same tensors (planes and stacked layouts, fp32 and bf16 with
+the hi + lo planes, awkward K and V, every chunk size), the op with it against the default and against the fp64
+recurrence (dense with an initial state and a final-state gradient, varlen with a length-1 sequence), the
+MDN_TAIL_CONFIG check, and on the GPU the shipped tiles (fla issue 640 shows as a wrong dk). Outputs are
+NaN-poisoned (MDN_POISON_OUTPUTS=1).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, assert_same_results,
+                      compare_with_oracle as _compare, make_inputs, run_op_per_env)
+from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+from mdn.ops.momentum_delta_rule.chunk_state_gemms import state_gemms_triton, tail_config
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.fixture(autouse=True)
+def _pqk(monkeypatch):
+    monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+    monkeypatch.delenv("MDN_TAIL_CONFIG", raising=False)
+
+
+def _tail_inputs(NC, H, C, K, V, dtype, stacked):
+    """Random vt, dvo, hc, dhc as the reverse scan leaves them (dhc hi + lo for 16-bit), and their fp64 values."""
+    vt = torch.randn(NC, H, C, V, device=DEV).to(dtype)
+    dvt = torch.randn(NC, H, C, V, device=DEV).to(dtype)
+    dob = torch.randn(NC, H, C, V, device=DEV).to(dtype)
+    hc = torch.randn(NC, H, 2, K, V, device=DEV).to(dtype)
+    dh = torch.randn(NC, H, 2, K, V, device=DEV) * 3
+    if dtype == torch.float32:
+        dhc, dh64 = dh, dh.double()
+    else:
+        hi = dh.to(dtype)
+        lo = (dh - hi.float()).to(dtype)
+        dhc, dh64 = torch.cat([hi, lo], 2), hi.double() + lo.double()
+    dvo = (dvt, torch.cat([dvt, dob], 2)) if stacked else torch.stack([dvt, dob])
+    return (vt, dvo, hc, dhc), (vt.double(), dvt.double(), dob.double(), hc.double(), dh64)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,K,V,stacked", [(16, 32, 24, False), (64, 100, 48, False), (32, 64, 80, True),
+                                           (128, 20, 16, False)])
+def test_state_gemms_match_fp64_products(dtype, C, K, V, stacked):
+    (vt, dvo, hc, dhc), (vt64, dvt64, do64, hc64, dh64) = _tail_inputs(3, 2, C, K, V, dtype, stacked)
+    (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
+    hct = hc64.flatten(2, 3).transpose(-1, -2)                # [V, 2K]
+    tol = 1e-6 if dtype == torch.float32 else 8e-3            # xv, xo are stored in bf16
+    assert_rel("xv", dvt64 @ hct, xv, tol)
+    assert_rel("xo", do64 @ hct, xo, tol)
+    assert rr.dtype == torch.float32
+    # rr sums the hi and lo products in fp32: as exact as fp32 accumulation, not bf16-rounded
+    assert_rel("rr", vt64 @ dh64.flatten(2, 3).transpose(-1, -2), rr, 1e-6)
+    S, M, dS, dM = hc64[:, :, 0], hc64[:, :, 1], dh64[:, :, 0], dh64[:, :, 1]
+    ref = torch.stack([(dS * S).sum((-1, -2)), -(dS * M).sum((-1, -2)), (dM * M).sum((-1, -2))], -1)
+    assert_rel("dg", ref, dg, 1e-6)
+
+
+def _op_inputs(dtype, varlen):
+    if varlen:
+        inputs = make_inputs(1, 71, 2, 32, 24, dtype=dtype, device=DEV)
+        inputs["cu_seqlens"] = torch.tensor([0, 1, 40, 71], dtype=torch.long, device=DEV)
+        return (inputs,
+                dict(do=torch.randn(1, 71, 2, 24, dtype=torch.float64, device=DEV),
+                     dht=torch.randn(2, 3, 2, 32, 24, dtype=torch.float64, device=DEV)),
+                [n for n in ALL_GRAD_NAMES if n != "initial_state"])
+    return (make_inputs(2, 100, 2, 32, 24, dtype=dtype, device=DEV, initial_state=True),
+            dict(do=torch.randn(2, 100, 2, 24, dtype=torch.float64, device=DEV),
+                 dht=torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)),
+            ALL_GRAD_NAMES)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_op_tail_equals_reverse_scan_dg(monkeypatch, dtype, tol, varlen):
+    """MDN_BWD_DG=tail gives the default's outputs and gradients (bf16: rr keeps the lo parts' products in fp32
+    where the cuBLAS path rounds them to bf16, so the gradients differ by that rounding) and meets the fp64
+    tolerances."""
+    inputs, kw, grads = _op_inputs(dtype, varlen)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "tail"), chunk_momentum_delta_rule, inputs,
+                         grads=grads, chunk_size=16, **kw)
+    assert_same_results(out["rev"], out["tail"], tol)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    op_kwargs = dict(chunk_size=16)
+    if dtype == torch.float32:
+        _compare(inputs, dtype=dtype, tol_o=1e-5, tol_grad=1e-5, op_kwargs=op_kwargs)
+    else:
+        _compare(inputs, dtype=dtype, tol_o=5e-3, tol_grad=1e-2, op_kwargs=op_kwargs)
+
+
+@needs_kernels
+def test_op_tail_with_stacked_gemm_and_saved_states(monkeypatch):
+    """MDN_BWD_DG=tail with the stacked [dVt; dO] layout and with the forward's saved states: the same numbers."""
+    inputs, kw, grads = _op_inputs(torch.bfloat16, False)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    base = run_op_per_env(monkeypatch, "MDN_BWD_GEMM", ("planes", "stacked"), chunk_momentum_delta_rule, inputs,
+                          grads=grads, chunk_size=16, **kw)
+    assert_same_results(base["planes"], base["stacked"], 1e-6)
+    saved = run_op_per_env(monkeypatch, "MDN_SAVE_STATES", ("0", "1"), chunk_momentum_delta_rule, inputs,
+                           grads=grads, chunk_size=16, **kw)
+    assert_same_results(saved["0"], saved["1"], 1e-6)
+
+
+def test_tail_config_knob(monkeypatch):
+    """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
+    assert tail_config(256, 512, 64, torch.bfloat16) == (64, 32, 8, 3)
+    assert tail_config(32, 24, 128, torch.float32)[:2] == (32, 32)
+    monkeypatch.setenv("MDN_TAIL_CONFIG", "32,128,4,3")
+    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 128, 4, 3)
+    for bad in ("64,64,8", "48,64,8,2", "64,64,3,2", "64,64,8,0", "a,b,c,d"):
+        monkeypatch.setenv("MDN_TAIL_CONFIG", bad)
+        with pytest.raises(ValueError, match=f"MDN_TAIL_CONFIG='{bad}': expected"):
+            tail_config(256, 512, 64, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48), (100, 200)])
+def test_gpu_tail_matches_reverse_scan_dg_and_oracle(monkeypatch, K, V):
+    """MDN_BWD_DG=tail on the GPU at the shipped tiles: the default's numbers within bf16 rounding, and the bf16
+    tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    monkeypatch.delenv("MDN_SAVE_STATES", raising=False)
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "tail"), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out["rev"], out["tail"], 1e-2)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,K,V,stacked", [(64, 256, 512, False), (64, 128, 128, True), (32, 64, 48, False),
+                                           (128, 256, 512, False)])
+def test_gpu_state_gemms_match_fp64_products(dtype, C, K, V, stacked):
+    test_state_gemms_match_fp64_products(dtype, C, K, V, stacked)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("C,K,V", [(64, 256, 512), (64, 128, 128), (128, 256, 512), (32, 64, 48)])
+def test_tail_resources_sm90(monkeypatch, dtype, C, K, V):
+    """The shipped tiles (tail_config) compiled for sm_90 on the CPU: within Hopper's shared memory, and for 16-bit
+    inputs at C = 64 free of register spills."""
+    from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90
+    from mdn.ops.momentum_delta_rule.chunk_state_gemms import momentum_delta_rule_bwd_kernel_state_gemms as kernel
+    if not _have_ptxas():
+        pytest.skip("needs Triton's NVIDIA backend (ptxas)")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import triton
+    if triton.knobs.runtime.interpret:
+        pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
+    bk, bv, nw, ns = tail_config(K, V, C, torch.float32 if dtype == "fp32" else torch.bfloat16)
+    sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
+    sig.update(rr="*fp32", dgp="*fp32", s_dob="i32")
+    res = compile_sm90(kernel, sig, dict(K=K, V=V, C=C, BK=bk, BV=bv, NK=triton.cdiv(K, bk),
+                                         P=4 if dtype == "bf16" else 2, DOT_MODE=1 if dtype == "bf16" else 0),
+                       nw, num_stages=ns)
+    assert res["shared"] <= HOPPER_SHARED_LIMIT, res
+    if dtype == "bf16" and C == 64:
+        assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
