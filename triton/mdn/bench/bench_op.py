@@ -197,7 +197,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     row["bwd_gemm"] = os.environ.get("MDN_BWD_GEMM", "") or "planes"
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
-    row["bwd_dg"] = os.environ.get("MDN_BWD_DG", "") or "rev"
+    row["bwd_dg"] = os.environ.get("MDN_BWD_DG", "") or "tail"
     row["compile_mode"] = os.environ.get("MDN_CHUNK_COMPILE_MODE", "") or "default"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"

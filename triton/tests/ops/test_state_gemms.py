@@ -58,7 +58,7 @@ def test_state_gemms_match_fp64_products(dtype, C, K, V, stacked):
     assert_rel("xo", do64 @ hct, xo, tol)
     assert rr.dtype == torch.float32
     # rr sums the hi and lo products in fp32: as exact as fp32 accumulation, not bf16-rounded
-    assert_rel("rr", vt64 @ dh64.flatten(2, 3).transpose(-1, -2), rr, 1e-6)
+    assert_rel("rr", vt64 @ dh64.flatten(2, 3).transpose(-1, -2), rr, 4e-6)
     S, M, dS, dM = hc64[:, :, 0], hc64[:, :, 1], dh64[:, :, 0], dh64[:, :, 1]
     ref = torch.stack([(dS * S).sum((-1, -2)), -(dS * M).sum((-1, -2)), (dM * M).sum((-1, -2))], -1)
     assert_rel("dg", ref, dg, 1e-6)
@@ -112,8 +112,8 @@ def test_op_tail_with_stacked_gemm_and_saved_states(monkeypatch):
 
 def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
-    assert tail_config(256, 512, 64, torch.bfloat16) == (64, 32, 8, 3)
-    assert tail_config(32, 24, 128, torch.float32)[:2] == (32, 32)
+    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 2)
+    assert tail_config(20, 24, 128, torch.float32) == (32, 32, 8, 2)
     monkeypatch.setenv("MDN_TAIL_CONFIG", "32,128,4,3")
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 128, 4, 3)
     for bad in ("64,64,8", "48,64,8,2", "64,64,3,2", "64,64,8,0", "a,b,c,d"):
@@ -168,5 +168,5 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V):
                                          P=4 if dtype == "bf16" else 2, DOT_MODE=1 if dtype == "bf16" else 0),
                        nw, num_stages=ns)
     assert res["shared"] <= HOPPER_SHARED_LIMIT, res
-    if dtype == "bf16" and C == 64:
+    if C <= 64:
         assert res["spill_st"] == 0 and res["spill_ld"] == 0, res

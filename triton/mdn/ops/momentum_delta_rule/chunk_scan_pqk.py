@@ -427,16 +427,16 @@ BWD_DGS = ("rev", "rec", "tail")
 
 def bwd_dg() -> str:
     """MDN_BWD_DG: where the backward computes the row sums of <dS', S>, <dS', M>, <dM', M> (the gate gradients of
-    each chunk's gS, gSM, gM): "rev" (default: in the reverse scan, which then loads the chunk-start states hc every
-    chunk) or "rec" (the reverse scan runs first, without them, and the state recompute after it computes them from
-    the states in its registers and the stored end-state gradients; takes the loads and row sums off the reverse
-    scan's sequential critical path). "rec" applies where the states are recomputed (not with MDN_SAVE_STATES=1) on
-    the Triton path. Measured on an H200 (README §6): the reverse scan 1.7 ms faster at H6 K256 V512, the recompute
-    1.8 ms slower (it loads four [K, BV] planes per chunk for them, the reverse scan two): "rev" stays the default.
-    "tail": the reverse scan runs without them and one fused kernel after it computes them together with the GEMMs
-    against the states (chunk_state_gemms.py), reading each state tile once; the Triton path (where it does not
-    apply, e.g. the torch path, the row sums stay in the reverse scan). Other values are a ValueError."""
-    return env_choice("MDN_BWD_DG", BWD_DGS, "rev")
+    each chunk's gS, gSM, gM). "tail" (default): the reverse scan runs without the states, and one fused kernel after
+    it computes the sums together with the GEMMs against the states (chunk_state_gemms.py), reading each state tile
+    once; measured on an H200 (README §6) 13.87 -> 12.96 ms fwd+bwd at H6 K256 V512 and even at H16 K128 V128.
+    "rev": in the reverse scan, which then loads the chunk-start states hc every chunk (the GEMMs run in cuBLAS).
+    "rec": the reverse scan runs first, without them, and the state recompute after it computes them from the
+    states in its registers and the stored end-state gradients (+0.25 ms at H6 K256 V512: it loads four [K, BV]
+    planes per chunk for them). "tail" and "rec" apply on the Triton path; elsewhere (the torch path) the reverse
+    scan's row sums run, as they do with MDN_BWD_SEGMENTS > 1 (which refuses "rec") and for "rec" with
+    MDN_SAVE_STATES=1 (no recompute). Other values are a ValueError."""
+    return env_choice("MDN_BWD_DG", BWD_DGS, "tail")
 
 
 def bwd_gemm() -> str:

@@ -117,11 +117,12 @@ def _pow2_clamp(n: int, lo: int, hi: int) -> int:
 
 def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BK, BV, num_warps, num_stages) of the fused kernel; MDN_TAIL_CONFIG="BK,BV,warps,stages" overrides it
-    (a ValueError names a malformed value). Default at C <= 64: BK 64, BV 32, 8 warps, 3 stages (the V loop's
-    loads do not depend on the accumulators, so the next V-blocks' tiles load while this one multiplies): ptxas
-    for sm_90a (bf16, K256 V512 and K128 V128) gives 216 registers and no spills at 78 KB of shared memory (fp32:
-    254 registers, no spills, 115 KB), where BV 64 or 4 warps spill (test_state_gemms.py::test_tail_resources_sm90,
-    slow); at C = 128, BK 32 and 2 stages."""
+    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64 (32 for fp32), 4 warps, 2 stages (the
+    V loop's loads do not depend on the accumulators, so the next V-block's tiles load while this one multiplies).
+    Measured at H6 K256 V512, 32768 tokens, one H200 (docs/BENCHMARKS.md §1.14), fwd+bwd with (BK, BV, warps,
+    stages) (32, 64, 4, 2) 12.96 ms, (64, 32, 4, 3) 13.14, (64, 64, 8, 3) 14.34, (64, 32, 8, 3) 15.25 (one CTA
+    per SM at 216 registers x 256 threads); the reverse scan's row sums (MDN_BWD_DG=rev) 13.87. ptxas for sm_90a:
+    no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow); at C = 128, BV 32 and 8 warps."""
     env = os.environ.get("MDN_TAIL_CONFIG", "").strip()
     if env:
         try:
@@ -132,9 +133,10 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
             raise ValueError(f"MDN_TAIL_CONFIG={env!r}: expected \"BK,BV,num_warps,num_stages\" with BK and BV powers "
                              f"of two >= 16, num_warps in 1-16 (a power of two), num_stages 1-4, e.g. \"64,32,8,3\"")
         return bk, bv, nw, ns
-    bk = _pow2_clamp(K, 16, 64 if C <= 64 else 32)
-    bv = _pow2_clamp(V, 16, 32)
-    return bk, bv, 8 if C * bk >= 64 * 64 else 4, 3 if C <= 64 else 2
+    bk = _pow2_clamp(K, 16, 32)
+    if C <= 64:
+        return bk, _pow2_clamp(V, 16, 64 if dtype != torch.float32 else 32), 4, 2
+    return bk, _pow2_clamp(V, 16, 32), 8, 2
 
 
 def state_gemms_triton(vt, dvo, hc, dhc):
