@@ -563,6 +563,7 @@ def test_op_segmented_reverse_scan_equals_one_pass(monkeypatch, dtype, tol, segm
     """MDN_BWD_SEGMENTS: the reverse scan and its GEMM Vt [dS'; dM']^T in time segments, each with a segment-sized
     dhc, give the one-pass outputs and gradients (same arithmetic), dense with an initial state and a final-state
     gradient, and varlen with uneven lengths (one of length 1, more segments than a sequence has chunks)."""
+    monkeypatch.setenv("MDN_BWD_DG", "rev")  # the one pass with the same arithmetic (row sums in the reverse scan)
     do = torch.randn(2, 100, 2, 24, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
     dense = make_inputs(2, 100, 2, 32, 24, dtype=dtype, device=DEV, initial_state=True)
@@ -585,6 +586,7 @@ def test_op_segmented_backward_with_saved_states(monkeypatch, segments):
     """MDN_BWD_SEGMENTS with MDN_SAVE_STATES=1: the forward's full hc, segment-sized dhc only; the one-pass
     numbers."""
     monkeypatch.setenv("MDN_SAVE_STATES", "1")
+    monkeypatch.setenv("MDN_BWD_DG", "rev")
     inputs = make_inputs(2, 90, 2, 32, 24, dtype=torch.bfloat16, device=DEV, initial_state=True)
     do = torch.randn(2, 90, 2, 24, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
@@ -609,10 +611,10 @@ def test_bwd_segments_knob(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,V,segments", [(256, 512, "4"), (128, 128, "3")])
 def test_gpu_segmented_reverse_scan_matches_one_pass_and_oracle(monkeypatch, K, V, segments):
-    """MDN_BWD_SEGMENTS on the GPU at the shipped tiles: the one-pass numbers (same arithmetic) and the bf16
-    tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
+    """MDN_BWD_SEGMENTS on the GPU at the shipped tiles: the one-pass numbers with the same arithmetic (MDN_BWD_DG=rev)
+    and the bf16 tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
-    monkeypatch.delenv("MDN_BWD_DG", raising=False)
+    monkeypatch.setenv("MDN_BWD_DG", "rev")
     inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
     do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
     dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
@@ -627,6 +629,7 @@ def test_gpu_segmented_reverse_scan_matches_one_pass_and_oracle(monkeypatch, K, 
 def test_op_segmented_reverse_scan_with_stacked_gemm(monkeypatch):
     """MDN_BWD_SEGMENTS with MDN_BWD_GEMM=stacked (the segments share the full dVt / [dVt; dO] buffers)."""
     monkeypatch.setenv("MDN_BWD_GEMM", "stacked")
+    monkeypatch.setenv("MDN_BWD_DG", "rev")
     inputs = make_inputs(2, 70, 2, 32, 24, dtype=torch.bfloat16, device=DEV, initial_state=True)
     do = torch.randn(2, 70, 2, 24, dtype=torch.float64, device=DEV)
     out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", "2"), chunk_momentum_delta_rule, inputs,
