@@ -117,14 +117,16 @@ def _pow2_clamp(n: int, lo: int, hi: int) -> int:
 
 def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BK, BV, num_warps, num_stages) of the fused kernel; MDN_TAIL_CONFIG="BK,BV,warps,stages" overrides it
-    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64, 4 warps, 3 stages for 16-bit inputs
-    (the V loop's loads do not depend on the accumulators, so the next V-blocks' tiles load while this one
-    multiplies); fp32 BV 32, 2 stages. Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14), fwd+bwd ms
-    with (BK, BV, warps, stages): H6 K256 V512 (32, 64, 4, 3) 12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3)
-    13.14, (32, 32, 4, 2) 13.28, (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM
-    at 216 registers x 256 threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75;
-    H16 K128 V128 (32, 128, 4, 2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. ptxas for sm_90a: no
-    spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow); at C = 128, BV 32 and 8 warps."""
+    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64 (fp32: 32), 4 warps, 2 stages (the V
+    loop's loads do not depend on the accumulators, so the next V-block's tiles load while this one multiplies).
+    Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14), fwd+bwd ms with (BK, BV, warps, stages):
+    H6 K256 V512 (32, 64, 4, 3) 12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
+    (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM at 216 registers x 256
+    threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75; H16 K128 V128 (32, 128, 4,
+    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. The 3-stage (32, 64, 4, 3) is faster but has not
+    run the GPU test set yet (the 2-stage default has: docs/BENCHMARKS.md §1.14), so it stays opt-in. ptxas for
+    sm_90a: no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow; (32, 64, 4, 3) 240
+    registers, 106 KB); at C = 128, BV 32 and 8 warps."""
     env = os.environ.get("MDN_TAIL_CONFIG", "").strip()
     if env:
         try:
@@ -137,9 +139,7 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
         return bk, bv, nw, ns
     bk = _pow2_clamp(K, 16, 32)
     if C <= 64:
-        if dtype == torch.float32:
-            return bk, _pow2_clamp(V, 16, 32), 4, 2
-        return bk, _pow2_clamp(V, 16, 64), 4, 3
+        return bk, _pow2_clamp(V, 16, 64 if dtype != torch.float32 else 32), 4, 2
     return bk, _pow2_clamp(V, 16, 32), 8, 2
 
 
