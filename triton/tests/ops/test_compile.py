@@ -184,3 +184,53 @@ def test_compiled_intra_static_shapes(monkeypatch):
     assert graphs_after(2, 45, 48) == 1      # K static: K = 32's graph does not cover K = 48
     new = [graphs_after(1, T, 16) for T in (17, 18, 19, 20, 21, 22, 23, 24)]
     assert new == [1] * 8                    # shapes 5 to 12 of this function: still compiled
+
+
+_GRAPHS: list = []  # (code name, symbolic?) of every graph the recording backend was given
+
+
+def _symbolic(gm) -> bool:
+    """Whether a dynamo graph takes symbolic sizes (automatic dynamic shapes) anywhere in its inputs."""
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        ev = n.meta.get("example_value")
+        if isinstance(ev, torch.SymInt):
+            return True
+        if isinstance(ev, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in ev.shape):
+            return True
+    return False
+
+
+def _recording_backend(gm, example_inputs):
+    _GRAPHS.append(_symbolic(gm))
+    return gm.forward
+
+
+@needs_kernels
+def test_compiled_parts_stay_static_across_dense_shapes(monkeypatch):
+    """The op's own compiled parts (intra and the pqk backward's chain rule, MDN_CHUNK_COMPILE=1) compile dense
+    batches with static shapes, one graph per shape: with automatic dynamic shapes a second shape in one process (an
+    accuracy check before a timing, a sweep over shapes) made them symbolic and slower (docs/BENCHMARKS.md §1.14)."""
+    from torch._dynamo.backends.registry import list_backends, register_backend
+    from mdn.ops.momentum_delta_rule import chunk as ch
+    from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
+    if "mdn_test_recording" not in list_backends(exclude_tags=()):
+        register_backend(_recording_backend, name="mdn_test_recording")
+    torch._dynamo.reset()
+    monkeypatch.setenv("MDN_CHUNK_COMPILE", "1")
+    monkeypatch.setenv("MDN_CHUNK_COMPILE_BACKEND", "mdn_test_recording")
+    monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+    monkeypatch.setattr(ch, "_compiled_intra", {})
+    monkeypatch.setattr(ch, "_compile_failed", False)
+    monkeypatch.setattr(sp, "_compiled_chain", {})
+    monkeypatch.setattr(sp, "_chain_compile_failed", False)
+    _GRAPHS.clear()
+    for B, T, H, K, V in [(1, 20, 2, 16, 16), (2, 40, 1, 32, 16), (1, 50, 3, 16, 32)]:
+        args = {n: t.requires_grad_(t.is_floating_point()) for n, t in
+                make_inputs(B, T, H, K, V, device=DEV).items()}
+        o, _ = chunk_momentum_delta_rule(**args, chunk_size=16)
+        o.sum().backward()
+    assert not ch._compile_failed and not sp._chain_compile_failed
+    assert set(sp._compiled_chain) == {True}
+    assert len(_GRAPHS) >= 6 and not any(_GRAPHS), _GRAPHS  # forward, backward and chain graphs, all static

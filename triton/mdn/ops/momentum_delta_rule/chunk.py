@@ -325,7 +325,10 @@ def chunk_momentum_delta_rule(
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
                            "pqk_triton" if triton_intra else form, tril_inv=tril_inv)
-        oc, ht = (chunk_scan_pqk if form == "pqk" else chunk_scan)(*intra, h0, chunk_offsets)
+        if form == "pqk":
+            oc, ht = chunk_scan_pqk(*intra, h0, chunk_offsets, cu_seqlens is None)
+        else:
+            oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 
     o = _unpack_dense(oc, B, T) if cu_seqlens is None else _unpack_varlen(oc, pos)
     return o.to(q.dtype), (ht if output_final_state else None)

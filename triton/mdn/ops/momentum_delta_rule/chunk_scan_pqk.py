@@ -620,15 +620,16 @@ def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
 @torch.library.custom_op("mdn::scan_pqk_fwd", mutates_args=())
 def scan_pqk_fwd(
     u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor,
-    r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+    r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, dense: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (o [NC, H, C, V], vt [NC, H, C, V], ht [2, N, H, K, V] fp32)."""
+    """Returns (o [NC, H, C, V], vt [NC, H, C, V], ht [2, N, H, K, V] fp32). dense: every sequence has the same
+    number of chunks (no cu_seqlens); only the backward's compile policy reads it (_chain)."""
     o, vt, ht, _ = scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
     return o, vt, ht
 
 
 @scan_pqk_fwd.register_fake
-def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
+def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -671,26 +672,37 @@ def _chain_rule(xv, xo, rr, p, q, kw, a, r):
     return dp.to(p.dtype), dq.to(q.dtype), dkw.to(kw.dtype), da.to(a.dtype), dr.to(r.dtype)
 
 
-_compiled_chain = None
+_compiled_chain: dict = {}  # dense (bool) -> the torch.compile'd _chain_rule
 _chain_compile_failed = False
+_CHAIN_RECOMPILE_LIMIT = 64  # static graphs of the dense chain rule per process (as chunk.py's intra part)
 
 
-def _chain(xv, xo, rr, p, q, kw, a, r):
+def _chain(xv, xo, rr, p, q, kw, a, r, dense: bool = True):
     """_chain_rule through torch.compile where the intra part is compiled (chunk.py's MDN_CHUNK_COMPILE policy: on
     CUDA by default, =1 anywhere, =0 never; backend MDN_CHUNK_COMPILE_BACKEND), so that its row scalings and row
-    sums over [NC, H, C, K] fuse into a few kernels instead of ~20 eager passes. A compiler error warns once and
-    runs eager from then on."""
-    global _compiled_chain, _chain_compile_failed
+    sums over [NC, H, C, K] fuse into a few kernels instead of ~20 eager passes. Dense batches get static shapes,
+    one graph per shape, as the intra part does: with automatic dynamic shapes a second shape in one process (the
+    accuracy check before the timings in scripts/bench_ops.py, a sweep over shapes in one worker) made the chain
+    symbolic in NC, H, C and K, and that harness timed the op 0.7-1.0 ms slower than bench_op.py, which times one
+    shape per process (docs/BENCHMARKS.md §1.14; not re-timed since). Varlen batches change NC with every batch:
+    automatic dynamic there. A compiler error warns once and runs eager from then on."""
+    global _chain_compile_failed
     env = os.environ.get("MDN_CHUNK_COMPILE", "")
     want = env == "1" if env in ("0", "1") else (p.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1")
     if not want or _chain_compile_failed:
         return _chain_rule(xv, xo, rr, p, q, kw, a, r)
     try:
-        if _compiled_chain is None:
+        fn = _compiled_chain.get(bool(dense))
+        if fn is None:
             backend = os.environ.get("MDN_CHUNK_COMPILE_BACKEND", "inductor")
-            _compiled_chain = torch.compile(_chain_rule, dynamic=None, backend=backend,
-                                            **({"mode": compile_mode()} if backend == "inductor" else {}))
-        return _compiled_chain(xv, xo, rr, p, q, kw, a, r)
+            fn = torch.compile(_chain_rule_dense if dense else _chain_rule_varlen, dynamic=False if dense else None,
+                               backend=backend, **({"mode": compile_mode()} if backend == "inductor" else {}))
+            _compiled_chain[bool(dense)] = fn
+        if dense:
+            with torch._dynamo.config.patch(recompile_limit=max(_CHAIN_RECOMPILE_LIMIT,
+                                                                torch._dynamo.config.recompile_limit)):
+                return fn(xv, xo, rr, p, q, kw, a, r)
+        return fn(xv, xo, rr, p, q, kw, a, r)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
@@ -700,7 +712,17 @@ def _chain(xv, xo, rr, p, q, kw, a, r):
         return _chain_rule(xv, xo, rr, p, q, kw, a, r)
 
 
-def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc):
+def _chain_rule_dense(*args):
+    """_chain_rule for dense batches: its own code object, so that its static compile keeps its own cache and
+    recompile state apart from the varlen one's."""
+    return _chain_rule(*args)
+
+
+def _chain_rule_varlen(*args):
+    return _chain_rule(*args)
+
+
+def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True):
     """The backward of the pqk scan; hc: the chunk-start states saved by the forward (scan_pqk_fwd_saving), or None
     to rebuild them from the saved Vt (the state recompute)."""
     do = do.to(vt.dtype)
@@ -721,7 +743,7 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
             daqk = (dob @ _t(vt)).tril()
             dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
             return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
@@ -735,13 +757,13 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
             daqk = (dob @ _t(vt)).tril()
             dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
             return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
         dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
-    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r)
+    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
@@ -759,15 +781,15 @@ def _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt):
 def scan_pqk_bwd(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
     g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
-    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor],
+    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], dense: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """Returns the grads of (u, p, q, kw, a, aqk, r, g, h0); dh0 is fp32 [2, N, H, K, V]."""
-    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, None)
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, None, dense)
 
 
 @scan_pqk_bwd.register_fake
-def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht):
+def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, dense=True):
     return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
@@ -775,22 +797,22 @@ def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht):
 def scan_pqk_bwd_saved(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
     g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
-    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], hc: torch.Tensor,
+    vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], hc: torch.Tensor, dense: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """scan_pqk_bwd with the chunk-start states hc [NC, H, 2, K, V] that the forward stored: no state recompute."""
-    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc)
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense)
 
 
 @scan_pqk_bwd_saved.register_fake
-def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc):
+def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True):
     return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
 def _scan_pqk_setup_context(ctx, inputs, output):
-    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets = inputs
+    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
     _, vt, _ = output
-    ctx.has_h0 = h0 is not None
+    ctx.has_h0, ctx.dense = h0 is not None, dense
     ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
@@ -799,9 +821,9 @@ def _scan_pqk_backward(ctx, do, dvt_unused, dht):
     if do is None:
         do = torch.zeros_like(vt)
     grads = scan_pqk_bwd(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
-                         dht.contiguous() if dht is not None else None)
+                         dht.contiguous() if dht is not None else None, ctx.dense)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
-    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None
+    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None
 
 
 scan_pqk_fwd.register_autograd(_scan_pqk_backward, setup_context=_scan_pqk_setup_context)
@@ -814,14 +836,14 @@ scan_pqk_fwd.register_autograd(_scan_pqk_backward, setup_context=_scan_pqk_setup
 @torch.library.custom_op("mdn::scan_pqk_fwd_saving", mutates_args=())
 def scan_pqk_fwd_saving(
     u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor,
-    r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
+    r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, dense: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scan_pqk_fwd that also returns the chunk-start states: (o, vt, ht, hc [NC, H, 2, K, V])."""
     return scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, store_states=True)
 
 
 @scan_pqk_fwd_saving.register_fake
-def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
+def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -830,9 +852,9 @@ def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
 
 
 def _scan_pqk_saving_setup_context(ctx, inputs, output):
-    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets = inputs
+    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
     _, vt, _, hc = output
-    ctx.has_h0 = h0 is not None
+    ctx.has_h0, ctx.dense = h0 is not None, dense
     ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc)
 
 
@@ -841,9 +863,9 @@ def _scan_pqk_saving_backward(ctx, do, dvt_unused, dht, dhc_unused):
     if do is None:
         do = torch.zeros_like(vt)
     grads = scan_pqk_bwd_saved(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
-                               dht.contiguous() if dht is not None else None, hc)
+                               dht.contiguous() if dht is not None else None, hc, ctx.dense)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
-    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None
+    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None
 
 
 scan_pqk_fwd_saving.register_autograd(_scan_pqk_saving_backward, setup_context=_scan_pqk_saving_setup_context)
@@ -855,12 +877,13 @@ def save_states() -> bool:
     return env_choice("MDN_SAVE_STATES", ("0", "1"), "0") == "1"
 
 
-def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets):
+def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense: bool = True):
     """Differentiable inter-chunk scan, pqk form. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32).
-    With MDN_SAVE_STATES=1 and a gradient required, the forward stores the chunk-start states for the backward."""
+    With MDN_SAVE_STATES=1 and a gradient required, the forward stores the chunk-start states for the backward.
+    dense: no cu_seqlens (the backward compiles its chain rule with static shapes then, _chain)."""
     if save_states() and torch.is_grad_enabled() and any(
             t.requires_grad for t in (u, p, q, kw, a, aqk, r, g, h0) if t is not None):
-        o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
+        o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense)
         return o, ht
-    o, _, ht = scan_pqk_fwd(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
+    o, _, ht = scan_pqk_fwd(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense)
     return o, ht
