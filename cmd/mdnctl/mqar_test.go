@@ -141,3 +141,51 @@ func TestMQARBudgetSweepOrder(t *testing.T) {
 		t.Errorf("max_seconds = %v: a guard must not cut a point below ~1000 steps (want >= 300 s)", s)
 	}
 }
+
+// sweeps/mqar-budget-4lr.toml: the budget grid with four learning rates per cell (the "best of 4"); every
+// point of mqar-budget.toml is a point of it with the same id, so rows already measured count as done under
+// --resume, and within each width the two new rates come first.
+func TestMQARBudgetFourRatesExtendsTwoRates(t *testing.T) {
+	load := func(name string) *sweep.Plan {
+		f, err := sweep.Load(filepath.Join("..", "..", "sweeps", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan, err := f.Expand()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return plan
+	}
+	two, four := load("mqar-budget.toml"), load("mqar-budget-4lr.toml")
+	if len(four.Points) != 2*len(two.Points) {
+		t.Fatalf("%d points, want %d (twice mqar-budget.toml's)", len(four.Points), 2*len(two.Points))
+	}
+	ids := map[string]bool{}
+	for _, p := range four.Points {
+		ids[p.ID] = true
+	}
+	oldRates := map[string]bool{}
+	for _, p := range two.Points {
+		oldRates[fmt.Sprint(p.Values["lr"])] = true
+		if !ids[p.ID] {
+			t.Errorf("point %s of mqar-budget.toml (%v) is not in mqar-budget-4lr.toml", p.ID, p.Values)
+		}
+	}
+	rates := map[string]map[string]bool{}
+	for i, p := range four.Points {
+		cell := fmt.Sprintf("%v/%v/%v/%v", p.Values["model"], p.Values["constraint"], p.Values["seq_len"], p.Values["d_model"])
+		if rates[cell] == nil {
+			rates[cell] = map[string]bool{}
+		}
+		rates[cell][fmt.Sprint(p.Values["lr"])] = true
+		if i < 10 && oldRates[fmt.Sprint(p.Values["lr"])] {
+			t.Errorf("plan position %d runs lr %v, which mqar-budget.toml ran already; the new rates go first", i, p.Values["lr"])
+		}
+	}
+	for cell, r := range rates {
+		if len(r) != 4 {
+			t.Errorf("cell %s has rates %v, want 4", cell, r)
+		}
+	}
+}
