@@ -49,7 +49,10 @@ def _tail_inputs(NC, H, C, K, V, dtype, stacked):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C,K,V,stacked", [(16, 32, 24, False), (64, 100, 48, False), (32, 64, 80, True),
                                            (128, 20, 16, False)])
-def test_state_gemms_match_fp64_products(dtype, C, K, V, stacked):
+@pytest.mark.parametrize("split", ["0", "1", "gemm"])
+def test_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacked, split):
+    """Every MDN_TAIL_SPLIT (one fused launch, two launches of the kernel, cuBLAS for dVt / dO x (S, M))."""
+    monkeypatch.setenv("MDN_TAIL_SPLIT", split)
     (vt, dvo, hc, dhc), (vt64, dvt64, do64, hc64, dh64) = _tail_inputs(3, 2, C, K, V, dtype, stacked)
     (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
     hct = hc64.flatten(2, 3).transpose(-1, -2)                # [V, 2K]
@@ -110,6 +113,22 @@ def test_op_tail_with_stacked_gemm_and_saved_states(monkeypatch):
     assert_same_results(saved["0"], saved["1"], 1e-6)
 
 
+@needs_kernels
+@pytest.mark.parametrize("split", ["1", "gemm"])
+def test_op_tail_split_equals_fused(monkeypatch, split):
+    """MDN_TAIL_SPLIT=1 (the same products in two launches) gives the fused tail's numbers exactly; =gemm (cuBLAS
+    for dVt / dO x (S, M), bf16 outputs rounded by another GEMM) within bf16 rounding; a bad value is a ValueError
+    before any kernel runs."""
+    inputs, kw, grads = _op_inputs(torch.bfloat16, False)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    out = run_op_per_env(monkeypatch, "MDN_TAIL_SPLIT", ("0", split), chunk_momentum_delta_rule, inputs,
+                         grads=grads, chunk_size=16, **kw)
+    assert_same_results(out["0"], out[split], 1e-6 if split == "1" else 8e-3)
+    monkeypatch.setenv("MDN_TAIL_SPLIT", "2")
+    with pytest.raises(ValueError, match="MDN_TAIL_SPLIT='2': expected one of"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
 def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 2)
@@ -121,6 +140,8 @@ def test_tail_config_knob(monkeypatch):
         monkeypatch.setenv("MDN_TAIL_CONFIG", bad)
         with pytest.raises(ValueError, match=f"MDN_TAIL_CONFIG='{bad}': expected"):
             tail_config(256, 512, 64, torch.bfloat16)
+    with pytest.raises(ValueError, match="MDN_TAIL_CONFIG='a,b,c,d': expected"):  # from the op, before any kernel
+        chunk_momentum_delta_rule(**make_inputs(1, 20, 1, 16, 16), chunk_size=16)
 
 
 @pytest.mark.gpu
@@ -144,8 +165,9 @@ def test_gpu_tail_matches_reverse_scan_dg_and_oracle(monkeypatch, K, V):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C,K,V,stacked", [(64, 256, 512, False), (64, 128, 128, True), (32, 64, 48, False),
                                            (128, 256, 512, False)])
-def test_gpu_state_gemms_match_fp64_products(dtype, C, K, V, stacked):
-    test_state_gemms_match_fp64_products(dtype, C, K, V, stacked)
+@pytest.mark.parametrize("split", ["0", "1", "gemm"])
+def test_gpu_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacked, split):
+    test_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacked, split)
 
 
 @pytest.mark.slow

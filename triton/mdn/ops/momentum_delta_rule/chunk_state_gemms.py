@@ -23,6 +23,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .chunk_scan import _dot_acc, _dot_mode, _empty
+from .knobs import env_choice
 
 
 @triton.jit
@@ -38,12 +39,14 @@ def _tile(p, m, DOT_MODE: tl.constexpr):
 def momentum_delta_rule_bwd_kernel_state_gemms(
     vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
-    P: tl.constexpr, DOT_MODE: tl.constexpr,
+    P: tl.constexpr, DOT_MODE: tl.constexpr, X: tl.constexpr = True, R: tl.constexpr = True,
 ):
     """Grid (NK, NC * H). vt, dvt [NC * H, C, V] contiguous; dob the same with s_dob elements between (chunk, head)
     blocks (C V for the planes layout, 2 C V for the stacked one); hc [NC * H, 2, K, V]; dhc [NC * H, P, K, V]
     (P = 2: fp32 [dS', dM']; P = 4: bf16 [hi dS', hi dM', lo dS', lo dM']); xv, xo [NC * H, C, 2K] in the inputs'
-    dtype; rr [NC * H, C, 2K] fp32; dgp [NC * H, NK, 3] fp32 (partial sums over this K-block)."""
+    dtype; rr [NC * H, C, 2K] fp32; dgp [NC * H, NK, 3] fp32 (partial sums over this K-block).
+    X: compute xv, xo (loads dVt, dO, S, M); R: compute rr and dgp (loads Vt, S, M, dS', dM'). Both (the default)
+    share the S, M tiles; one part per launch halves the accumulators (MDN_TAIL_SPLIT)."""
     i_k, i_nh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_c = tl.arange(0, C)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -69,46 +72,50 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
         p_cv = o_c[:, None] * V + o_v[None, :]                        # [C, BV]
         p_kv = o_k[:, None] * V + o_v[None, :]                        # [BK, BV]
         m_kv = m_k[:, None] & m_v[None, :]
-        b_vt = _tile(vt + p_cv, m_v[None, :], DOT_MODE)               # [C, BV]
-        b_dvt = _tile(dvt + p_cv, m_v[None, :], DOT_MODE)
-        b_do = _tile(dob + p_cv, m_v[None, :], DOT_MODE)
         b_s = _tile(hc + p_kv, m_kv, DOT_MODE)                        # [BK, BV]
         b_m = _tile(hc + K * V + p_kv, m_kv, DOT_MODE)
-        b_ds = _tile(dhc + p_kv, m_kv, DOT_MODE)
-        b_dm = _tile(dhc + K * V + p_kv, m_kv, DOT_MODE)
-        b_xs = _dot_acc(b_dvt, tl.trans(b_s), b_xs, DOT_MODE)
-        b_xm = _dot_acc(b_dvt, tl.trans(b_m), b_xm, DOT_MODE)
-        b_os = _dot_acc(b_do, tl.trans(b_s), b_os, DOT_MODE)
-        b_om = _dot_acc(b_do, tl.trans(b_m), b_om, DOT_MODE)
-        b_rs = _dot_acc(b_vt, tl.trans(b_ds), b_rs, DOT_MODE)
-        b_rm = _dot_acc(b_vt, tl.trans(b_dm), b_rm, DOT_MODE)
-        f_ds = b_ds.to(tl.float32)
-        f_dm = b_dm.to(tl.float32)
-        if P == 4:
-            b_dsl = _tile(dhc + 2 * K * V + p_kv, m_kv, DOT_MODE)
-            b_dml = _tile(dhc + 3 * K * V + p_kv, m_kv, DOT_MODE)
-            b_rs = _dot_acc(b_vt, tl.trans(b_dsl), b_rs, DOT_MODE)
-            b_rm = _dot_acc(b_vt, tl.trans(b_dml), b_rm, DOT_MODE)
-            f_ds += b_dsl.to(tl.float32)
-            f_dm += b_dml.to(tl.float32)
-        f_s = b_s.to(tl.float32)
-        f_m = b_m.to(tl.float32)
-        d_ss += tl.sum(f_ds * f_s, 1)
-        d_sm += tl.sum(f_ds * f_m, 1)
-        d_mm += tl.sum(f_dm * f_m, 1)
+        if X:
+            b_dvt = _tile(dvt + p_cv, m_v[None, :], DOT_MODE)         # [C, BV]
+            b_do = _tile(dob + p_cv, m_v[None, :], DOT_MODE)
+            b_xs = _dot_acc(b_dvt, tl.trans(b_s), b_xs, DOT_MODE)
+            b_xm = _dot_acc(b_dvt, tl.trans(b_m), b_xm, DOT_MODE)
+            b_os = _dot_acc(b_do, tl.trans(b_s), b_os, DOT_MODE)
+            b_om = _dot_acc(b_do, tl.trans(b_m), b_om, DOT_MODE)
+        if R:
+            b_vt = _tile(vt + p_cv, m_v[None, :], DOT_MODE)           # [C, BV]
+            b_ds = _tile(dhc + p_kv, m_kv, DOT_MODE)
+            b_dm = _tile(dhc + K * V + p_kv, m_kv, DOT_MODE)
+            b_rs = _dot_acc(b_vt, tl.trans(b_ds), b_rs, DOT_MODE)
+            b_rm = _dot_acc(b_vt, tl.trans(b_dm), b_rm, DOT_MODE)
+            f_ds = b_ds.to(tl.float32)
+            f_dm = b_dm.to(tl.float32)
+            if P == 4:
+                b_dsl = _tile(dhc + 2 * K * V + p_kv, m_kv, DOT_MODE)
+                b_dml = _tile(dhc + 3 * K * V + p_kv, m_kv, DOT_MODE)
+                b_rs = _dot_acc(b_vt, tl.trans(b_dsl), b_rs, DOT_MODE)
+                b_rm = _dot_acc(b_vt, tl.trans(b_dml), b_rm, DOT_MODE)
+                f_ds += b_dsl.to(tl.float32)
+                f_dm += b_dml.to(tl.float32)
+            f_s = b_s.to(tl.float32)
+            f_m = b_m.to(tl.float32)
+            d_ss += tl.sum(f_ds * f_s, 1)
+            d_sm += tl.sum(f_ds * f_m, 1)
+            d_mm += tl.sum(f_dm * f_m, 1)
 
     p_ck = i_nh * C * 2 * K + o_c[:, None] * 2 * K + o_k[None, :]    # [C, BK] in [C, 2K]
     m_ck = m_k[None, :]
-    tl.store(xv + p_ck, b_xs.to(xv.dtype.element_ty), mask=m_ck)
-    tl.store(xv + K + p_ck, b_xm.to(xv.dtype.element_ty), mask=m_ck)
-    tl.store(xo + p_ck, b_os.to(xo.dtype.element_ty), mask=m_ck)
-    tl.store(xo + K + p_ck, b_om.to(xo.dtype.element_ty), mask=m_ck)
-    tl.store(rr + p_ck, b_rs, mask=m_ck)
-    tl.store(rr + K + p_ck, b_rm, mask=m_ck)
-    p_dg = dgp + (i_nh * NK + i_k) * 3
-    tl.store(p_dg, tl.sum(d_ss, 0))
-    tl.store(p_dg + 1, -tl.sum(d_sm, 0))
-    tl.store(p_dg + 2, tl.sum(d_mm, 0))
+    if X:
+        tl.store(xv + p_ck, b_xs.to(xv.dtype.element_ty), mask=m_ck)
+        tl.store(xv + K + p_ck, b_xm.to(xv.dtype.element_ty), mask=m_ck)
+        tl.store(xo + p_ck, b_os.to(xo.dtype.element_ty), mask=m_ck)
+        tl.store(xo + K + p_ck, b_om.to(xo.dtype.element_ty), mask=m_ck)
+    if R:
+        tl.store(rr + p_ck, b_rs, mask=m_ck)
+        tl.store(rr + K + p_ck, b_rm, mask=m_ck)
+        p_dg = dgp + (i_nh * NK + i_k) * 3
+        tl.store(p_dg, tl.sum(d_ss, 0))
+        tl.store(p_dg + 1, -tl.sum(d_sm, 0))
+        tl.store(p_dg + 2, tl.sum(d_mm, 0))
 
 
 def _pow2_clamp(n: int, lo: int, hi: int) -> int:
@@ -143,11 +150,24 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
     return bk, _pow2_clamp(V, 16, 32), 8, 2
 
 
+TAIL_SPLITS = ("0", "1", "gemm")
+
+
+def tail_split() -> str:
+    """MDN_TAIL_SPLIT: how the tail runs. "0" (default): one fused kernel for all six products and the sums; "1": the
+    same kernel launched twice, once for dVt / dO x (S, M) and once for Vt x (dS', dM') with the sums, each with
+    half the accumulators (so larger K-blocks fit), S and M read twice; "gemm": cuBLAS GEMMs for dVt / dO x (S, M)
+    (one M = 2C GEMM with MDN_BWD_GEMM=stacked) and the kernel for the rest. Not timed yet (opt-in); other values
+    are a ValueError."""
+    return env_choice("MDN_TAIL_SPLIT", TAIL_SPLITS, "0")
+
+
 def state_gemms_triton(vt, dvo, hc, dhc):
-    """xv, xo, rr and dg of the module docstring in one kernel. vt [NC, H, C, V]; dvo the reverse scan's dVt and dO:
-    [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO] [NC, H, 2C, V]); hc [NC, H, 2, K, V];
-    dhc [NC, H, P, K, V]. Returns ((xv, xo), rr, dg): xv, xo [NC, H, C, 2K] in vt's dtype, rr [NC, H, C, 2K] fp32,
-    dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>)."""
+    """xv, xo, rr and dg of the module docstring (MDN_TAIL_SPLIT says in how many launches). vt [NC, H, C, V]; dvo
+    the reverse scan's dVt and dO: [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO]
+    [NC, H, 2C, V]); hc [NC, H, 2, K, V]; dhc [NC, H, P, K, V]. Returns ((xv, xo), rr, dg): xv, xo [NC, H, C, 2K] in
+    vt's dtype, rr [NC, H, C, 2K] fp32, dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>)."""
+    split = tail_split()
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
     P = dhc.shape[2]
@@ -161,13 +181,23 @@ def state_gemms_triton(vt, dvo, hc, dhc):
             raise ValueError(f"state_gemms_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
     BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
     NK = triton.cdiv(K, BK)
-    xv = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
-    xo = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
     rr = _empty((NC, H, C, 2 * K), torch.float32, vt.device)
     dgp = _empty((NC, H, NK, 3), torch.float32, vt.device)
+    if split == "gemm":
+        hct = hc.view(NC, H, 2 * K, V).transpose(-1, -2)              # [V, 2K]
+        if isinstance(dvo, tuple):
+            x = dvs @ hct                                             # [NC, H, 2C, 2K]: one M = 2C GEMM
+            xv, xo = x[:, :, :C], x[:, :, C:]
+        else:
+            xv, xo = dvt @ hct, dob @ hct
+    else:
+        xv = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
+        xo = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
+    parts = [(True, True)] if split == "0" else ([(True, False), (False, True)] if split == "1" else [(False, True)])
     if NC * H:
-        momentum_delta_rule_bwd_kernel_state_gemms[(NK, NC * H)](
-            vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
-            K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype),
-            num_warps=num_warps, num_stages=num_stages)
+        for x_part, r_part in parts:
+            momentum_delta_rule_bwd_kernel_state_gemms[(NK, NC * H)](
+                vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
+                K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
+                num_warps=num_warps, num_stages=num_stages)
     return (xv, xo), rr, dgp.sum(2)
