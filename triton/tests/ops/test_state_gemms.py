@@ -129,6 +129,39 @@ def test_op_tail_split_equals_fused(monkeypatch, split):
         chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
+@needs_kernels
+@pytest.mark.parametrize("segments,split", [("2", "0"), ("3", "1"), ("9", "0")])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_op_segmented_tail_equals_one_pass(monkeypatch, segments, split, varlen):
+    """MDN_BWD_SEGMENTS with the tail: the reverse scan without the sums and the tail kernel on each segment's rows
+    through a chunk-id index give the one-pass tail's numbers (same arithmetic), dense with an initial state and a
+    final-state gradient, and varlen with a length-1 sequence and more segments than a sequence has chunks."""
+    inputs, kw, grads = _op_inputs(torch.bfloat16, varlen)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_TAIL_SPLIT", split)
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
+                         grads=grads, chunk_size=16, **kw)
+    assert_same_results(out["1"], out[segments], 1e-6)
+
+
+@needs_kernels
+def test_op_segmented_tail_with_saved_states(monkeypatch):
+    """MDN_BWD_SEGMENTS with the tail and MDN_SAVE_STATES=1 (the forward's full hc, read by chunk id)."""
+    inputs, kw, grads = _op_inputs(torch.bfloat16, False)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_SAVE_STATES", "1")
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", "4"), chunk_momentum_delta_rule, inputs,
+                         grads=grads, chunk_size=16, **kw)
+    assert_same_results(out["1"], out["4"], 1e-6)
+
+
+def test_segments_refuse_gemm_split(monkeypatch):
+    monkeypatch.setenv("MDN_BWD_SEGMENTS", "2")
+    monkeypatch.setenv("MDN_TAIL_SPLIT", "gemm")
+    with pytest.raises(ValueError, match="MDN_BWD_SEGMENTS='2' does not combine with MDN_TAIL_SPLIT='gemm'"):
+        chunk_momentum_delta_rule(**make_inputs(1, 20, 1, 16, 16), chunk_size=16)
+
+
 def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 2)
@@ -158,6 +191,22 @@ def test_gpu_tail_matches_reverse_scan_dg_and_oracle(monkeypatch, K, V):
                          grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
     assert_same_results(out["rev"], out["tail"], 1e-2)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
+    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,V,segments", [(256, 512, "4"), (128, 128, "3")])
+def test_gpu_segmented_tail_matches_one_pass_and_oracle(monkeypatch, K, V, segments):
+    """MDN_BWD_SEGMENTS with the tail on the GPU: the one-pass tail's numbers and the bf16 tolerances against fp64."""
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    monkeypatch.setenv("MDN_BWD_DG", "tail")
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out["1"], out[segments], 1e-5)
+    monkeypatch.setenv("MDN_BWD_SEGMENTS", segments)
     _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
 
 

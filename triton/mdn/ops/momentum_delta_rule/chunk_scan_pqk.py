@@ -38,7 +38,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
-from .chunk_state_gemms import state_gemms_triton
+from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
                          _empty, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
@@ -434,8 +434,8 @@ def bwd_dg() -> str:
     "rec": the reverse scan runs first, without them, and the state recompute after it computes them from the
     states in its registers and the stored end-state gradients (+0.25 ms at H6 K256 V512: it loads four [K, BV]
     planes per chunk for them). "tail" and "rec" apply on the Triton path; elsewhere (the torch path) the reverse
-    scan's row sums run, as they do with MDN_BWD_SEGMENTS > 1 (which refuses "rec") and for "rec" with
-    MDN_SAVE_STATES=1 (no recompute). Other values are a ValueError."""
+    scan's row sums run, as they do for "rec" with MDN_SAVE_STATES=1 (no recompute); MDN_BWD_SEGMENTS > 1 takes
+    "tail" (per segment, through a chunk-id index) and "rev", and refuses "rec". Other values are a ValueError."""
     return env_choice("MDN_BWD_DG", BWD_DGS, "tail")
 
 
@@ -461,6 +461,9 @@ def bwd_segments() -> int:
         n = 0
     if n < 1 or str(n) != env.strip():
         raise ValueError(f"MDN_BWD_SEGMENTS={env!r}: expected a positive integer (default 1)")
+    if n > 1 and bwd_dg() == "tail" and tail_split() == "gemm":
+        raise ValueError(f"MDN_BWD_SEGMENTS={env!r} does not combine with MDN_TAIL_SPLIT='gemm' (the segment's rows "
+                         f"are not contiguous for cuBLAS): use MDN_TAIL_SPLIT=0 or 1")
     if n > 1 and bwd_dg() == "rec":
         raise ValueError(f"MDN_BWD_SEGMENTS={env!r} needs MDN_BWD_DG=rev or tail (the state recompute reads the whole "
                          f"dhc with MDN_BWD_DG=rec), got MDN_BWD_DG={bwd_dg()!r}")
@@ -476,11 +479,13 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
     (hb [S, 2, N, H, K, V]); then per segment the recompute from them fills a segment-sized hc. hc given
     (MDN_SAVE_STATES=1): used as it is. Per segment, the reverse scan starts from the end-state gradient carried out
     of the segment after it (dht for the last), writes the segment's end-state gradients into a segment-sized dhc,
-    and the GEMMs of scan_bwd_gemms read both before the next segment reuses them. So the two largest buffers of
+    and the GEMMs of scan_bwd_gemms read both before the next segment reuses them. With MDN_BWD_DG=tail the reverse
+    scan runs without the <dS', S> sums and the fused tail kernel (chunk_state_gemms.py) takes the segment's rows
+    through a chunk-id index instead of the gathers, GEMMs and scatters. So the two largest buffers of
     the backward (hc, dhc: 4.8 GB per 32768 tokens at H6 K256 V512) shrink to 1 / segments, for one more
     (store-free) recompute pass and more launches. Same arithmetic as one pass.
     Returns (dvo, xv, xo, rr, dh0, dg): xv = dVt [S; M]^T and xo = dO [S; M]^T ([NC, H, C, 2K]) and rr = Vt [dS';
-    dM']^T ([NC, H, C, P K]) as scan_bwd_gemms(sum_parts=False) gives them."""
+    dM']^T ([NC, H, C, P K]) as scan_bwd_gemms(sum_parts=False) gives them (the tail: [NC, H, C, 2K] fp32)."""
     NC, H, C, V = vt.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -500,10 +505,15 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
         dvo = (_empty((NC, H, C, V), dt, dev), _empty((NC, H, 2 * C, V), dt, dev))
     else:
         dvo = _empty((2, NC, H, C, V), dt, dev)
-    dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
+    tail = bwd_dg() == "tail"
     dhc = _empty((N * seg_len, H, P, K, V), dt, dev)
-    rr = _empty((NC, H, C, P * K), dt, dev)
-    xv, xo = _empty((NC, H, C, 2 * K), dt, dev), _empty((NC, H, C, 2 * K), dt, dev)
+    if tail:
+        dgp = _empty((1,), torch.float32, dev)  # unused: the reverse scan runs without the sums
+        tail_outs = new_outputs(vt, K, triton.cdiv(K, tail_config(K, V, C, dt)[0]))
+    else:
+        dgp = _empty((NC, H, NV, 3, K), torch.float32, dev)
+        rr = _empty((NC, H, C, P * K), dt, dev)
+        xv, xo = _empty((NC, H, C, 2 * K), dt, dev), _empty((NC, H, C, 2 * K), dt, dev)
     seg_hc = hc is None
     if seg_hc:
         hb = _empty((n_seg, 2, N, H, K, V), torch.float32, dev)
@@ -520,14 +530,18 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
                             chunk_offsets, vt=vt, store_states=True, seg=(j0, j1, seg_len), hc_out=hc_seg)
         out = carry[i % 2]
         launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, ops, _use_tma((p, q, kw)), do, cur,
-                        hc_seg if seg_hc else hc, chunk_offsets, stacked=stacked, seg=(j0, j1, seg_len),
-                        bufs=(dvo, dhc, out, dgp), SEG_HC=seg_hc)
+                        None if tail else (hc_seg if seg_hc else hc), chunk_offsets, stacked=stacked,
+                        seg=(j0, j1, seg_len), bufs=(dvo, dhc, out, dgp), SEG_HC=seg_hc)
         cur = out
         # the GEMMs for the segment's chunk rows n * L + j - j0 that exist (j < j1, j < len_n); rows without a
         # chunk read chunk 0 and their products are discarded
         j = j0 + jj
         idx = (starts[:, None] + j[None, :]).flatten()                           # [N * L] chunk ids
         valid = ((j[None, :] < lens[:, None]) & (j[None, :] < j1)).flatten()
+        if tail:
+            state_gemms_triton(vt, dvo, hc_seg if seg_hc else hc, dhc, rows=torch.where(valid, idx, -1),
+                               outs=tail_outs, hc_by_chunk=not seg_hc)
+            continue
         safe = torch.where(valid, idx, torch.zeros_like(idx))
         rows = valid.nonzero().squeeze(1)
         dst = idx.index_select(0, rows)
@@ -543,6 +557,9 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
             xv.index_copy_(0, dst, (dvo[0].index_select(0, safe) @ hct).index_select(0, rows))
             xo.index_copy_(0, dst, (dvo[1].index_select(0, safe) @ hct).index_select(0, rows))
     dh0 = cur if cur is not None else torch.zeros(2, N, H, K, V, dtype=torch.float32, device=dev)
+    if tail:
+        (xv, xo), rr, dgp_tail = tail_outs
+        return dvo, xv, xo, rr, dh0, dg_of(dgp_tail)
     return dvo, xv, xo, rr, dh0, dgp.sum((2, 4))
 
 

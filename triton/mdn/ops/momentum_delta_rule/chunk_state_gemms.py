@@ -35,27 +35,41 @@ def _tile(p, m, DOT_MODE: tl.constexpr):
     return x
 
 
-@triton.jit(do_not_specialize=["s_dob"])
+@triton.jit(do_not_specialize=["s_dob", "H"])
 def momentum_delta_rule_bwd_kernel_state_gemms(
-    vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
+    vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, idx, H,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
     P: tl.constexpr, DOT_MODE: tl.constexpr, X: tl.constexpr = True, R: tl.constexpr = True,
+    INDEXED: tl.constexpr = False, HC_GLOBAL: tl.constexpr = True,
 ):
     """Grid (NK, NC * H). vt, dvt [NC * H, C, V] contiguous; dob the same with s_dob elements between (chunk, head)
     blocks (C V for the planes layout, 2 C V for the stacked one); hc [NC * H, 2, K, V]; dhc [NC * H, P, K, V]
     (P = 2: fp32 [dS', dM']; P = 4: bf16 [hi dS', hi dM', lo dS', lo dM']); xv, xo [NC * H, C, 2K] in the inputs'
     dtype; rr [NC * H, C, 2K] fp32; dgp [NC * H, NK, 3] fp32 (partial sums over this K-block).
     X: compute xv, xo (loads dVt, dO, S, M); R: compute rr and dgp (loads Vt, S, M, dS', dM'). Both (the default)
-    share the S, M tiles; one part per launch halves the accumulators (MDN_TAIL_SPLIT)."""
-    i_k, i_nh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    share the S, M tiles; one part per launch halves the accumulators (MDN_TAIL_SPLIT).
+    INDEXED (MDN_BWD_SEGMENTS): grid (NK, rows * H) over a segment's rows; idx [rows] (int64) holds each row's
+    chunk id, or -1 for a row without a chunk (nothing stored). dhc (and hc unless HC_GLOBAL) are segment-sized,
+    [rows * H, ...]; everything else is addressed by chunk id."""
+    i_k, i_p = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    if INDEXED:
+        i_c = tl.load(idx + i_p // H)
+        valid = i_c >= 0
+        i_g = tl.maximum(i_c, 0) * H + i_p % H                        # global (chunk, head)
+    else:
+        valid = i_p >= 0
+        i_g = i_p
     o_c = tl.arange(0, C)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
-    vt += i_nh * C * V
-    dvt += i_nh * C * V
-    dob += i_nh * s_dob
-    hc += i_nh * 2 * K * V
-    dhc += i_nh * P * K * V
+    vt += i_g * C * V
+    dvt += i_g * C * V
+    dob += i_g * s_dob
+    if HC_GLOBAL:
+        hc += i_g * 2 * K * V
+    else:
+        hc += i_p * 2 * K * V
+    dhc += i_p * P * K * V
 
     b_xs = tl.zeros([C, BK], dtype=tl.float32)  # dVt S^T
     b_xm = tl.zeros([C, BK], dtype=tl.float32)  # dVt M^T
@@ -102,8 +116,8 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
             d_sm += tl.sum(f_ds * f_m, 1)
             d_mm += tl.sum(f_dm * f_m, 1)
 
-    p_ck = i_nh * C * 2 * K + o_c[:, None] * 2 * K + o_k[None, :]    # [C, BK] in [C, 2K]
-    m_ck = m_k[None, :]
+    p_ck = i_g * C * 2 * K + o_c[:, None] * 2 * K + o_k[None, :]     # [C, BK] in [C, 2K]
+    m_ck = m_k[None, :] & valid
     if X:
         tl.store(xv + p_ck, b_xs.to(xv.dtype.element_ty), mask=m_ck)
         tl.store(xv + K + p_ck, b_xm.to(xv.dtype.element_ty), mask=m_ck)
@@ -112,10 +126,10 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
     if R:
         tl.store(rr + p_ck, b_rs, mask=m_ck)
         tl.store(rr + K + p_ck, b_rm, mask=m_ck)
-        p_dg = dgp + (i_nh * NK + i_k) * 3
-        tl.store(p_dg, tl.sum(d_ss, 0))
-        tl.store(p_dg + 1, -tl.sum(d_sm, 0))
-        tl.store(p_dg + 2, tl.sum(d_mm, 0))
+        p_dg = dgp + (i_g * NK + i_k) * 3
+        tl.store(p_dg, tl.sum(d_ss, 0), mask=valid)
+        tl.store(p_dg + 1, -tl.sum(d_sm, 0), mask=valid)
+        tl.store(p_dg + 2, tl.sum(d_mm, 0), mask=valid)
 
 
 def _pow2_clamp(n: int, lo: int, hi: int) -> int:
@@ -162,11 +176,15 @@ def tail_split() -> str:
     return env_choice("MDN_TAIL_SPLIT", TAIL_SPLITS, "0")
 
 
-def state_gemms_triton(vt, dvo, hc, dhc):
+def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True):
     """xv, xo, rr and dg of the module docstring (MDN_TAIL_SPLIT says in how many launches). vt [NC, H, C, V]; dvo
     the reverse scan's dVt and dO: [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO]
     [NC, H, 2C, V]); hc [NC, H, 2, K, V]; dhc [NC, H, P, K, V]. Returns ((xv, xo), rr, dg): xv, xo [NC, H, C, 2K] in
-    vt's dtype, rr [NC, H, C, 2K] fp32, dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>)."""
+    vt's dtype, rr [NC, H, C, 2K] fp32, dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>).
+    One segment of MDN_BWD_SEGMENTS: rows [L] (int64 chunk ids, -1 for none) names the chunk of each row of the
+    segment-sized dhc [L, H, P, K, V] (and hc [L, H, 2, K, V] unless hc_by_chunk: then hc [NC, ...] is read by
+    chunk id, as with MDN_SAVE_STATES=1); the products go into
+    outs = new_outputs(...) at those chunks, and the call returns None (dg_of(outs) once every segment ran)."""
     split = tail_split()
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
@@ -181,8 +199,9 @@ def state_gemms_triton(vt, dvo, hc, dhc):
             raise ValueError(f"state_gemms_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
     BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
     NK = triton.cdiv(K, BK)
-    rr = _empty((NC, H, C, 2 * K), torch.float32, vt.device)
-    dgp = _empty((NC, H, NK, 3), torch.float32, vt.device)
+    if rows is not None and split == "gemm":
+        raise ValueError("MDN_TAIL_SPLIT=gemm does not run per segment (MDN_BWD_SEGMENTS > 1): use 0 or 1")
+    (xv, xo), rr, dgp = outs if outs is not None else new_outputs(vt, K, NK)
     if split == "gemm":
         hct = hc.view(NC, H, 2 * K, V).transpose(-1, -2)              # [V, 2K]
         if isinstance(dvo, tuple):
@@ -190,14 +209,27 @@ def state_gemms_triton(vt, dvo, hc, dhc):
             xv, xo = x[:, :, :C], x[:, :, C:]
         else:
             xv, xo = dvt @ hct, dob @ hct
-    else:
-        xv = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
-        xo = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
     parts = [(True, True)] if split == "0" else ([(True, False), (False, True)] if split == "1" else [(False, True)])
-    if NC * H:
+    n_prog = (rows.numel() if rows is not None else NC) * H
+    if n_prog:
         for x_part, r_part in parts:
-            momentum_delta_rule_bwd_kernel_state_gemms[(NK, NC * H)](
-                vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob,
+            momentum_delta_rule_bwd_kernel_state_gemms[(NK, n_prog)](
+                vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, rows if rows is not None else dgp, H,
                 K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
+                INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk,
                 num_warps=num_warps, num_stages=num_stages)
-    return (xv, xo), rr, dgp.sum(2)
+    if rows is not None:
+        return None
+    return (xv, xo), rr, dg_of(dgp)
+
+
+def new_outputs(vt, K: int, NK: int):
+    """The tail's outputs for vt [NC, H, C, V]: ((xv, xo), rr, dgp [NC, H, NK, 3] partial sums)."""
+    NC, H, C, V = vt.shape
+    return ((_empty((NC, H, C, 2 * K), vt.dtype, vt.device), _empty((NC, H, C, 2 * K), vt.dtype, vt.device)),
+            _empty((NC, H, C, 2 * K), torch.float32, vt.device), _empty((NC, H, NK, 3), torch.float32, vt.device))
+
+
+def dg_of(dgp):
+    """dg [NC, H, 3] from the partial sums over K-blocks."""
+    return dgp.sum(2)
