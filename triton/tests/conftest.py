@@ -27,6 +27,7 @@ Offered:
 from __future__ import annotations
 
 import math
+import inspect
 import os
 import random
 import re
@@ -385,6 +386,12 @@ def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    consts = dict(consts)
+    # every constexpr with a default that consts leaves out: its default, as a launch without it gets (ASTSource
+    # applies none; left out, a flag compiles as None, e.g. the tail kernel's X and R: an empty kernel)
+    for prm in kernel.params:
+        if prm.is_constexpr and prm.default is not inspect.Parameter.empty:
+            consts.setdefault(prm.name, prm.default)
     sig = dict(sig)
     sig.update({n: "constexpr" for n in consts})
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)

@@ -7,7 +7,6 @@ kernel), so marked slow; scripts/gpu_check_op.sh does not need it (the GPU tests
 """
 from __future__ import annotations
 
-import inspect
 
 import pytest
 
@@ -46,11 +45,7 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
                   LOAD_TMA=load == "tma", **flags)
     if "ABLATE" in kernel.arg_names:
         consts.setdefault("ABLATE", 0)  # the launcher's default (its constexpr default is not applied here)
-    # every other constexpr with a default (STACKED, DG, SEGMENTED, ...): its default, as a launch without it gets
-    # (ASTSource applies none; left out, a flag would compile as None, e.g. without the reverse scan's dg row sums)
-    for prm in kernel.params:
-        if prm.is_constexpr and prm.default is not inspect.Parameter.empty:
-            consts.setdefault(prm.name, prm.default)
+    # every other constexpr with a default (STACKED, DG, SEGMENTED, ...) gets its default in compile_sm90
     return compile_sm90(kernel, sig, consts, num_warps, ptxas=ptxas, num_stages=num_stages)
 
 

@@ -220,11 +220,13 @@ def test_gpu_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacke
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("indexed", [False, True])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("C,K,V", [(64, 256, 512), (64, 128, 128), (128, 256, 512), (32, 64, 48)])
-def test_tail_resources_sm90(monkeypatch, dtype, C, K, V):
-    """The shipped tiles (tail_config) compiled for sm_90 on the CPU: within Hopper's shared memory, and for 16-bit
-    inputs at C = 64 free of register spills."""
+def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
+    """The shipped tiles (tail_config) compiled for sm_90 on the CPU: within Hopper's shared memory, doing the work
+    (not an empty kernel), and free of register spills at C <= 64 (the segments' indexed variant: at most 64
+    bytes)."""
     from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90
     from mdn.ops.momentum_delta_rule.chunk_state_gemms import momentum_delta_rule_bwd_kernel_state_gemms as kernel
     if not _have_ptxas():
@@ -235,10 +237,12 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V):
         pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
     bk, bv, nw, ns = tail_config(K, V, C, torch.float32 if dtype == "fp32" else torch.bfloat16)
     sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
-    sig.update(rr="*fp32", dgp="*fp32", s_dob="i32")
+    sig.update(rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
     res = compile_sm90(kernel, sig, dict(K=K, V=V, C=C, BK=bk, BV=bv, NK=triton.cdiv(K, bk),
-                                         P=4 if dtype == "bf16" else 2, DOT_MODE=1 if dtype == "bf16" else 0),
+                                         P=4 if dtype == "bf16" else 2, DOT_MODE=1 if dtype == "bf16" else 0,
+                                         INDEXED=indexed, HC_GLOBAL=not indexed),
                        nw, num_stages=ns)
-    assert res["shared"] <= HOPPER_SHARED_LIMIT, res
+    assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["regs"] > 64, res
     if C <= 64:
-        assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
+        limit = 64 if indexed else 0
+        assert res["spill_st"] <= limit and res["spill_ld"] <= limit, res
