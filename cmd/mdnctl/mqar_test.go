@@ -16,14 +16,7 @@ import (
 // widths x 4 learning rates, every point with the (1024, 256) test split.
 func TestMQARSweepFilesExpand(t *testing.T) {
 	for _, name := range []string{"mqar.toml", "mqar-h100.toml"} {
-		f, err := sweep.Load(filepath.Join("..", "..", "sweeps", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan, err := f.Expand()
-		if err != nil {
-			t.Fatal(err)
-		}
+		f, plan := expandShippedSweep(t, name)
 		if f.Job != "mqar" || len(plan.Points) != 180 {
 			t.Fatalf("%s: job %q, %d points", name, f.Job, len(plan.Points))
 		}
@@ -146,18 +139,8 @@ func TestMQARBudgetSweepOrder(t *testing.T) {
 // point of mqar-budget.toml is a point of it with the same id, so rows already measured count as done under
 // --resume, and within each width the two new rates come first.
 func TestMQARBudgetFourRatesExtendsTwoRates(t *testing.T) {
-	load := func(name string) *sweep.Plan {
-		f, err := sweep.Load(filepath.Join("..", "..", "sweeps", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan, err := f.Expand()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return plan
-	}
-	two, four := load("mqar-budget.toml"), load("mqar-budget-4lr.toml")
+	_, two := expandShippedSweep(t, "mqar-budget.toml")
+	_, four := expandShippedSweep(t, "mqar-budget-4lr.toml")
 	if len(four.Points) != 2*len(two.Points) {
 		t.Fatalf("%d points, want %d (twice mqar-budget.toml's)", len(four.Points), 2*len(two.Points))
 	}
@@ -188,4 +171,18 @@ func TestMQARBudgetFourRatesExtendsTwoRates(t *testing.T) {
 			t.Errorf("cell %s has rates %v, want 4", cell, r)
 		}
 	}
+}
+
+// expandShippedSweep loads sweeps/NAME and expands its grid, failing the test on any error.
+func expandShippedSweep(t *testing.T, name string) (*sweep.File, *sweep.Plan) {
+	t.Helper()
+	f, err := sweep.Load(filepath.Join("..", "..", "sweeps", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := f.Expand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, plan
 }

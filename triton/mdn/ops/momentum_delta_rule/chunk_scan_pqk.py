@@ -739,6 +739,18 @@ def _chain_rule_varlen(*args):
     return _chain_rule(*args)
 
 
+def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense):
+    """The pqk backward's gradients from the reverse scan's dVt / dO (dvo, either layout) and the products against
+    the states (xv, xo, rr, dg) of the segmented or the tail path: du = dVt, daqk = tril(dO Vt^T), the chain rule,
+    dh0 in h0's dtype (zeros without h0)."""
+    du = dvo[0]
+    dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
+    daqk = (dob @ _t(vt)).tril()
+    dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
+    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
+    return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
+
+
 def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True):
     """The backward of the pqk scan; hc: the chunk-start states saved by the forward (scan_pqk_fwd_saving), or None
     to rebuild them from the saved Vt (the state recompute)."""
@@ -756,12 +768,7 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             dvo, xv, xo, rr, dh0, dg = scan_pqk_bwd_segmented(
                 p, q, kw, a, aqk, r, g, do, dht.float().contiguous() if dht is not None else None, hc,
                 chunk_offsets, vt, segments, h0=h0)
-            du = dvo[0]
-            dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
-            daqk = (dob @ _t(vt)).tril()
-            dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
-            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
+            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense)
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
             _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
@@ -770,12 +777,7 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             # the states and the <dS', S> sums (chunk_state_gemms.py)
             dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets)
             (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
-            du = dvo[0]
-            dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
-            daqk = (dob @ _t(vt)).tril()
-            dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-            dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
-            return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
+            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense)
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
         dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
