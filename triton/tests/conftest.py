@@ -264,6 +264,22 @@ def assert_same_results(a, b, tol: float) -> None:
         assert rel_rms(ag[n], bg[n]) <= tol, (n, rel_rms(ag[n], bg[n]))
 
 
+def assert_gpu_knob_matches_and_oracle(monkeypatch, var: str, base: str, value: str, K: int, V: int,
+                                       tol: float) -> None:
+    """The op on the GPU (bf16, B 2, T 1000, H 2, layer gates, an initial state and a final-state gradient, chunk
+    64) with the environment knob var = value: base's outputs and gradients within the relative RMS tol, and the
+    bf16 tolerances against the fp64 recurrence (o 5e-3, grads 1e-2; fla issue 640 shows as a wrong dk)."""
+    from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
+    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
+    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
+    out = run_op_per_env(monkeypatch, var, (base, value), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+    assert_same_results(out[base], out[value], tol)
+    monkeypatch.setenv(var, value)
+    compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+
+
 def assert_compiled_op_matches_eager(B, T, H, K, V, *, chunk_size: int, device, tol: float = 1e-5) -> None:
     """The chunk op inside a caller's torch.compile(fullgraph=True) (aot_eager) gives the eager numbers, outputs,
     final state and every gradient: no graph break, and the custom ops' fakes and autograd hold."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle as _compare, make_inputs,
-                      assert_same_results, rel_rms, run_op, run_op_per_env, to_fp64)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_gpu_knob_matches_and_oracle, assert_rel,
+                      compare_with_oracle as _compare, make_inputs, assert_same_results, rel_rms, run_op,
+                      run_op_per_env, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -546,14 +547,7 @@ def test_gpu_dg_in_recompute_matches_reverse_and_oracle(monkeypatch, K, V):
     bf16 rounding, and the bf16 tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.delenv("MDN_SAVE_STATES", raising=False)
-    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
-    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
-    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
-    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "rec"), chunk_momentum_delta_rule, inputs,
-                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-    assert_same_results(out["rev"], out["rec"], 2e-3)
-    monkeypatch.setenv("MDN_BWD_DG", "rec")
-    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+    assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_DG", "rev", "rec", K, V, 2e-3)
 
 
 @needs_kernels
@@ -615,14 +609,7 @@ def test_gpu_segmented_reverse_scan_matches_one_pass_and_oracle(monkeypatch, K, 
     and the bf16 tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.setenv("MDN_BWD_DG", "rev")
-    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
-    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
-    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
-    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
-                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-    assert_same_results(out["1"], out[segments], 1e-5)
-    monkeypatch.setenv("MDN_BWD_SEGMENTS", segments)
-    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+    assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_SEGMENTS", "1", segments, K, V, 1e-5)
 
 
 @needs_kernels

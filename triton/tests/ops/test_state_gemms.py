@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, assert_same_results,
-                      compare_with_oracle as _compare, make_inputs, run_op_per_env)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_gpu_knob_matches_and_oracle, assert_rel,
+                      assert_same_results, compare_with_oracle as _compare, make_inputs, run_op_per_env)
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_state_gemms import state_gemms_triton, tail_config
 
@@ -184,14 +184,7 @@ def test_gpu_tail_matches_reverse_scan_dg_and_oracle(monkeypatch, K, V):
     tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.delenv("MDN_SAVE_STATES", raising=False)
-    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
-    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
-    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
-    out = run_op_per_env(monkeypatch, "MDN_BWD_DG", ("rev", "tail"), chunk_momentum_delta_rule, inputs,
-                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-    assert_same_results(out["rev"], out["tail"], 1e-2)
-    monkeypatch.setenv("MDN_BWD_DG", "tail")
-    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+    assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_DG", "rev", "tail", K, V, 1e-2)
 
 
 @pytest.mark.gpu
@@ -200,14 +193,7 @@ def test_gpu_segmented_tail_matches_one_pass_and_oracle(monkeypatch, K, V, segme
     """MDN_BWD_SEGMENTS with the tail on the GPU: the one-pass tail's numbers and the bf16 tolerances against fp64."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
-    inputs = make_inputs(2, 1000, 2, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
-    do = torch.randn(2, 1000, 2, V, dtype=torch.float64, device="cuda")
-    dht = torch.randn(2, 2, 2, K, V, dtype=torch.float64, device="cuda")
-    out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
-                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-    assert_same_results(out["1"], out[segments], 1e-5)
-    monkeypatch.setenv("MDN_BWD_SEGMENTS", segments)
-    _compare(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
+    assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_SEGMENTS", "1", segments, K, V, 1e-5)
 
 
 @pytest.mark.gpu
