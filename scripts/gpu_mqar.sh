@@ -26,6 +26,8 @@
 #          per worker, shape and grad mode, which a budget of ~1 minute per point cannot pay),
 #          TRITON_CACHE_AUTOTUNING (1: autotune results go to the shared Triton cache, so fla's kernels are tuned
 #          once per shape, not once per worker), OMP_NUM_THREADS (1 per worker),
+#          BLOCK (0: shards deal whole learning-rate blocks, which share a warm worker's data; 1: single points,
+#          so the last points of a grid spread over every worker instead of queueing behind their block),
 #          PLAN_SLICE ("a:b": only points a..b-1 of the plan, e.g. two calls on disjoint GPUs; default all),
 #          MDN_FLA_BYPASS_HOPPER_GUARD (1: let fla's GDN backward run on Hopper with Triton < 3.7.1; its rows
 #          then carry the dk caveat; 0: GDN fails there), MDNCTL (bin/mdnctl), MDN_PYTHON (.venv/bin/python)
@@ -79,7 +81,7 @@ print(f"gpu_mqar: PLAN_SLICE={spec}: {len(points[part])} of {len(points)} points
 PYEOF
 fi
 resume=(); [ "${RESUME:-0}" = 1 ] && resume=(--resume)
-(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS" "${resume[@]}")
+(cd triton && "$PY" -m mdn.tasks.mqar_grid shards "$OUT/plan.json" --out "$OUT" --shards "$WORKERS" --block "${BLOCK:-0}" "${resume[@]}")
 
 # The GPUs: GPUS (comma-separated ids; default every GPU nvidia-smi lists, else 0). Shard i runs on GPU
 # GPUS[i % len(GPUS)], so WORKERS shards are dealt round-robin over the GPUs (on a 4-GPU node, WORKERS=24 runs six

@@ -164,7 +164,7 @@ def test_segments_refuse_gemm_split(monkeypatch):
 
 def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
-    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 2)
+    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 3)
     assert tail_config(256, 512, 64, torch.float32) == (32, 32, 4, 2)
     assert tail_config(20, 24, 128, torch.float32) == (32, 32, 8, 2)
     monkeypatch.setenv("MDN_TAIL_CONFIG", "32,128,4,3")

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
-from .chunk_scan import _dot_acc, _dot_mode, _empty
+from .chunk_scan import _dot_acc, _dot_mode, _empty, _launch_pipelined
 from .knobs import env_choice
 
 
@@ -138,14 +138,16 @@ def _pow2_clamp(n: int, lo: int, hi: int) -> int:
 
 def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BK, BV, num_warps, num_stages) of the fused kernel; MDN_TAIL_CONFIG="BK,BV,warps,stages" overrides it
-    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64 (fp32: 32), 4 warps, 2 stages (the V
-    loop's loads do not depend on the accumulators, so the next V-block's tiles load while this one multiplies).
+    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64, 4 warps, 3 stages for 16-bit inputs
+    (fp32: BV 32, 2 stages; the V loop's loads do not depend on the accumulators, so the next V-blocks' tiles load
+    while this one multiplies). A GPU whose shared memory cannot hold the stages runs the loop with one
+    (chunk_scan._launch_pipelined)
     Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14), fwd+bwd ms with (BK, BV, warps, stages):
     H6 K256 V512 (32, 64, 4, 3) 12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
     (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM at 216 registers x 256
     threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75; H16 K128 V128 (32, 128, 4,
-    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. The 3-stage (32, 64, 4, 3) is faster but has not
-    run the GPU test set yet (the 2-stage default has: docs/BENCHMARKS.md §1.14), so it stays opt-in. ptxas for
+    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. The 3-stage tiles passed the GPU test set on an
+    H200 (docs/BENCHMARKS.md §1.15; forced on fp32 at C = 128 they need 256 KB, over Hopper's 227). ptxas for
     sm_90a: no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow; (32, 64, 4, 3) 240
     registers, 106 KB); at C = 128, BV 32 and 8 warps."""
     env = os.environ.get("MDN_TAIL_CONFIG", "").strip()
@@ -160,7 +162,9 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
         return bk, bv, nw, ns
     bk = _pow2_clamp(K, 16, 32)
     if C <= 64:
-        return bk, _pow2_clamp(V, 16, 64 if dtype != torch.float32 else 32), 4, 2
+        if dtype == torch.float32:
+            return bk, _pow2_clamp(V, 16, 32), 4, 2
+        return bk, _pow2_clamp(V, 16, 64), 4, 3
     return bk, _pow2_clamp(V, 16, 32), 8, 2
 
 
@@ -213,11 +217,12 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
     n_prog = (rows.numel() if rows is not None else NC) * H
     if n_prog:
         for x_part, r_part in parts:
-            momentum_delta_rule_bwd_kernel_state_gemms[(NK, n_prog)](
-                vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, rows if rows is not None else dgp, H,
-                K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
-                INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk,
-                num_warps=num_warps, num_stages=num_stages)
+            _launch_pipelined(
+                momentum_delta_rule_bwd_kernel_state_gemms, (NK, n_prog),
+                (vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, rows if rows is not None else dgp, H),
+                dict(K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
+                     INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk),
+                num_warps, num_stages)
     if rows is not None:
         return None
     return (xv, xo), rr, dg_of(dgp)
