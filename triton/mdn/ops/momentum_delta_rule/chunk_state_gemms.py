@@ -141,9 +141,9 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
     (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64, 4 warps, 3 stages for 16-bit inputs
     (fp32: BV 32, 2 stages; the V loop's loads do not depend on the accumulators, so the next V-blocks' tiles load
     while this one multiplies). A GPU whose shared memory cannot hold the stages runs the loop with one
-    (chunk_scan._launch_pipelined)
-    Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14), fwd+bwd ms with (BK, BV, warps, stages):
-    H6 K256 V512 (32, 64, 4, 3) 12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
+    (chunk_scan._launch_pipelined).
+    Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14-§1.15), fwd+bwd ms with (BK, BV, warps, stages):
+    H6 K256 V512 (32, 64, 4, 3) 12.40-12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
     (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM at 216 registers x 256
     threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75; H16 K128 V128 (32, 128, 4,
     2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. The 3-stage tiles passed the GPU test set on an
@@ -175,8 +175,9 @@ def tail_split() -> str:
     """MDN_TAIL_SPLIT: how the tail runs. "0" (default): one fused kernel for all six products and the sums; "1": the
     same kernel launched twice, once for dVt / dO x (S, M) and once for Vt x (dS', dM') with the sums, each with
     half the accumulators (so larger K-blocks fit), S and M read twice; "gemm": cuBLAS GEMMs for dVt / dO x (S, M)
-    (one M = 2C GEMM with MDN_BWD_GEMM=stacked) and the kernel for the rest. Not timed yet (opt-in); other values
-    are a ValueError."""
+    (one M = 2C GEMM with MDN_BWD_GEMM=stacked) and the kernel for the rest. Opt-in: on one H200 (docs/BENCHMARKS.md
+    §1.15) "1" took 12.57 / 9.36 ms and "gemm" (stacked) 12.35 / 9.22 ms fwd+bwd at H6 K256 V512 / H16 K128 V128,
+    against 12.40 / 9.50 fused. Other values are a ValueError."""
     return env_choice("MDN_TAIL_SPLIT", TAIL_SPLITS, "0")
 
 
