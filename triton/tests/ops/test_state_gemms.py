@@ -177,6 +177,26 @@ def test_tail_config_knob(monkeypatch):
         chunk_momentum_delta_rule(**make_inputs(1, 20, 1, 16, 16), chunk_size=16)
 
 
+@needs_kernels
+def test_tail_launches_with_its_stages_through_the_fallback(monkeypatch):
+    """The tail goes through chunk_scan._launch_pipelined (one stage on a GPU without the shared memory for its
+    stages, tested in test_scan_pqk.py) with tail_config's stages: 3 for bf16 at C <= 64, 2 for fp32."""
+    import mdn.ops.momentum_delta_rule.chunk_state_gemms as tail
+    from mdn.ops.momentum_delta_rule.chunk_scan import _launch_pipelined
+    seen = []
+
+    def spy(kernel, grid, args, consts, num_warps, num_stages):
+        seen.append((kernel.fn.__name__, consts["BV"], num_warps, num_stages))
+        _launch_pipelined(kernel, grid, args, consts, num_warps, num_stages)
+
+    monkeypatch.setattr(tail, "_launch_pipelined", spy)
+    for dtype, want in ((torch.bfloat16, (64, 4, 3)), (torch.float32, (32, 4, 2))):
+        seen.clear()
+        (xv, xo), rr, dg = state_gemms_triton(*_tail_inputs(2, 1, 16, 32, 96, dtype, False)[0])
+        assert seen == [("momentum_delta_rule_bwd_kernel_state_gemms",) + want], seen
+        assert torch.isfinite(rr).all() and torch.isfinite(dg).all()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48), (100, 200)])
 def test_gpu_tail_matches_reverse_scan_dg_and_oracle(monkeypatch, K, V):
