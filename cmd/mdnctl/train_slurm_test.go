@@ -152,7 +152,7 @@ func TestTrainSlurmSubmitStatusCancelWait(t *testing.T) {
 	o3.Sets = []string{"steps=12"}
 	done := make(chan error, 1)
 	go func() { done <- o3.run(context.Background(), "") }()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for f.Count("sbatch") < 2 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -172,7 +172,7 @@ func TestTrainSlurmSubmitStatusCancelWait(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("--wait did not return")
 	}
 	if !strings.Contains(out3.String(), "trained tiny-slurm: steps 12/12") {
