@@ -160,6 +160,8 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
 
     leaves = make_inputs(B, T, H, K, V, dtype, dev, requires_grad=True)
     do = torch.randn(B, T, H, V, device=dev, dtype=dtype)
+    # the forward as training runs it (autograd graph, states saved for the backward where a knob says so)
+    row["fwd_grad"] = bench(lambda: op(*leaves, output_final_state=True, chunk_size=chunk_size))
 
     def fwd_bwd():
         o, _ = op(*leaves, output_final_state=True, chunk_size=chunk_size)
@@ -194,6 +196,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["intra_gemm"] = "bf16" if _bf16_gemm_wanted(op_dtype) else "fp32"
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
+    row["fwd_o"] = os.environ.get("MDN_FWD_O", "") or "scan"
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     row["bwd_gemm"] = os.environ.get("MDN_BWD_GEMM", "") or "planes"
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
@@ -375,7 +378,7 @@ def main(argv=None):
                         f.write(json.dumps(row) + "\n")
 
     print()
-    cols = ["fwd", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
+    cols = ["fwd", "fwd_grad", "fwd_bwd", "intra_fwd", "intra_fwd_triton", "intra_fwd_bwd", "scan_fwd", "scan_bwd"]
     if not any("intra_fwd_triton" in r for r in rows):
         cols.remove("intra_fwd_triton")
     print("| shape | T | B | env | scan cfg | scan load | scan form | " + " | ".join(c + " ms" for c in cols)

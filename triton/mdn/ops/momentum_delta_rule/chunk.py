@@ -23,7 +23,7 @@ from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan, scan_stages
-from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, save_states
+from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states
 from .chunk_state_gemms import tail_config, tail_split
 from .knobs import compile_mode, env_choice
 from .tril_inverse import tril_inv_mode
@@ -298,6 +298,7 @@ def chunk_momentum_delta_rule(
     bwd_dg()  # MDN_BWD_DG, likewise
     bwd_segments()  # MDN_BWD_SEGMENTS, likewise (and its pairing with MDN_BWD_DG)
     tail_split()  # MDN_TAIL_SPLIT, likewise
+    fwd_o()  # MDN_FWD_O, likewise
     tail_config(q.shape[-1], v.shape[-1], int(chunk_size), q.dtype)  # and MDN_TAIL_CONFIG
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape

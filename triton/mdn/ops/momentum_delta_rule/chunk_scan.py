@@ -774,7 +774,7 @@ def _dims(u, y, chunk_offsets):
 
 
 def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
-                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None):
+                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None, write_o=True):
     """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
     being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
     ones).
@@ -783,14 +783,18 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     of <dS', S>, <dS', M>, <dM', M> (MDN_BWD_DG=rec) and returns (o, vt, ht, hc, dg [NC, H, 3]).
     pqk kernel, state recompute only (MDN_BWD_SEGMENTS, chunk_scan_pqk.scan_pqk_bwd_segmented): bounds = (hb
     [S, 2, N, H, K, V] fp32, seg_len): store the start states of every seg_len-th chunk into hb (no hc);
-    seg = (j0, j1, seg_len) with hc_out [N * seg_len, H, 2, K, V]: only those chunks, from h0, into hc_out."""
+    seg = (j0, j1, seg_len) with hc_out [N * seg_len, H, 2, K, V]: only those chunks, from h0, into hc_out.
+    write_o=False (pqk kernel, forward with store_states; MDN_FWD_O=kernel): no O in the loop, o is returned None
+    (the Vt-only scan takes the state recompute's pipeline stages, "rec": same operands but P and A)."""
     NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
     cfg_bv, cfg_nw = scan_config(K, V, u.dtype, "bwd" if recompute else "fwd")
-    stages = _kernel_stages(kernel, K, u.dtype, "rec" if recompute else "fwd")
+    if not write_o and (recompute or not store_states or not kernel.fn.__name__.endswith("_pqk")):
+        raise ValueError("launch_scan_fwd: write_o=False needs the pqk forward with store_states (not the recompute)")
+    stages = _kernel_stages(kernel, K, u.dtype, "rec" if recompute or not write_o else "fwd")
     BV = block_v or cfg_bv
-    o = None if recompute else _o_like(u)
+    o = None if recompute or not write_o else _o_like(u)
     if not recompute:
         vt = _empty((NC, H, C, V), u.dtype, dev)
     ht = None if recompute else _empty((2, N, H, K, V), torch.float32, dev)
@@ -815,6 +819,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
         consts["DG"] = dgp is not None
         consts["SEGMENTED"] = seg is not None
         consts["STORE_BOUNDS"] = bounds is not None
+        consts["WRITE_O"] = write_o
         seg_args = (tuple(int(x) for x in seg) if seg is not None
                     else (0, 0, int(bounds[1])) if bounds is not None else (0, 0, 0))
     elif dg_from is not None or seg is not None or bounds is not None:

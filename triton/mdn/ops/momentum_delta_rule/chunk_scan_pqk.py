@@ -38,6 +38,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
+from .chunk_output_pqk import output_pqk_triton
 from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
@@ -115,10 +116,12 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     DG: tl.constexpr = False,
     SEGMENTED: tl.constexpr = False,
     STORE_BOUNDS: tl.constexpr = False,
+    WRITE_O: tl.constexpr = True,
 ):
     """Forward scan (pqk form) over the chunks of one (sequence, head, V-block).
 
-    RECOMPUTE=False: computes Vt and O, stores them and the final state ht [2, N, H, K, V].
+    RECOMPUTE=False: computes Vt and O, stores them and the final state ht [2, N, H, K, V]. WRITE_O=False (with
+    STORE_STATES; MDN_FWD_O=kernel): Vt only, no Q, Aqk or O in the loop; chunk_output_pqk.py computes O from hc.
     RECOMPUTE=True: reads the saved Vt instead and only advances the states (loads K_w only).
     STORE_STATES: stores the chunk-start states into hc [NC, H, 2, K, V] (S then M).
     DG (with RECOMPUTE; MDN_BWD_DG=rec): also the row sums of <dS', S>, <dS', M>, <dM', M> for the gate gradients,
@@ -205,15 +208,16 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
-            # O = D(s a) (Q S) - D(s b) (Q M) + Aqk Vt
-            b_qs, b_qm = _ck_dot2(q + o_ck + p_ck, t_q, row, b_S, b_M, m_k, K, BK, DOT_MODE, LOAD_TMA)
-            b_sa = tl.load(p_r + 2 * C)
-            b_sb = tl.load(p_r + 3 * C)
-            b_o = b_sa[:, None] * b_qs - b_sb[:, None] * b_qm
-            b_aqk = tl.load(aqk + base * C * C + p_cc)  # [C, C]
-            b_o = _dot_acc(b_aqk, b_vt, b_o, DOT_MODE)
-            p_o = o + i_c * s_oc + i_h * s_oh + o_c[:, None] * s_ot + o_v[None, :]  # o's strides (_o_like)
-            tl.store(p_o, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
+            if WRITE_O:
+                # O = D(s a) (Q S) - D(s b) (Q M) + Aqk Vt
+                b_qs, b_qm = _ck_dot2(q + o_ck + p_ck, t_q, row, b_S, b_M, m_k, K, BK, DOT_MODE, LOAD_TMA)
+                b_sa = tl.load(p_r + 2 * C)
+                b_sb = tl.load(p_r + 3 * C)
+                b_o = b_sa[:, None] * b_qs - b_sb[:, None] * b_qm
+                b_aqk = tl.load(aqk + base * C * C + p_cc)  # [C, C]
+                b_o = _dot_acc(b_aqk, b_vt, b_o, DOT_MODE)
+                p_o = o + i_c * s_oc + i_h * s_oh + o_c[:, None] * s_ot + o_v[None, :]  # o's strides (_o_like)
+                tl.store(p_o, _cast(b_o, o.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_g0 = tl.load(g + base * 3).to(tl.float32)
         b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
         b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
@@ -408,9 +412,16 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
 
 def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False,
                         block_v=None, num_warps=None, dg_from=None):
-    return launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
-                           _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states,
-                           block_v=block_v, num_warps=num_warps, dg_from=dg_from)
+    # MDN_FWD_O=kernel: the scan without O stores the chunk-start states (for the backward too when store_states),
+    # then the parallel kernel of chunk_output_pqk.py computes O from them
+    split_o = vt is None and fwd_o() == "kernel"
+    out = launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
+                          _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states or split_o,
+                          block_v=block_v, num_warps=num_warps, dg_from=dg_from, write_o=not split_o)
+    if split_o:
+        _, vt_, ht, hc = out
+        return output_pqk_triton(q, hc, vt_, aqk, r), vt_, ht, (hc if store_states else None)
+    return out
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
@@ -419,6 +430,20 @@ def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, b
     return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
                            num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked)
+
+
+FWD_OS = ("scan", "kernel")
+
+
+def fwd_o() -> str:
+    """MDN_FWD_O: where the pqk forward computes O. "scan" (default): in the sequential chunk loop. "kernel": the
+    scan drops Q, Aqk and the two Q-dots from its loop (no spills at K = 256, and two pipeline stages fit: ptxas
+    sm_90a, README §6) and stores every chunk's start states hc; the parallel kernel of chunk_output_pqk.py then
+    computes O from them. With a gradient the forward keeps hc for the backward, which then runs no state recompute
+    (as MDN_SAVE_STATES=1; chunk_scan_pqk); without one hc is a temporary (NC * H * 2 * K * V elements in the
+    operands' dtype). Same numbers up to the dots' accumulation order. The Triton path only (the torch mirror
+    computes O in its loop either way); other values are a ValueError."""
+    return env_choice("MDN_FWD_O", FWD_OS, "scan")
 
 
 BWD_GEMMS = ("planes", "stacked")
@@ -615,6 +640,7 @@ def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
 
 def scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_):
     scan_load()  # reject a bad MDN_SCAN_LOAD on every path
+    fwd_o()  # and MDN_FWD_O
     if _use_triton(u):
         return scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_)
     return scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_)
@@ -832,6 +858,8 @@ def _scan_pqk_setup_context(ctx, inputs, output):
     u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
     _, vt, _ = output
     ctx.has_h0, ctx.dense = h0 is not None, dense
+    # unused outputs (vt always, ht unless the caller uses it) come back as None, not as zero-filled tensors
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
@@ -874,6 +902,9 @@ def _scan_pqk_saving_setup_context(ctx, inputs, output):
     u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
     _, vt, _, hc = output
     ctx.has_h0, ctx.dense = h0 is not None, dense
+    # unused outputs come back as None: hc's zero-filled gradient was a 1.6 GB fill (0.48 ms at H6 K256 V512, 32768
+    # tokens, H200) per backward
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc)
 
 
@@ -898,9 +929,10 @@ def save_states() -> bool:
 
 def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense: bool = True):
     """Differentiable inter-chunk scan, pqk form. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32).
-    With MDN_SAVE_STATES=1 and a gradient required, the forward stores the chunk-start states for the backward.
+    With MDN_SAVE_STATES=1 or MDN_FWD_O=kernel and a gradient required, the forward stores the chunk-start states
+    for the backward.
     dense: no cu_seqlens (the backward compiles its chain rule with static shapes then, _chain)."""
-    if save_states() and torch.is_grad_enabled() and any(
+    if (save_states() or fwd_o() == "kernel") and torch.is_grad_enabled() and any(
             t.requires_grad for t in (u, p, q, kw, a, aqk, r, g, h0) if t is not None):
         o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense)
         return o, ht
