@@ -150,9 +150,10 @@ def test_the_scan_without_o_needs_stored_states():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48), (100, 200)])
+@pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48), (100, 200), (253, 136)])
 def test_gpu_output_kernel_matches_default_and_oracle(monkeypatch, K, V):
-    """On the GPU at the shipped tiles (the Vt-only scan at its pipeline stages, the output kernel's tiles)."""
+    """On the GPU at the shipped tiles (the Vt-only scan at its pipeline stages, the output kernel's tiles). K = 253
+    (rows not 16-byte aligned) ran wrong when pipelined (chunk_scan._kernel_stages)."""
     assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_FWD_O", "scan", "kernel", K, V, 4e-3)
 
 
@@ -184,3 +185,16 @@ def test_output_path_resources_sm90(monkeypatch, K, V):
     res = compile_sm90(co.momentum_delta_rule_fwd_kernel_output_pqk, sig,
                        dict(K=K, V=V, C=64, BK=_sub_k(K), BV=bv, DOT_MODE=1), nw, num_stages=ns)
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["spill_st"] == 0 and res["spill_ld"] == 0, res
+
+
+def test_rows_not_16_byte_aligned_run_unpipelined(monkeypatch):
+    """The scans' pipeline stages drop to one where a [C, K] row is not a multiple of 16 bytes (the 2-stage Vt-only
+    forward was wrong on an H200 at K = 253, bf16); aligned rows keep SCAN_STAGES / MDN_SCAN_STAGES."""
+    from mdn.ops.momentum_delta_rule.chunk_scan import _kernel_stages
+    kernel = sp.momentum_delta_rule_fwd_kernel_scan_pqk
+    monkeypatch.setenv("MDN_SCAN_STAGES", "2")
+    assert _kernel_stages(kernel, 253, torch.bfloat16, "rec") == 1
+    assert _kernel_stages(kernel, 100, torch.bfloat16, "rec") == 1   # 200 bytes
+    assert _kernel_stages(kernel, 250, torch.float32, "rec") == 1    # 1000 bytes
+    assert _kernel_stages(kernel, 256, torch.bfloat16, "rec") == 2
+    assert _kernel_stages(kernel, 100, torch.float32, "rec") == 2    # 400 bytes

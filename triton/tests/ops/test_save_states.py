@@ -19,6 +19,9 @@ needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CU
 def _pqk(monkeypatch):
     monkeypatch.setenv("MDN_POISON_OUTPUTS", "1")
     monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
+    # O in the scan, so that "0" is the recompute (MDN_FWD_O=kernel, the default, keeps the states itself;
+    # test_fwd_o_kernel.py)
+    monkeypatch.setenv("MDN_FWD_O", "scan")
 
 
 def _run(monkeypatch, save, inputs, dtype, C):

@@ -524,6 +524,7 @@ def test_op_dg_in_recompute_equals_reverse(monkeypatch, dtype, tol):
     """MDN_BWD_DG=rec (the <dS', S> row sums in the state recompute, after the reverse scan) gives the default's
     outputs and gradients (bf16: the recompute multiplies the fp32 states where the reverse scan reads their bf16
     copies, so the gate gradients differ by that rounding); also against fp64; a bad value is a ValueError."""
+    monkeypatch.setenv("MDN_FWD_O", "scan")  # rec needs the recompute (a forward that keeps the states has none)
     inputs = make_inputs(2, 50, 2, 32, 24, dtype=dtype, device=DEV, initial_state=True)
     do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
@@ -547,6 +548,7 @@ def test_gpu_dg_in_recompute_matches_reverse_and_oracle(monkeypatch, K, V):
     bf16 rounding, and the bf16 tolerances against fp64, forward and backward (fla issue 640 shows as a wrong dk)."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.delenv("MDN_SAVE_STATES", raising=False)
+    monkeypatch.setenv("MDN_FWD_O", "scan")  # rec needs the recompute
     assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_DG", "rev", "rec", K, V, 2e-3)
 
 

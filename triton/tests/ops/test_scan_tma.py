@@ -183,6 +183,7 @@ def test_op_tma_matches_ptr_and_oracle_interpreter(monkeypatch, tma_calls, case)
     else:
         inputs = make_inputs(1, 50, 2, 64, 32, dtype=torch.bfloat16, device="cpu", gates="layer",
                              initial_state=True, lengths=[1, 30, 19])
+    monkeypatch.setenv("MDN_FWD_O", "scan")  # the three scans (the default keeps the states: no recompute)
     _op_vs_ptr_and_oracle(monkeypatch, inputs, chunk_size=16)
     assert tma_calls.count(True) == 3 and tma_calls.count(False) == 3  # fwd, recompute, reverse: each load
 

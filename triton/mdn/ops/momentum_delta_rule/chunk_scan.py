@@ -170,6 +170,11 @@ def _launch_pipelined(kernel, grid, args, consts: dict, num_warps: int, num_stag
 def _kernel_stages(kernel, K: int, dtype: torch.dtype, phase: str) -> int:
     """scan_stages for the pqk kernels (where SCAN_STAGES was measured); the six form's take 1 unless
     MDN_SCAN_STAGES says otherwise."""
+    if K * torch.finfo(dtype).bits // 8 % 16:
+        # [C, K] rows not 16-byte aligned: Triton 3.6 pipelined the Vt-only forward (MDN_FWD_O=kernel) wrongly at
+        # K = 253, bf16, 2 stages (wrong Vt, then an illegal address; H200, docs/BENCHMARKS.md §1.16), exact at
+        # one stage: such shapes run unpipelined
+        return 1
     if kernel.fn.__name__.endswith("_pqk") or os.environ.get("MDN_SCAN_STAGES"):
         return scan_stages(K, dtype, phase)
     return 1

@@ -436,14 +436,14 @@ FWD_OS = ("scan", "kernel")
 
 
 def fwd_o() -> str:
-    """MDN_FWD_O: where the pqk forward computes O. "scan" (default): in the sequential chunk loop. "kernel": the
-    scan drops Q, Aqk and the two Q-dots from its loop (no spills at K = 256, and two pipeline stages fit: ptxas
+    """MDN_FWD_O: where the pqk forward computes O. "scan": in the sequential chunk loop. "kernel" (default since
+    it was measured faster everywhere, README §6): the scan drops Q, Aqk and the two Q-dots from its loop (no spills at K = 256, and two pipeline stages fit: ptxas
     sm_90a, README §6) and stores every chunk's start states hc; the parallel kernel of chunk_output_pqk.py then
     computes O from them. With a gradient the forward keeps hc for the backward, which then runs no state recompute
     (as MDN_SAVE_STATES=1; chunk_scan_pqk); without one hc is a temporary (NC * H * 2 * K * V elements in the
     operands' dtype). Same numbers up to the dots' accumulation order. The Triton path only (the torch mirror
     computes O in its loop either way); other values are a ValueError."""
-    return env_choice("MDN_FWD_O", FWD_OS, "scan")
+    return env_choice("MDN_FWD_O", FWD_OS, "kernel")
 
 
 BWD_GEMMS = ("planes", "stacked")
