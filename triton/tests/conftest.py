@@ -280,6 +280,21 @@ def assert_gpu_knob_matches_and_oracle(monkeypatch, var: str, base: str, value: 
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs=dict(chunk_size=64))
 
 
+def assert_knob_matches_oracle_small(monkeypatch, var: str, value: str, device) -> None:
+    """The op with the environment knob var = value against the fp64 recurrence at small shapes: fp32 (dense with
+    an initial state, C 32; varlen with a length-1 sequence, C 16) at 1e-5, and bf16 with layer gates at the bf16
+    tolerances (o 5e-3, grads and states 1e-2)."""
+    monkeypatch.setenv(var, value)
+    inputs = make_inputs(1, 100, 2, 32, 40, device=device, initial_state=True)
+    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 32})
+    inputs = make_inputs(1, 100, 2, 64, 64, dtype=torch.bfloat16, device=device, gates="layer", initial_state=True)
+    compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
+                        op_kwargs={"chunk_size": 32})
+    lengths = [1, 37, 16, 50]
+    inputs = make_inputs(1, sum(lengths), 2, 16, 24, device=device, initial_state=True, lengths=lengths)
+    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
+
+
 def assert_compiled_op_matches_eager(B, T, H, K, V, *, chunk_size: int, device, tol: float = 1e-5) -> None:
     """The chunk op inside a caller's torch.compile(fullgraph=True) (aot_eager) gives the eager numbers, outputs,
     final state and every gradient: no graph break, and the custom ops' fakes and autograd hold."""

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager,
-                      assert_gpu_knob_matches_and_oracle, assert_same_results, compare_with_oracle, make_inputs,
-                      rel_rms, run_op_per_env)
+                      assert_gpu_knob_matches_and_oracle, assert_knob_matches_oracle_small, assert_same_results,
+                      make_inputs, rel_rms, run_op_per_env)
 from mdn.ops.momentum_delta_rule import chunk_output_pqk as co
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
@@ -88,20 +88,8 @@ def test_op_with_the_output_kernel_equals_the_default(monkeypatch, pqk_fwd_calls
 
 @needs_kernels
 def test_output_kernel_matches_the_fp64_recurrence(monkeypatch):
-    monkeypatch.setenv("MDN_FWD_O", "kernel")
-    inputs = make_inputs(1, 100, 2, 32, 40, device=DEV, initial_state=True)
-    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 32})
-    inputs = make_inputs(1, 100, 2, 64, 64, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
-    compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
-                        op_kwargs={"chunk_size": 32})
-
-
-@needs_kernels
-def test_output_kernel_varlen(monkeypatch):
-    monkeypatch.setenv("MDN_FWD_O", "kernel")
-    lengths = [1, 37, 16, 50]
-    inputs = make_inputs(1, sum(lengths), 2, 16, 24, device=DEV, initial_state=True, lengths=lengths)
-    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
+    """fp32 dense and varlen (a length-1 sequence), bf16 with layer gates."""
+    assert_knob_matches_oracle_small(monkeypatch, "MDN_FWD_O", "kernel", DEV)
 
 
 @needs_kernels

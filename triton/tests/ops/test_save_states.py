@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager, compare_with_oracle,
-                      make_inputs, rel_rms, run_op)
+from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager,
+                      assert_knob_matches_oracle_small, compare_with_oracle, make_inputs, rel_rms, run_op)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -57,20 +57,8 @@ def test_saved_states_give_the_recompute_numbers(monkeypatch, pqk_fwd_calls, dty
 
 @needs_kernels
 def test_saved_states_match_the_fp64_recurrence(monkeypatch):
-    monkeypatch.setenv("MDN_SAVE_STATES", "1")
-    inputs = make_inputs(1, 100, 2, 32, 40, device=DEV, initial_state=True)
-    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 32})
-    inputs = make_inputs(1, 100, 2, 64, 64, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
-    compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
-                        op_kwargs={"chunk_size": 32})
-
-
-@needs_kernels
-def test_saved_states_varlen(monkeypatch):
-    monkeypatch.setenv("MDN_SAVE_STATES", "1")
-    lengths = [1, 37, 16, 50]
-    inputs = make_inputs(1, sum(lengths), 2, 16, 24, device=DEV, initial_state=True, lengths=lengths)
-    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
+    """fp32 dense and varlen (a length-1 sequence), bf16 with layer gates."""
+    assert_knob_matches_oracle_small(monkeypatch, "MDN_SAVE_STATES", "1", DEV)
 
 
 @needs_kernels
