@@ -295,6 +295,25 @@ def assert_knob_matches_oracle_small(monkeypatch, var: str, value: str, device) 
     compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
 
 
+def pqk_scan_operands(B, T, H, K, V, C, dtype, device):
+    """The pqk scan's operands (u, p, q, kw, a, aqk, r, g) for random inputs (dense, T a multiple of C, layer gates;
+    16-bit dtypes give bf16 operands), and the chunk offsets."""
+    from mdn.ops.momentum_delta_rule.chunk_intra_pqk import chunk_mdn_intra_pqk
+    x = make_inputs(B, T, H, K, V, device=device, gates="layer")
+    NT = T // C
+
+    def pack(t):  # [B, T, H, D] -> [B * NT, H, C, D]
+        return t.reshape(B, NT, C, H, -1).transpose(2, 3).reshape(B * NT, H, C, -1)
+
+    q, k, v = (pack(x[n]) for n in ("q", "k", "v"))
+    gates = [pack(x[n][..., None])[..., 0] for n in ("log_alpha", "beta", "log_mu", "eta")]
+    op_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
+    intra = chunk_mdn_intra_pqk(q, k, v, *gates, scale=K ** -0.5, use_qk_l2norm_in_kernel=True, use_p_times_alpha=True,
+                                out_dtype=op_dtype, bf16_gemm=op_dtype != torch.float32)
+    off = torch.arange(B + 1, device=device, dtype=torch.int32) * NT
+    return intra, off
+
+
 def assert_compiled_op_matches_eager(B, T, H, K, V, *, chunk_size: int, device, tol: float = 1e-5) -> None:
     """The chunk op inside a caller's torch.compile(fullgraph=True) (aot_eager) gives the eager numbers, outputs,
     final state and every gradient: no graph break, and the custom ops' fakes and autograd hold."""

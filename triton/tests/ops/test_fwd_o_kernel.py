@@ -13,11 +13,10 @@ import torch
 
 from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager,
                       assert_gpu_knob_matches_and_oracle, assert_knob_matches_oracle_small, assert_same_results,
-                      make_inputs, rel_rms, run_op_per_env)
+                      make_inputs, pqk_scan_operands, rel_rms, run_op_per_env)
 from mdn.ops.momentum_delta_rule import chunk_output_pqk as co
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
-from mdn.ops.momentum_delta_rule.chunk_intra_pqk import chunk_mdn_intra_pqk
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
@@ -29,23 +28,6 @@ def _pqk(monkeypatch):
     monkeypatch.setenv("MDN_SCAN_FORM", "pqk")
 
 
-def _scan_operands(B, T, H, K, V, C, dtype):
-    """The pqk scan's operands for random inputs (dense, T a multiple of C), and the chunk offsets."""
-    x = make_inputs(B, T, H, K, V, device=DEV, gates="layer")
-    NT = T // C
-
-    def pack(t):  # [B, T, H, D] -> [B * NT, H, C, D]
-        return t.reshape(B, NT, C, H, -1).transpose(2, 3).reshape(B * NT, H, C, -1)
-
-    q, k, v = (pack(x[n]) for n in ("q", "k", "v"))
-    gates = [pack(x[n][..., None])[..., 0] for n in ("log_alpha", "beta", "log_mu", "eta")]
-    op_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    intra = chunk_mdn_intra_pqk(q, k, v, *gates, scale=K ** -0.5, use_qk_l2norm_in_kernel=True, use_p_times_alpha=True,
-                                out_dtype=op_dtype, bf16_gemm=op_dtype != torch.float32)
-    off = torch.arange(B + 1, device=DEV, dtype=torch.int32) * NT
-    return intra, off
-
-
 @needs_kernels
 @pytest.mark.parametrize("dtype,B,T,H,K,V,C", [
     (torch.float32, 2, 48, 2, 32, 24, 16),
@@ -53,7 +35,7 @@ def _scan_operands(B, T, H, K, V, C, dtype):
     (torch.bfloat16, 1, 64, 2, 64, 80, 16),
 ])
 def test_output_kernel_gives_the_fused_scans_o(monkeypatch, dtype, B, T, H, K, V, C):
-    intra, off = _scan_operands(B, T, H, K, V, C, dtype)
+    intra, off = pqk_scan_operands(B, T, H, K, V, C, dtype, DEV)
     h0 = torch.randn(2, B, H, K, V, device=DEV)
     monkeypatch.setenv("MDN_FWD_O", "scan")
     o_ref, vt_ref, ht_ref, hc_ref = sp.scan_pqk_fwd_triton(*intra, h0, off, store_states=True)

@@ -138,6 +138,7 @@ def test_op_segmented_tail_equals_one_pass(monkeypatch, segments, split, varlen)
     final-state gradient, and varlen with a length-1 sequence and more segments than a sequence has chunks."""
     inputs, kw, grads = _op_inputs(torch.bfloat16, varlen)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_DHC", "split")  # what the segments store (q8 runs in one pass only)
     monkeypatch.setenv("MDN_TAIL_SPLIT", split)
     out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", segments), chunk_momentum_delta_rule, inputs,
                          grads=grads, chunk_size=16, **kw)
@@ -149,6 +150,7 @@ def test_op_segmented_tail_with_saved_states(monkeypatch):
     """MDN_BWD_SEGMENTS with the tail and MDN_SAVE_STATES=1 (the forward's full hc, read by chunk id)."""
     inputs, kw, grads = _op_inputs(torch.bfloat16, False)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_DHC", "split")  # what the segments store (q8 runs in one pass only)
     monkeypatch.setenv("MDN_SAVE_STATES", "1")
     out = run_op_per_env(monkeypatch, "MDN_BWD_SEGMENTS", ("1", "4"), chunk_momentum_delta_rule, inputs,
                          grads=grads, chunk_size=16, **kw)
@@ -213,6 +215,7 @@ def test_gpu_segmented_tail_matches_one_pass_and_oracle(monkeypatch, K, V, segme
     """MDN_BWD_SEGMENTS with the tail on the GPU: the one-pass tail's numbers and the bf16 tolerances against fp64."""
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_DHC", "split")  # what the segments store (q8 runs in one pass only)
     assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_SEGMENTS", "1", segments, K, V, 1e-5)
 
 
@@ -243,10 +246,11 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
         pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
     bk, bv, nw, ns = tail_config(K, V, C, torch.float32 if dtype == "fp32" else torch.bfloat16)
     sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
-    sig.update(rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
+    sig.update(dlo="*i8", rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
+    q8 = dtype == "bf16" and not indexed  # MDN_DHC=q8, the default for bf16 (not per segment)
     res = compile_sm90(kernel, sig, dict(K=K, V=V, C=C, BK=bk, BV=bv, NK=triton.cdiv(K, bk),
-                                         P=4 if dtype == "bf16" else 2, DOT_MODE=1 if dtype == "bf16" else 0,
-                                         INDEXED=indexed, HC_GLOBAL=not indexed),
+                                         P=2 if dtype == "fp32" or q8 else 4, DOT_MODE=1 if dtype == "bf16" else 0,
+                                         INDEXED=indexed, HC_GLOBAL=not indexed, LO_Q8=q8),
                        nw, num_stages=ns)
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["regs"] > 64, res
     if C <= 64:

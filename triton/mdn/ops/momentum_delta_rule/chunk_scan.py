@@ -37,9 +37,10 @@ def _poison() -> bool:
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
-    """torch.empty, or NaN-filled when MDN_POISON_OUTPUTS=1 / MDN_DEBUG_POISON=1 (unwritten elements show up)."""
+    """torch.empty, or NaN-filled when MDN_POISON_OUTPUTS=1 / MDN_DEBUG_POISON=1 (unwritten elements show up;
+    int8, the q8 lo planes: -128, a value their encoding never stores)."""
     if _poison():
-        return torch.full(shape, float('nan'), dtype=dtype, device=device)
+        return torch.full(shape, -128 if dtype == torch.int8 else float('nan'), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
@@ -398,6 +399,68 @@ def _store_grad_states(dhc, p_dhc, b_ds, b_dm, m_k, m_v, K: tl.constexpr, V: tl.
     if K > 3 * BK:
         _store_grad_state(dhc + 3 * BK * V + p_dhc, b_ds[3], m_k[3], m_v, 2 * K * V, DOT_MODE)
         _store_grad_state(dhc + K * V + 3 * BK * V + p_dhc, b_dm[3], m_k[3], m_v, 2 * K * V, DOT_MODE)
+
+
+@triton.jit
+def _ulp254(hi):
+    """A 254th of the unit in the last place of the bf16 values hi (kept in fp32): 2^(E - 134) / 254 for biased
+    exponent E (clamped to E >= 8: below 2^-119 the lo part is coarser, far below any gradient that matters). The
+    exponent is read from the fp32 bits, which the interpreter's bf16 keeps as well."""
+    e = (hi.to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 0xFF
+    return ((tl.maximum(e, 8) - 7) << 23).to(tl.float32, bitcast=True) / 254.
+
+
+@triton.jit
+def _store_grad_state_q8(p, p_lo, x, m_k, m_v, DOT_MODE: tl.constexpr):
+    """Store an fp32 state gradient tile as hi = bf16(x) (rounded to nearest: |x - hi| <= half hi's last place) at
+    p and the rest as an int8 count of 254ths of hi's last place at p_lo: 16 bits of x in 3 bytes (MDN_DHC=q8)."""
+    m = m_k[:, None] & m_v[None, :]
+    hi = _cast(x, tl.bfloat16, DOT_MODE)
+    tl.store(p, hi, mask=m)
+    tl.store(p_lo, tl.floor((x - hi.to(tl.float32)) / _ulp254(hi) + 0.5).to(tl.int8), mask=m)
+
+
+@triton.jit
+def _grad_state_q8(hi, lo):
+    """The fp32 value of a (hi bf16, lo int8) pair of _store_grad_state_q8."""
+    return hi.to(tl.float32) + lo.to(tl.float32) * _ulp254(hi)
+
+
+@triton.jit
+def _store_grad_states_q8(dhc, dlo, p_dhc, b_ds, b_dm, m_k, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                          DOT_MODE: tl.constexpr):
+    """MDN_DHC=q8: a chunk's end-state gradients dS', dM' (tuples of four [BK, BV] sub-tiles) into its two bf16 dhc
+    planes and the two int8 planes of dlo at the same offsets (p_dhc: plane 0, sub-tile 0)."""
+    _store_grad_state_q8(dhc + p_dhc, dlo + p_dhc, b_ds[0], m_k[0], m_v, DOT_MODE)
+    _store_grad_state_q8(dhc + K * V + p_dhc, dlo + K * V + p_dhc, b_dm[0], m_k[0], m_v, DOT_MODE)
+    if K > BK:
+        _store_grad_state_q8(dhc + BK * V + p_dhc, dlo + BK * V + p_dhc, b_ds[1], m_k[1], m_v, DOT_MODE)
+        _store_grad_state_q8(dhc + (K + BK) * V + p_dhc, dlo + (K + BK) * V + p_dhc, b_dm[1], m_k[1], m_v,
+                             DOT_MODE)
+    if K > 2 * BK:
+        _store_grad_state_q8(dhc + 2 * BK * V + p_dhc, dlo + 2 * BK * V + p_dhc, b_ds[2], m_k[2], m_v, DOT_MODE)
+        _store_grad_state_q8(dhc + (K + 2 * BK) * V + p_dhc, dlo + (K + 2 * BK) * V + p_dhc, b_dm[2], m_k[2], m_v,
+                             DOT_MODE)
+    if K > 3 * BK:
+        _store_grad_state_q8(dhc + 3 * BK * V + p_dhc, dlo + 3 * BK * V + p_dhc, b_ds[3], m_k[3], m_v, DOT_MODE)
+        _store_grad_state_q8(dhc + (K + 3 * BK) * V + p_dhc, dlo + (K + 3 * BK) * V + p_dhc, b_dm[3], m_k[3], m_v,
+                             DOT_MODE)
+
+
+DHC_FORMATS = ("split", "q8")
+
+
+def dhc_format() -> str:
+    """MDN_DHC: how the reverse scan stores the end-state gradients dS', dM' for the fused tail (MDN_BWD_DG=tail,
+    bf16 inputs, no MDN_BWD_SEGMENTS; everywhere else "split" runs). "split": two bf16 planes each, hi = bf16(x)
+    and lo = bf16(x - hi) (_store_grad_state): 4 bytes per element, written and read again. "q8" (default): hi as
+    before and lo as an int8 count of 254ths of hi's last place (_store_grad_state_q8): 3 bytes, the same ~16
+    bits; the tail rebuilds x and splits it into hi + lo bf16 in registers for its tensor-core products. Measured
+    on one H100 (docs/BENCHMARKS.md §1.17): the same time (13.26-13.35 ms fwd+bwd at H6 K256 V512, 32768 tokens,
+    against 13.29-13.36 split) and 0.75 GiB less peak memory (7.07 against 7.82 GiB). One bf16
+    plane alone cost dbeta 1.5e-2 relative error at K = 256 (README section 4). (fp16 scaled per column would take
+    2 bytes but keeps 11 bits of a column's largest entry only, fewer for the rest; not pursued.)"""
+    return env_choice("MDN_DHC", DHC_FORMATS, "q8")
 
 
 @triton.jit
@@ -842,7 +905,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
 
 
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    zero_dg=False, stacked=False, seg=None, bufs=None, **consts):
+                    zero_dg=False, stacked=False, seg=None, bufs=None, dhc_q8=False, **consts):
     """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets, H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last
     one (the op's dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
@@ -853,7 +916,9 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     j0 <= j < j1 of every sequence (j counted from the sequence's first chunk), their end-state gradients into the
     segment's own dhc [N * seg_len, H, P, K, V] at row n * seg_len + j - j0; bufs = (dvo, dhc, dh0, dgp): the
     outputs, allocated by the caller (dvo, dgp full-size, shared by the segments); then dg is returned None (the
-    caller sums dgp once every segment has run)."""
+    caller sums dgp once every segment has run).
+    dhc_q8 (pqk kernel, hc None, bf16 operands; MDN_DHC=q8): dhc is returned as the pair (hi planes
+    [NC, H, 2, K, V] bf16, lo planes [NC, H, 2, K, V] int8) of _store_grad_states_q8."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -876,9 +941,13 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
         if bufs is None:
             dvo = _empty((2, NC, H, C, V), x.dtype, dev)
         dvt, dob, dvs = dvo[0], dvo[1], dvo[0]  # dvs: unused
+    if dhc_q8 and (hc is not None or bufs is not None or x.dtype != torch.bfloat16):
+        raise ValueError("launch_scan_bwd: dhc_q8 is for the tail path (no hc, no segments) with bf16 operands")
     if bufs is None:
-        # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
-        dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
+        if dhc_q8:  # [dS', dM'] as bf16 hi planes and int8 lo planes (_store_grad_states_q8)
+            dhc = (_empty((NC, H, 2, K, V), x.dtype, dev), _empty((NC, H, 2, K, V), torch.int8, dev))
+        else:  # [dS', dM'], or for 16-bit operands [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (_store_grad_state)
+            dhc = _empty((NC, H, 2 if x.dtype == torch.float32 else 4, K, V), x.dtype, dev)
         dh0 = _empty((2, N, H, K, V), torch.float32, dev)
     # row sums of the <dS', S>, <dS', M>, <dM', M> products per V-block (_bwd_dg_rows); zero_dg: zeros, so that a
     # kernel run that skips them (ABLATE) stays finite. hc None (pqk kernel only): no row sums here (MDN_BWD_DG=rec:
@@ -887,6 +956,10 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     if not dg_here:
         consts["DG"] = False
         hc = dvt  # unused
+    dhc_arg = dhc
+    if dhc_q8:  # the pqk kernel takes the lo planes in the slot of hc, which the tail path leaves unused
+        dhc_arg, hc = dhc
+        consts["DHC_Q8"] = True
     if bufs is None:
         dgp = (torch.zeros if zero_dg else _empty)((NC, H, NV, 3, K) if dg_here else (1,), dtype=torch.float32,
                                                    device=dev)
@@ -901,7 +974,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     grid = (NV, N * H)
     _launch_pipelined(
         kernel, grid,
-        (*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp, chunk_offsets, H, *do.stride()[:3], *seg_args),
+        (*ops, do, dht, dh0, dvt, dob, dvs, dhc_arg, hc, dgp, chunk_offsets, H, *do.stride()[:3], *seg_args),
         dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None,
              DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts),
         num_warps or cfg_nw, stages)

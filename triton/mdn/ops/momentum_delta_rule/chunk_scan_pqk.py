@@ -41,8 +41,8 @@ from .knobs import compile_mode, env_choice
 from .chunk_output_pqk import output_pqk_triton
 from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
-                         _rec_dg_states, _store_grad_states, _store_states, _t, _unit_last, _use_tma, _use_triton,
-                         _empty, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
+                         _rec_dg_states, _store_grad_states, _store_grad_states_q8, _store_states, _t, _unit_last,
+                         _use_tma, _use_triton, _empty, dhc_format, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
                          torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
@@ -280,6 +280,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     DG: tl.constexpr = True,
     SEGMENTED: tl.constexpr = False,
     SEG_HC: tl.constexpr = False,
+    DHC_Q8: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -293,6 +294,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     from its first chunk), starting from dht (the gradient carried in from the later segment) and ending in dh0 (the
     one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk (and hc
     too with SEG_HC, when the state recompute ran for this segment only).
+    DHC_Q8 (MDN_DHC=q8, only with DG off and not SEGMENTED): dhc holds two bf16 hi planes per chunk and hc the
+    int8 lo planes [NC, H, 2, K, V] (chunk_scan._store_grad_states_q8).
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -347,9 +350,12 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
             if SEG_HC:
                 p_hc = (l_c * H + i_h) * 2 * K * V + p_st
         else:
-            p_dhc = base * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+            p_dhc = base * (2 if DOT_MODE == 0 or DHC_Q8 else 4) * K * V + p_st
         b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
-        _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
+        if DHC_Q8:
+            _store_grad_states_q8(dhc, hc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
+        else:
+            _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
         # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
         # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
         if DG:  # else the state recompute after this scan computes them (MDN_BWD_DG=rec), hc unused
@@ -425,11 +431,12 @@ def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                        stacked=None):
-    """stacked: None reads MDN_BWD_GEMM (bwd_gemm())."""
+                        stacked=None, dhc_q8=False):
+    """stacked: None reads MDN_BWD_GEMM (bwd_gemm()). dhc_q8: launch_scan_bwd's (MDN_DHC=q8, tail path only)."""
     return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
-                           num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked)
+                           num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked,
+                           dhc_q8=dhc_q8)
 
 
 FWD_OS = ("scan", "kernel")
@@ -647,11 +654,17 @@ def scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_):
     return scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **kw_)
 
 
-def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
+def _check_bwd_knobs() -> None:
+    """Reject a bad MDN_SCAN_LOAD, MDN_BWD_GEMM, MDN_BWD_DG, MDN_BWD_SEGMENTS or MDN_DHC on every path."""
     scan_load()
-    bwd_gemm()  # reject a bad MDN_BWD_GEMM on every path
-    bwd_dg()  # and MDN_BWD_DG
-    bwd_segments()  # and MDN_BWD_SEGMENTS
+    bwd_gemm()
+    bwd_dg()
+    bwd_segments()
+    dhc_format()
+
+
+def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
+    _check_bwd_knobs()
     if _use_triton(p):
         return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
     return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
@@ -802,7 +815,10 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
         if bwd_dg() == "tail" and _use_triton(p):
             # MDN_BWD_DG=tail: the reverse scan without the states; one fused kernel then does the GEMMs against
             # the states and the <dS', S> sums (chunk_state_gemms.py)
-            dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets)
+            _check_bwd_knobs()
+            # MDN_DHC=q8: dS', dM' as bf16 hi + int8 lo planes instead of hi + lo bf16 (3 bytes instead of 4)
+            q8 = dhc_format() == "q8" and vt.dtype == torch.bfloat16
+            dvo, dhc, dh0, _ = scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dhc_q8=q8)
             (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
             return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense)
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);

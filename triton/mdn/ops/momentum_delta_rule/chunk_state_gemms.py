@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
-from .chunk_scan import _dot_acc, _dot_mode, _empty, _launch_pipelined
+from .chunk_scan import _cast, _dot_acc, _dot_mode, _empty, _grad_state_q8, _launch_pipelined
 from .knobs import env_choice
 
 
@@ -37,10 +37,10 @@ def _tile(p, m, DOT_MODE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["s_dob", "H"])
 def momentum_delta_rule_bwd_kernel_state_gemms(
-    vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, idx, H,
+    vt, dvt, dob, hc, dhc, dlo, xv, xo, rr, dgp, s_dob, idx, H,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
     P: tl.constexpr, DOT_MODE: tl.constexpr, X: tl.constexpr = True, R: tl.constexpr = True,
-    INDEXED: tl.constexpr = False, HC_GLOBAL: tl.constexpr = True,
+    INDEXED: tl.constexpr = False, HC_GLOBAL: tl.constexpr = True, LO_Q8: tl.constexpr = False,
 ):
     """Grid (NK, NC * H). vt, dvt [NC * H, C, V] contiguous; dob the same with s_dob elements between (chunk, head)
     blocks (C V for the planes layout, 2 C V for the stacked one); hc [NC * H, 2, K, V]; dhc [NC * H, P, K, V]
@@ -50,7 +50,10 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
     share the S, M tiles; one part per launch halves the accumulators (MDN_TAIL_SPLIT).
     INDEXED (MDN_BWD_SEGMENTS): grid (NK, rows * H) over a segment's rows; idx [rows] (int64) holds each row's
     chunk id, or -1 for a row without a chunk (nothing stored). dhc (and hc unless HC_GLOBAL) are segment-sized,
-    [rows * H, ...]; everything else is addressed by chunk id."""
+    [rows * H, ...]; everything else is addressed by chunk id.
+    LO_Q8 (MDN_DHC=q8, bf16, not INDEXED): dhc [NC * H, 2, K, V] holds the hi planes and dlo (same shape, int8)
+    the lo parts (chunk_scan._store_grad_state_q8); each tile is rebuilt in fp32 and its lo part rounded to bf16
+    here, so the products are those of the split format."""
     i_k, i_p = tl.program_id(0), tl.program_id(1).to(tl.int64)
     if INDEXED:
         i_c = tl.load(idx + i_p // H)
@@ -70,6 +73,7 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
     else:
         hc += i_p * 2 * K * V
     dhc += i_p * P * K * V
+    dlo += i_p * 2 * K * V
 
     b_xs = tl.zeros([C, BK], dtype=tl.float32)  # dVt S^T
     b_xm = tl.zeros([C, BK], dtype=tl.float32)  # dVt M^T
@@ -97,6 +101,18 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
             b_om = _dot_acc(b_do, tl.trans(b_m), b_om, DOT_MODE)
         if R:
             b_vt = _tile(vt + p_cv, m_v[None, :], DOT_MODE)           # [C, BV]
+        if R and LO_Q8:
+            b_ds = _tile(dhc + p_kv, m_kv, DOT_MODE)                  # hi (bf16)
+            b_dm = _tile(dhc + K * V + p_kv, m_kv, DOT_MODE)
+            f_ds = _grad_state_q8(b_ds, tl.load(dlo + p_kv, mask=m_kv, other=0))
+            f_dm = _grad_state_q8(b_dm, tl.load(dlo + K * V + p_kv, mask=m_kv, other=0))
+            b_rs = _dot_acc(b_vt, tl.trans(b_ds), b_rs, DOT_MODE)
+            b_rm = _dot_acc(b_vt, tl.trans(b_dm), b_rm, DOT_MODE)
+            b_rs = _dot_acc(b_vt, tl.trans(_cast(f_ds - b_ds.to(tl.float32), vt.dtype.element_ty, DOT_MODE)), b_rs,
+                            DOT_MODE)
+            b_rm = _dot_acc(b_vt, tl.trans(_cast(f_dm - b_dm.to(tl.float32), vt.dtype.element_ty, DOT_MODE)), b_rm,
+                            DOT_MODE)
+        elif R:
             b_ds = _tile(dhc + p_kv, m_kv, DOT_MODE)
             b_dm = _tile(dhc + K * V + p_kv, m_kv, DOT_MODE)
             b_rs = _dot_acc(b_vt, tl.trans(b_ds), b_rs, DOT_MODE)
@@ -110,6 +126,7 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
                 b_rm = _dot_acc(b_vt, tl.trans(b_dml), b_rm, DOT_MODE)
                 f_ds += b_dsl.to(tl.float32)
                 f_dm += b_dml.to(tl.float32)
+        if R:
             f_s = b_s.to(tl.float32)
             f_m = b_m.to(tl.float32)
             d_ss += tl.sum(f_ds * f_s, 1)
@@ -185,7 +202,8 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
     """xv, xo, rr and dg of the module docstring (MDN_TAIL_SPLIT says in how many launches). vt [NC, H, C, V]; dvo
     the reverse scan's dVt and dO: [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO]
     [NC, H, 2C, V]); hc [NC, H, 2, K, V]; dhc [NC, H, P, K, V]. Returns ((xv, xo), rr, dg): xv, xo [NC, H, C, 2K] in
-    vt's dtype, rr [NC, H, C, 2K] fp32, dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>).
+    vt's dtype, rr [NC, H, C, 2K] fp32, dg [NC, H, 3] fp32 = (<dS', S>, -<dS', M>, <dM', M>). dhc may be the pair
+    (hi planes [NC, H, 2, K, V] bf16, lo planes int8) of MDN_DHC=q8 (not with rows).
     One segment of MDN_BWD_SEGMENTS: rows [L] (int64 chunk ids, -1 for none) names the chunk of each row of the
     segment-sized dhc [L, H, P, K, V] (and hc [L, H, 2, K, V] unless hc_by_chunk: then hc [NC, ...] is read by
     chunk id, as with MDN_SAVE_STATES=1); the products go into
@@ -193,13 +211,18 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
     split = tail_split()
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
+    dlo = None
+    if isinstance(dhc, tuple):
+        dhc, dlo = dhc
+        if rows is not None:
+            raise ValueError("state_gemms_triton: the q8 dhc (MDN_DHC=q8) does not run per segment")
     P = dhc.shape[2]
     if isinstance(dvo, tuple):
         dvt, dvs = dvo
         dob, s_dob = dvs[:, :, C:], 2 * C * V
     else:
         dvt, dob, s_dob = dvo[0], dvo[1], C * V
-    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc)):
+    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc), ("dlo", dlo if dlo is not None else dhc)):
         if not x.is_contiguous():
             raise ValueError(f"state_gemms_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
     BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
@@ -220,9 +243,10 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
         for x_part, r_part in parts:
             _launch_pipelined(
                 momentum_delta_rule_bwd_kernel_state_gemms, (NK, n_prog),
-                (vt, dvt, dob, hc, dhc, xv, xo, rr, dgp, s_dob, rows if rows is not None else dgp, H),
+                (vt, dvt, dob, hc, dhc, dlo if dlo is not None else dgp, xv, xo, rr, dgp, s_dob,
+                 rows if rows is not None else dgp, H),
                 dict(K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
-                     INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk),
+                     INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk, LO_Q8=dlo is not None),
                 num_warps, num_stages)
     if rows is not None:
         return None
