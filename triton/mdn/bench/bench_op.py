@@ -196,11 +196,16 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["intra_gemm"] = "bf16" if _bf16_gemm_wanted(op_dtype) else "fp32"
     row["intra"] = os.environ.get("MDN_INTRA", "torch") or "torch"
     row["save_states"] = os.environ.get("MDN_SAVE_STATES", "0") or "0"
-    row["fwd_o"] = os.environ.get("MDN_FWD_O", "") or "scan"
+    # the knobs' own readers, so that a row records the default that ran (MDN_FWD_O was recorded as "scan" after
+    # the default had become "kernel", in the eleventh and twelfth sessions' rows)
+    from mdn.ops.momentum_delta_rule import chunk_scan as cs
+    from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
+    row["fwd_o"] = sp.fwd_o()
+    row["dhc"] = cs.dhc_format()
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
-    row["bwd_gemm"] = os.environ.get("MDN_BWD_GEMM", "") or "planes"
+    row["bwd_gemm"] = sp.bwd_gemm()
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
-    row["bwd_dg"] = os.environ.get("MDN_BWD_DG", "") or "tail"
+    row["bwd_dg"] = sp.bwd_dg()
     row["compile_mode"] = os.environ.get("MDN_CHUNK_COMPILE_MODE", "") or "default"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"

