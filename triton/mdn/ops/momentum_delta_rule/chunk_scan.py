@@ -458,8 +458,9 @@ def dhc_format() -> str:
     bits; the tail rebuilds x and splits it into hi + lo bf16 in registers for its tensor-core products. Measured
     on one H100 (docs/BENCHMARKS.md §1.17): the same time (13.26-13.35 ms fwd+bwd at H6 K256 V512, 32768 tokens,
     against 13.29-13.36 split) and 0.75 GiB less peak memory (7.07 against 7.82 GiB). One bf16
-    plane alone cost dbeta 1.5e-2 relative error at K = 256 (README section 4). (fp16 scaled per column would take
-    2 bytes but keeps 11 bits of a column's largest entry only, fewer for the rest; not pursued.)"""
+    plane alone cost dbeta 1.5e-2 relative error at K = 256 (README section 4). (fp16 scaled per column, 2 bytes,
+    was tried first and dropped untimed: it keeps 11 bits of a column's largest entry only, fewer for the rest, and
+    its accuracy comparison was unseeded, so inconclusive.)"""
     return env_choice("MDN_DHC", DHC_FORMATS, "q8")
 
 

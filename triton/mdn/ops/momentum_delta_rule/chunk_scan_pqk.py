@@ -42,8 +42,8 @@ from .chunk_output_pqk import output_pqk_triton
 from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_grad_states_q8, _store_states, _t, _unit_last,
-                         _use_tma, _use_triton, _empty, dhc_format, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms, scan_config, scan_load,
-                         torch_scan_bwd, torch_scan_fwd)
+                         _use_tma, _use_triton, _empty, dhc_format, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
+                         scan_config, scan_load, torch_scan_bwd, torch_scan_fwd)
 
 NR = 6  # row scalars per chunk: a-, b-, s a, s b, gamma, rho
 
