@@ -14,7 +14,16 @@ O=${OUT:-$PWD/../results/gpu_tests}
 mkdir -p "$O"
 PY=${MDN_PYTHON:-python3}
 args=(tests/ops -m gpu -v -p no:cacheprovider -rfE --durations=15 --junitxml "$O/gpu_tests.xml")
-if "$PY" -c "import xdist" 2>/dev/null; then args+=(-n "${JOBS:-6}" --dist loadgroup); fi
+# Workers share the one GPU: the largest test process took 17.6 GB (twelfth session), and 12 workers on an 80 GB
+# H100 ran out of memory, so JOBS is capped at one worker per 16 GB of the GPU's memory (H100 4, H200 8), saying so.
+jobs=${JOBS:-6}
+mem_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [ -n "$mem_mb" ] && [ "$jobs" -gt $(( mem_mb / 16384 > 0 ? mem_mb / 16384 : 1 )) ]; then
+  cap=$(( mem_mb / 16384 > 0 ? mem_mb / 16384 : 1 ))
+  echo "gpu_tests: JOBS=$jobs capped to $cap (one worker per 16 GB of the GPU's $mem_mb MiB)"
+  jobs=$cap
+fi
+if "$PY" -c "import xdist" 2>/dev/null; then args+=(-n "$jobs" --dist loadgroup); fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then args+=(--timeout "${T_TEST:-300}"); fi
 [ "${INTRA_COMPILE:-0}" = 1 ] || export MDN_CHUNK_COMPILE=0
 export MDN_POISON_OUTPUTS=1
