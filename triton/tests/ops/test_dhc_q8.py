@@ -61,7 +61,8 @@ def test_q8_pairs_hold_the_split_values(B, T, H, K, V, C, with_dht):
     assert torch.equal(hi, dhc_s[:, :, :2]), "the hi planes are the split format's"
     want = dhc_s[:, :, :2].float() + dhc_s[:, :, 2:].float()             # hi + lo bf16: the fp32 value, ~16 bits
     got = _q8_value(hi, lo)
-    assert torch.isfinite(got).all() and lo.abs().max() <= 127
+    assert (lo > -128).all(), "an element of the lo planes was not written (-128 is the poison value)"
+    assert torch.isfinite(got).all()
     # 254ths of a bf16 last place: 2^-8 / 254 / 2 relative, within the split format's own rounding of lo
     assert ((got - want).abs() <= want.abs() * 2.0 ** -15 + 1e-30).all()
     assert ((got - want).abs() / want.abs().clamp_min(1e-30)).mean() < 2.0 ** -17
