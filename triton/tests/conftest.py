@@ -41,6 +41,9 @@ import torch.nn.functional as F
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 HAS_CUDA = torch.cuda.is_available()
+# the device the op tests run on, and the mark of tests that need the Triton kernels (a GPU or the interpreter)
+DEV = "cuda" if HAS_CUDA else "cpu"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 SLOW = os.environ.get("MDN_SLOW", "0") == "1"
 
 GATE_NAMES = ("log_alpha", "beta", "log_mu", "eta")

@@ -14,15 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle, constant_gates, gap_gates,
-                      make_inputs, rel_rms, run_op, to_fp64)
+from conftest import (ALL_GRAD_NAMES, DEV, HAS_CUDA, assert_rel, compare_with_oracle, constant_gates, gap_gates,
+                      make_inputs, needs_kernels, rel_rms, run_op, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
 
-DEV = "cuda" if HAS_CUDA else "cpu"
 FP32_TOL = 1e-5
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_CUDA, INTERPRET, assert_rel, compare_with_oracle as _compare, constant_gates, gap_gates, make_inputs
+from conftest import (DEV, assert_rel, compare_with_oracle as _compare, constant_gates, gap_gates, make_inputs,
+                      needs_kernels)
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_intra_bwd import chunk_mdn_intra_pqk_bwd_triton, intra_pqk_fwd
 from mdn.ops.momentum_delta_rule.chunk_intra_pqk import chunk_mdn_intra_pqk
 
-DEV = "cuda" if HAS_CUDA else "cpu"
 FP32_TOL = 1e-5
 GRAD_NAMES = ("dq", "dk", "dv", "dlog_alpha", "dbeta", "dlog_mu", "deta")
-pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+pytestmark = needs_kernels
 
 
 def _chunk_inputs(NC, H, C, K, V, *, dtype=torch.float32, gates=None):

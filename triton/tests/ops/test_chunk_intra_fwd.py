@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_CUDA, INTERPRET, assert_rel, constant_gates, gap_gates, make_inputs, run_op, to_fp64
+from conftest import DEV, assert_rel, constant_gates, gap_gates, make_inputs, needs_kernels, run_op, to_fp64
 from mdn.ops.momentum_delta_rule import chunk as chunk_mod
 from mdn.ops.momentum_delta_rule import chunk_intra_fwd as intra_fwd_mod
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
@@ -22,9 +22,8 @@ from mdn.ops.momentum_delta_rule.chunk_intra_fwd import (chunk_mdn_intra_fwd_tri
 from mdn.ops.momentum_delta_rule.chunk_intra_pqk import chunk_mdn_intra_pqk
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
 
-DEV = "cuda" if HAS_CUDA else "cpu"
 FP32_TOL = 1e-5
-pytestmark = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+pytestmark = needs_kernels
 
 
 def _chunk_inputs(NC, H, C, K, V, *, dtype=torch.float32, gates=None):

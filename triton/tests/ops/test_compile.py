@@ -8,11 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_CUDA, INTERPRET, make_inputs, rel_rms
+from conftest import DEV, make_inputs, needs_kernels, rel_rms
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 class TinyMixer(torch.nn.Module):

@@ -12,15 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_gpu_knob_matches_and_oracle,
-                      assert_knob_matches_oracle_small, assert_same_results, compare_with_oracle, make_inputs,
-                      pqk_scan_operands, rel_rms, run_op_per_env)
+from conftest import (ALL_GRAD_NAMES, DEV, assert_gpu_knob_matches_and_oracle, assert_knob_matches_oracle_small,
+                      assert_same_results, compare_with_oracle, make_inputs, needs_kernels, pqk_scan_operands, rel_rms,
+                      run_op_per_env)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_state_gemms import state_gemms_triton
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager,
-                      assert_gpu_knob_matches_and_oracle, assert_knob_matches_oracle_small, assert_same_results,
-                      make_inputs, pqk_scan_operands, rel_rms, run_op_per_env)
+from conftest import (ALL_GRAD_NAMES, DEV, assert_compiled_op_matches_eager, assert_gpu_knob_matches_and_oracle,
+                      assert_knob_matches_oracle_small, assert_same_results, make_inputs, needs_kernels,
+                      pqk_scan_operands, rel_rms, run_op_per_env)
 from mdn.ops.momentum_delta_rule import chunk_output_pqk as co
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +116,6 @@ def test_the_scan_without_o_needs_stored_states():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("K,V", [(256, 512), (128, 128), (64, 48), (100, 200), (253, 136)])
 def test_gpu_output_kernel_matches_default_and_oracle(monkeypatch, K, V):
     """On the GPU at the shipped tiles (the Vt-only scan at its pipeline stages, the output kernel's tiles). K = 253

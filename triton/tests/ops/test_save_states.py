@@ -6,13 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_compiled_op_matches_eager,
-                      assert_knob_matches_oracle_small, compare_with_oracle, make_inputs, rel_rms, run_op)
+from conftest import (ALL_GRAD_NAMES, DEV, HAS_CUDA, assert_compiled_op_matches_eager, assert_knob_matches_oracle_small,
+                      compare_with_oracle, make_inputs, needs_kernels, rel_rms, run_op)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

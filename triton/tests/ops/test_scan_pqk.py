@@ -10,16 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_gpu_knob_matches_and_oracle, assert_rel,
-                      compare_with_oracle as _compare, make_inputs, assert_same_results, rel_rms, run_op,
+from conftest import (ALL_GRAD_NAMES, DEV, HAS_CUDA, assert_gpu_knob_matches_and_oracle, assert_rel,
+                      assert_same_results, compare_with_oracle as _compare, make_inputs, needs_kernels, rel_rms, run_op,
                       run_op_per_env, to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
 
-DEV = "cuda" if HAS_CUDA else "cpu"
 FP32_TOL = 1e-5
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_CUDA, INTERPRET, compare_with_oracle as _compare, make_inputs
+from conftest import DEV, compare_with_oracle as _compare, make_inputs, needs_kernels
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 
 FP32_TOL = 1e-5
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

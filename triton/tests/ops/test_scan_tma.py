@@ -12,13 +12,11 @@ import sys
 import pytest
 import torch
 
-from conftest import HAS_CUDA, INTERPRET, assert_rel, make_inputs, rel_rms, run_op, to_fp64
+from conftest import DEV, HAS_CUDA, INTERPRET, assert_rel, make_inputs, needs_kernels, rel_rms, run_op, to_fp64
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
 
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 GRADS = ("q", "k", "v", "log_alpha", "beta", "log_mu", "eta", "initial_state")
 
 

@@ -12,13 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, assert_gpu_knob_matches_and_oracle, assert_rel,
-                      assert_same_results, compare_with_oracle as _compare, make_inputs, run_op_per_env)
+from conftest import (ALL_GRAD_NAMES, DEV, assert_gpu_knob_matches_and_oracle, assert_rel, assert_same_results,
+                      compare_with_oracle as _compare, make_inputs, needs_kernels, run_op_per_env)
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_state_gemms import state_gemms_triton, tail_config
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, HAS_CUDA, INTERPRET, _have_ptxas, assert_compiled_op_matches_eager,
-                      assert_same_results, compare_with_oracle, compile_sm90, make_inputs, rel_rms,
+from conftest import (ALL_GRAD_NAMES, DEV, HAS_CUDA, assert_compiled_op_matches_eager, assert_same_results,
+                      compare_with_oracle, compile_sm90, _have_ptxas, make_inputs, needs_kernels, rel_rms,
                       run_op_per_env)
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
-
-DEV = "cuda" if HAS_CUDA else "cpu"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
 
 
 @pytest.fixture(autouse=True)
