@@ -16,6 +16,10 @@ PY=${MDN_PYTHON:-python3}
 args=(tests/ops -m gpu -v -p no:cacheprovider -rfE --durations=15 --junitxml "$O/gpu_tests.xml")
 # Workers share the one GPU: the largest test process took 17.6 GB (twelfth session), and 12 workers on an 80 GB
 # H100 ran out of memory, so JOBS is capped at one worker per 16 GB of the GPU's memory (H100 4, H200 8), saying so.
+# Even 4 workers on an H100 held 10-27 GB each through their caching allocators and 3 of 163 tests hit CUDA out of
+# memory (thirteenth session): conftest.py now empties each worker's cache after every test, and expandable
+# segments keep fragmentation down.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 jobs=${JOBS:-6}
 mem_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 if [ -n "$mem_mb" ] && [ "$jobs" -gt $(( mem_mb / 16384 > 0 ? mem_mb / 16384 : 1 )) ]; then

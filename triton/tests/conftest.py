@@ -20,6 +20,7 @@ Offered:
 * ``run_op(op, inputs, grads=..., do=..., dht=...)``: calls an op, back-propagates sum(o*do) + sum(ht*dht) and
   returns (o, ht, {name: grad});
 * ``INTERPRET``: True when TRITON_INTERPRET=1;
+* GPU memory (autouse): after each test that used CUDA, ``torch.cuda.empty_cache()`` (workers share the card);
 * poisoning (autouse): MDN_POISON_OUTPUTS=1, so ``mdn.ops.momentum_delta_rule.alloc.empty`` NaN-fills every
   kernel output buffer (use it for your outputs; then assert torch.isfinite);
 * markers: ``@pytest.mark.gpu`` is skipped without CUDA; ``@pytest.mark.slow`` is skipped unless MDN_SLOW=1.
@@ -77,6 +78,19 @@ def seed_all(seed: int = 0) -> None:
 def _seed_every_test():
     seed_all(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _release_gpu_memory():
+    """After a test that used the GPU, hand its cached blocks back to the driver: pytest-xdist workers share one
+    card (scripts/gpu_tests.sh), and each worker's caching allocator otherwise keeps its largest test's peak. On an
+    H100 four workers held 10-27 GB each and three tests failed with CUDA out of memory (thirteenth session)."""
+    yield
+    if HAS_CUDA and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -103,8 +103,9 @@ def run_check(shape, dtype, chunk_size, T=1000, device="cuda"):
     return errs
 
 
-def run_profile(fn, top=12):
-    """Top CUDA kernels of one call by self device time: [(name, ms, calls)]."""
+def run_profile(fn, top=40):
+    """Top CUDA kernels of one call by self device time: [(name, ms, calls)], then ("(all kernels)", the sum of
+    every kernel's time, the number of launches), so that the share of the many small kernels shows."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     fn()
@@ -118,7 +119,7 @@ def run_profile(fn, top=12):
         if t > 0:
             rows.append((e.key[:60], t / 1000.0, e.count))
     rows.sort(key=lambda r: -r[1])
-    return rows[:top]
+    return rows[:top] + [("(all kernels)", sum(r[1] for r in rows), sum(r[2] for r in rows))]
 
 
 def run_profile_ops(fn, top=16):
@@ -186,6 +187,8 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
                 x.grad = None
             fwd_bwd()
         row["profile"] = run_profile(fwd_bwd_fresh)
+        with torch.no_grad():
+            row["profile_fwd"] = run_profile(lambda: op(*xs, output_final_state=True, chunk_size=chunk_size), top=20)
         row["profile_ops"] = run_profile_ops(fwd_bwd_fresh)
         for x in leaves:
             x.grad = None
@@ -405,6 +408,10 @@ def main(argv=None):
         if "profile" in r:
             print(f"profile {r['shape']} T={r['T']} (self CUDA ms, calls):")
             for name, ms, n in r["profile"]:
+                print(f"  {ms:8.3f} {n:5d}  {name}")
+        if "profile_fwd" in r:
+            print(f"profile {r['shape']} T={r['T']} forward without grad (self CUDA ms, calls):")
+            for name, ms, n in r["profile_fwd"]:
                 print(f"  {ms:8.3f} {n:5d}  {name}")
         if "profile_ops" in r:
             print(f"profile {r['shape']} T={r['T']} by torch op (self CUDA ms, calls, input shapes):")
