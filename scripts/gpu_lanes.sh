@@ -9,7 +9,8 @@
 #
 # Each command runs from the repository root under `timeout HARD_S - 15` with $LANE_OUT (its own folder in OUT)
 # and $LANE_LEFT (seconds left for it) exported; its output goes to OUT/laneI/lane.log. At the end OUT/laneI.tgz
-# holds the lane's folder (the device tool returns few files) and OUT/lanes.txt each lane's exit status and time.
+# holds the lane's folder (the device tool returns few files), OUT/lanes.txt each lane's exit status and time, and
+# OUT/autotune_<card>.tgz every lane's autotune results (also those of a lane its timeout stopped).
 # Env: OUT (default results/lanes), HARD_S (default 540), AUTOTUNE_IN (default .cache/autotune_<card>.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,4 +52,14 @@ wait "${pids[@]}"
 for ((j = 0; j < i; j++)); do
   tar czf "$O/lane$j.tgz" -C "$O" "lane$j" && rm -rf "${O:?}/lane$j"
 done
+# Every lane's autotune results (fla's and the official kernels' *.autotune.json), collected here rather than by the
+# lanes' own commands, which a timeout kills first (the thirteenth session lost 186 s of GDN autotuning that way).
+# Copy OUT/autotune_<card>.tgz to .cache/ to seed the next call.
+at=$(mktemp -d)
+for ((j = 0; j < i; j++)); do
+  (cd "$ROOT/results/lane_cache/$j" && find . -name "*.autotune.json" -print0 | xargs -0 -r cp --parents -t "$at")
+done
+(cd "$at" && find . -name "*.autotune.json" | tar czf "$O/autotune_$card.tgz" -T -)
+echo "autotune results: $(cd "$at" && find . -name "*.autotune.json" | wc -l) files in $O/autotune_$card.tgz" >> "$O/lanes.txt"
+rm -rf "$at"
 cat "$O/lanes.txt"
