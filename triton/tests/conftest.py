@@ -281,6 +281,20 @@ def assert_same_results(a, b, tol: float) -> None:
         assert rel_rms(ag[n], bg[n]) <= tol, (n, rel_rms(ag[n], bg[n]))
 
 
+def assert_knob_values_agree(monkeypatch, var: str, base: str, value: str, inputs: dict, tol: float,
+                             chunk_size: int) -> None:
+    """The chunk op with the environment knob var = base and var = value on the same inputs (an initial state
+    required), with the same random upstream gradients of o and the final state: outputs, final state and every
+    gradient within the relative RMS tol."""
+    from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+    q, v, h0 = inputs["q"], inputs["v"], inputs["initial_state"]
+    do = torch.randn(*v.shape, dtype=torch.float64, device=v.device)
+    dht = torch.randn(*h0.shape[:3], q.shape[-1], v.shape[-1], dtype=torch.float64, device=v.device)
+    out = run_op_per_env(monkeypatch, var, (base, value), chunk_momentum_delta_rule, inputs,
+                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=chunk_size)
+    assert_same_results(out[base], out[value], tol)
+
+
 def assert_gpu_knob_matches_and_oracle(monkeypatch, var: str, base: str, value: str, K: int, V: int,
                                        tol: float) -> None:
     """The op on the GPU (bf16, B 2, T 1000, H 2, layer gates, an initial state and a final-state gradient, chunk

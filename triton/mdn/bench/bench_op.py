@@ -205,6 +205,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
     row["fwd_o"] = sp.fwd_o()
     row["dhc"] = cs.dhc_format()
+    row["scan_v"] = sp.scan_v()
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     row["bwd_gemm"] = sp.bwd_gemm()
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"

@@ -246,7 +246,9 @@ def test_scan_kernels_match_torch_scan(dtype):
     g = torch.rand(NC, H, 3, device=DEV)
     off = torch.tensor([0, 2, 2, 5], dtype=torch.int32, device=DEV)  # sequence 1 is empty
     h0 = torch.randn(2, 3, H, K, V, device=DEV)
-    tol = 0 if (dtype == torch.float32 and not HAS_CUDA) else (1e-5 if dtype == torch.float32 else 1e-2)
+    # fp32 on the CPU: the interpreter's dots (numpy) and torch's matmuls sum in the same order only as long as both
+    # BLAS builds do; a fresh venv (thirteenth session) differed in o by 8.5e-8, so "exact" is 1e-6 here
+    tol = 1e-6 if (dtype == torch.float32 and not HAS_CUDA) else (1e-5 if dtype == torch.float32 else 1e-2)
     for kw in ({}, {"block_v": 16, "num_warps": 2}):
         a = cs.scan_fwd_triton(u, y, z, qa, qb, aqk, ks, km, g, h0, off, **kw)
         b = cs.scan_fwd_torch(u, y, z, qa, qb, aqk, ks, km, g, h0, off)

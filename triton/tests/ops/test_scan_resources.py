@@ -25,7 +25,7 @@ SIGNATURES = {
         ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc", "dhc", "dgp", "hb"],
         {"r", "g", "h0", "ht", "dgp", "hb"}),
     "momentum_delta_rule_bwd_kernel_scan_pqk": (
-        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp"],
+        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp", "dx"],
         {"r", "g", "dht", "dh0", "dgp"}),
 }
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (ALL_GRAD_NAMES, DEV, HAS_CUDA, assert_compiled_op_matches_eager, assert_same_results,
-                      compare_with_oracle, compile_sm90, _have_ptxas, make_inputs, needs_kernels, rel_rms,
-                      run_op_per_env)
+from conftest import (DEV, HAS_CUDA, assert_compiled_op_matches_eager, assert_knob_values_agree,
+                      compare_with_oracle, compile_sm90, _have_ptxas, make_inputs, needs_kernels, rel_rms)
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -94,11 +93,7 @@ def test_op_with_the_kernel_matches_the_fp64_recurrence(monkeypatch, dtype, T, C
 def test_op_with_the_kernel_equals_the_solve(monkeypatch):
     """Same op, same inputs: the kernel's A and the solve's give the same outputs and gradients (fp32)."""
     inputs = make_inputs(2, 90, 2, 32, 24, device=DEV, initial_state=True)
-    do = torch.randn(2, 90, 2, 24, dtype=torch.float64, device=DEV)
-    dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)
-    out = run_op_per_env(monkeypatch, "MDN_TRIL_INV", ("solve", "triton"), chunk_momentum_delta_rule, inputs,
-                         grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=32)
-    assert_same_results(out["solve"], out["triton"], 1e-5)
+    assert_knob_values_agree(monkeypatch, "MDN_TRIL_INV", "solve", "triton", inputs, 1e-5, chunk_size=32)
 
 
 @needs_kernels

@@ -23,7 +23,7 @@ from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan, scan_stages
-from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states
+from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states, scan_v
 from .chunk_state_gemms import tail_config, tail_split
 from .knobs import compile_mode, env_choice
 from .tril_inverse import tril_inv_mode
@@ -81,12 +81,13 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
                   use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool,
-                  form: str = "six", tril_inv: str = "solve"):
+                  form: str = "six", tril_inv: str = "solve", v_in: bool = False):
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
     form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk; "pqk_triton" -> the
-    fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd)."""
+    fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd). v_in (pqk only,
+    MDN_SCAN_V=v): return V in place of U0 = A V."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
     qc, kc, vc = pack(q), pack(k), pack(v)
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
@@ -95,8 +96,9 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
     if form == "pqk_triton":  # the fused Triton kernels (custom ops, forward and backward): the packing fuses around
         return intra_pqk_fwd(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args],
                              out_dtype == torch.bfloat16, bf16_gemm)
-    intra = chunk_mdn_intra_pqk if form == "pqk" else chunk_mdn_intra
-    return intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv)
+    if form == "pqk":
+        return chunk_mdn_intra_pqk(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv, v_in=v_in)
+    return chunk_mdn_intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv)
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
@@ -299,6 +301,7 @@ def chunk_momentum_delta_rule(
     bwd_segments()  # MDN_BWD_SEGMENTS, likewise (and its pairing with MDN_BWD_DG)
     tail_split()  # MDN_TAIL_SPLIT, likewise
     fwd_o()  # MDN_FWD_O, likewise
+    v_mode = scan_v()  # MDN_SCAN_V, likewise
     tail_config(q.shape[-1], v.shape[-1], int(chunk_size), q.dtype)  # and MDN_TAIL_CONFIG
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape
@@ -326,11 +329,14 @@ def chunk_momentum_delta_rule(
     else:
         # the torch intra part, or the pqk form's fused Triton kernels ("pqk_triton"), with the packing, through
         # torch.compile on CUDA (_run_intra)
+        # MDN_SCAN_V=v: the pqk scan takes V and computes Vt = A (V - W) itself (not with the Triton intra kernels,
+        # which compute U0 = A V)
+        v_in = form == "pqk" and not triton_intra and v_mode == "v"
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
-                           "pqk_triton" if triton_intra else form, tril_inv=tril_inv)
+                           "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in)
         if form == "pqk":
-            oc, ht = chunk_scan_pqk(*intra, h0, chunk_offsets, cu_seqlens is None)
+            oc, ht = chunk_scan_pqk(*intra, h0, chunk_offsets, cu_seqlens is None, v_in)
         else:
             oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 

@@ -18,7 +18,7 @@ from .chunk_intra import _mm, compute_dtype, intra_coefficients
 class IntraChunkPQK(NamedTuple):
     """Per-chunk operands of the pqk scan (chunk_scan_pqk.py)."""
 
-    u: torch.Tensor    # [NC, H, C, V]  U0 = A V
+    u: torch.Tensor    # [NC, H, C, V]  U0 = A V (v_in: V itself)
     p: torch.Tensor    # [NC, H, C, K]  read keys P
     q: torch.Tensor    # [NC, H, C, K]  queries Q^ (L2-normalised when asked)
     kw: torch.Tensor   # [NC, H, C, K]  write keys K_w = eta k^
@@ -42,11 +42,13 @@ def chunk_mdn_intra_pqk(
     out_dtype: torch.dtype | None = None,
     bf16_gemm: bool = False,
     tril_inv: str = "solve",
+    v_in: bool = False,
 ) -> IntraChunkPQK:
     """Intra-chunk coefficients and A, all chunks at once (arguments as chunk_intra.chunk_mdn_intra).
 
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
     b, the row scalars and the triangular solve stay fp32. ``tril_inv``: as in chunk_intra.intra_coefficients.
+    ``v_in`` (MDN_SCAN_V=v): u is V itself, for a scan that computes Vt = A (V - W) (chunk_scan_pqk.scan_v).
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
@@ -56,7 +58,7 @@ def chunk_mdn_intra_pqk(
     def mm(x, y):
         return _mm(x, y, bf16_gemm)
 
-    u = mm(A, c.v)                                 # [NC, H, C, V]
+    u = c.v if v_in else mm(A, c.v)                # [NC, H, C, V]
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
     r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.Lm[..., C - 1, :]], -2)
     g = torch.stack([abar[..., C - 1], b[..., C - 1], c.mbar[..., C - 1]], -1)  # [NC, H, 3]

@@ -843,7 +843,7 @@ def _dims(u, y, chunk_offsets):
 
 
 def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
-                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None, write_o=True):
+                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None, write_o=True, v_in=False):
     """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
     being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
     ones).
@@ -854,7 +854,8 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     [S, 2, N, H, K, V] fp32, seg_len): store the start states of every seg_len-th chunk into hb (no hc);
     seg = (j0, j1, seg_len) with hc_out [N * seg_len, H, 2, K, V]: only those chunks, from h0, into hc_out.
     write_o=False (pqk kernel, forward with store_states; MDN_FWD_O=kernel): no O in the loop, o is returned None
-    (the Vt-only scan takes the state recompute's pipeline stages, "rec": same operands but P and A)."""
+    (the Vt-only scan takes the state recompute's pipeline stages, "rec": same operands but P and A).
+    v_in (pqk kernel, not the recompute; MDN_SCAN_V=v): u holds V, and Vt = A (V - W) (the kernel's V_IN)."""
     NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
@@ -889,10 +890,11 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
         consts["SEGMENTED"] = seg is not None
         consts["STORE_BOUNDS"] = bounds is not None
         consts["WRITE_O"] = write_o
+        consts["V_IN"] = bool(v_in) and not recompute
         seg_args = (tuple(int(x) for x in seg) if seg is not None
                     else (0, 0, int(bounds[1])) if bounds is not None else (0, 0, 0))
-    elif dg_from is not None or seg is not None or bounds is not None:
-        raise ValueError(f"launch_scan_fwd: dg_from, seg and bounds are for the pqk kernel, not "
+    elif dg_from is not None or seg is not None or bounds is not None or v_in:
+        raise ValueError(f"launch_scan_fwd: dg_from, seg, bounds and v_in are for the pqk kernel, not "
                          f"{kernel.fn.__name__}")
     _launch_pipelined(
         kernel, grid,
@@ -906,7 +908,7 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
 
 
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    zero_dg=False, stacked=False, seg=None, bufs=None, dhc_q8=False, **consts):
+                    zero_dg=False, stacked=False, seg=None, bufs=None, dhc_q8=False, dx=None, **consts):
     """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets, H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last
     one (the op's dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
@@ -919,7 +921,8 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     outputs, allocated by the caller (dvo, dgp full-size, shared by the segments); then dg is returned None (the
     caller sums dgp once every segment has run).
     dhc_q8 (pqk kernel, hc None, bf16 operands; MDN_DHC=q8): dhc is returned as the pair (hi planes
-    [NC, H, 2, K, V] bf16, lo planes [NC, H, 2, K, V] int8) of _store_grad_states_q8."""
+    [NC, H, 2, K, V] bf16, lo planes [NC, H, 2, K, V] int8) of _store_grad_states_q8.
+    dx (pqk kernel; MDN_SCAN_V=v): an [NC, H, C, V] buffer the kernel fills with X = A^T dVt (STORE_X)."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -967,11 +970,12 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     elif dg_here and dgp.shape[2] != NV:
         raise ValueError(f"launch_scan_bwd: dgp has {dgp.shape[2]} V-blocks, the kernel runs {NV}")
     seg_args = ()
-    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's segment arguments (seg_j0, seg_j1, seg_len)
-        seg_args = tuple(int(x) for x in seg) if seg is not None else (0, 0, 0)
+    if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's segment arguments (seg_j0, seg_j1, seg_len), dx
+        seg_args = (tuple(int(x) for x in seg) if seg is not None else (0, 0, 0)) + (dx if dx is not None else dvt,)
         consts["SEGMENTED"] = seg is not None
-    elif seg is not None:
-        raise ValueError(f"launch_scan_bwd: seg is for the pqk kernel, not {kernel.fn.__name__}")
+        consts["STORE_X"] = dx is not None
+    elif seg is not None or dx is not None:
+        raise ValueError(f"launch_scan_bwd: seg and dx are for the pqk kernel, not {kernel.fn.__name__}")
     grid = (NV, N * H)
     _launch_pipelined(
         kernel, grid,

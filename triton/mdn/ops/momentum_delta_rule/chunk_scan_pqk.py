@@ -117,6 +117,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     SEGMENTED: tl.constexpr = False,
     STORE_BOUNDS: tl.constexpr = False,
     WRITE_O: tl.constexpr = True,
+    V_IN: tl.constexpr = False,
 ):
     """Forward scan (pqk form) over the chunks of one (sequence, head, V-block).
 
@@ -127,6 +128,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     DG (with RECOMPUTE; MDN_BWD_DG=rec): also the row sums of <dS', S>, <dS', M>, <dM', M> for the gate gradients,
     from the chunk-start states in registers and the reverse scan's end-state gradients dhc [NC, H, 2 or 4, K, V],
     into dgp [NC, H, NV, 3, K] (what the reverse kernel computes otherwise; chunk_scan._rec_dg_states).
+    V_IN (MDN_SCAN_V=v): u holds the chunk's values V, not U0 = A V, and Vt = A (V - W) (one [C, C] dot on the
+    bf16 rounding of V - W), so that the intra part runs no A V GEMM.
     STORE_BOUNDS (MDN_BWD_SEGMENTS): the fp32 states at the start of every seg_len-th chunk j of the sequence into
     hb [S, 2, N, H, K, V] at [j / seg_len]. SEGMENTED (with RECOMPUTE, STORE_STATES): only the chunks seg_j0 <= j <
     seg_j1, from h0 = the segment's start states, into hc rows n * seg_len + j - seg_j0 (a segment-sized hc).
@@ -202,10 +205,15 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_ps, b_pm = _ck_dot2(p + o_ck + p_ck, t_p, row, b_S, b_M, m_k, K, BK, DOT_MODE, LOAD_TMA)
             b_am = tl.load(p_r)
             b_bm = tl.load(p_r + C)
-            b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
-            b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
             b_a = tl.load(a + base * C * C + p_cc)  # [C, C]
-            b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
+            if V_IN:  # Vt = A (V - W)
+                b_vw = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32) + (
+                    b_bm[:, None] * b_pm - b_am[:, None] * b_ps)
+                b_vt = _dot(b_a, _cast(b_vw, vt.dtype.element_ty, DOT_MODE), DOT_MODE)
+            else:  # Vt = U0 + A (-W)
+                b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
+                b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
+                b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
             if WRITE_O:
@@ -268,6 +276,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
     H, s_dc, s_dh, s_dt, seg_j0, seg_j1, seg_len,
+    dx,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -281,6 +290,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     SEGMENTED: tl.constexpr = False,
     SEG_HC: tl.constexpr = False,
     DHC_Q8: tl.constexpr = False,
+    STORE_X: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -294,6 +304,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     from its first chunk), starting from dht (the gradient carried in from the later segment) and ending in dh0 (the
     one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk (and hc
     too with SEG_HC, when the state recompute ran for this segment only).
+    STORE_X (MDN_SCAN_V=v): also stores X = A^T dVt into dx [NC, H, C, V] (the operands' dtype): the gradient of
+    the values V when the forward took them instead of U0 (Vt = A (V - W)).
     DHC_Q8 (MDN_DHC=q8, only with DG off and not SEGMENTED): dhc holds two bf16 hi planes per chunk and hc the
     int8 lo planes [NC, H, 2, K, V] (chunk_scan._store_grad_states_q8).
     """
@@ -382,6 +394,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
         b_a = tl.load(a + base * C * C + p_cc)
         b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
+        if STORE_X:
+            tl.store(dx + o_cv + p_cv, _cast(b_x, dx.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
         b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
         b_dof = b_do.to(tl.float32)
@@ -417,13 +431,13 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
 # ---------------------------------------------------------------------------------------------------------------
 
 def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False,
-                        block_v=None, num_warps=None, dg_from=None):
+                        block_v=None, num_warps=None, dg_from=None, v_in=False):
     # MDN_FWD_O=kernel: the scan without O stores the chunk-start states (for the backward too when store_states),
     # then the parallel kernel of chunk_output_pqk.py computes O from them
     split_o = vt is None and fwd_o() == "kernel"
     out = launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
                           _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states or split_o,
-                          block_v=block_v, num_warps=num_warps, dg_from=dg_from, write_o=not split_o)
+                          block_v=block_v, num_warps=num_warps, dg_from=dg_from, write_o=not split_o, v_in=v_in)
     if split_o:
         _, vt_, ht, hc = out
         return output_pqk_triton(q, hc, vt_, aqk, r), vt_, ht, (hc if store_states else None)
@@ -431,12 +445,13 @@ def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                        stacked=None, dhc_q8=False):
-    """stacked: None reads MDN_BWD_GEMM (bwd_gemm()). dhc_q8: launch_scan_bwd's (MDN_DHC=q8, tail path only)."""
+                        stacked=None, dhc_q8=False, dx=None):
+    """stacked: None reads MDN_BWD_GEMM (bwd_gemm()). dhc_q8, dx: launch_scan_bwd's (MDN_DHC=q8, tail path only;
+    MDN_SCAN_V=v)."""
     return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
                            num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked,
-                           dhc_q8=dhc_q8)
+                           dhc_q8=dhc_q8, dx=dx)
 
 
 FWD_OS = ("scan", "kernel")
@@ -452,6 +467,24 @@ def fwd_o() -> str:
     operands' dtype). Same numbers up to the dots' accumulation order. The Triton path only (the torch mirror
     computes O in its loop either way); other values are a ValueError."""
     return env_choice("MDN_FWD_O", FWD_OS, "kernel")
+
+
+SCAN_VS = ("u0", "v")
+
+
+def scan_v() -> str:
+    """MDN_SCAN_V (pqk form, torch intra part): what the forward scan takes besides P, K_w and A. "u0" (default):
+    U0 = A V, a batched GEMM in the intra part, and Vt = U0 + A (-W) in the loop. "v" (opt-in, not timed yet): the
+    packed values V, and Vt = A (V - W) in the loop (the same dot count there); the reverse scan also stores X =
+    A^T dVt, which it computes anyway, as V's gradient, and the chain rule adds dVt V^T to A's. That removes the
+    A V GEMM from the forward and A^T dU0 from the backward (0.15 ms each at H6 K256 V512, 32768 tokens, H100,
+    docs/BENCHMARKS.md §1.18) for one more [C, V] store per chunk in the reverse scan. Not with MDN_BWD_GEMM=stacked
+    or MDN_INTRA=triton (that intra kernel computes U0 itself: the knob is ignored there); other values are a
+    ValueError."""
+    val = env_choice("MDN_SCAN_V", SCAN_VS, "u0")
+    if val == "v" and bwd_gemm() == "stacked":
+        raise ValueError("MDN_SCAN_V='v' does not combine with MDN_BWD_GEMM='stacked' (use MDN_BWD_GEMM=planes)")
+    return val
 
 
 BWD_GEMMS = ("planes", "stacked")
@@ -503,7 +536,8 @@ def bwd_segments() -> int:
     return n
 
 
-def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, vt, segments: int, h0=None):
+def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, vt, segments: int, h0=None,
+                           dx=None):
     """The pqk backward's scans and GEMMs against the states in `segments` time segments (MDN_BWD_SEGMENTS), last
     to first: segment s covers the chunks s * L <= j < (s + 1) * L of every sequence (L = ceil(longest sequence's
     chunks / segments)).
@@ -516,7 +550,8 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
     scan runs without the <dS', S> sums and the fused tail kernel (chunk_state_gemms.py) takes the segment's rows
     through a chunk-id index instead of the gathers, GEMMs and scatters. So the two largest buffers of
     the backward (hc, dhc: 4.8 GB per 32768 tokens at H6 K256 V512) shrink to 1 / segments, for one more
-    (store-free) recompute pass and more launches. Same arithmetic as one pass.
+    (store-free) recompute pass and more launches. Same arithmetic as one pass. dx (MDN_SCAN_V=v): filled with
+    X = A^T dVt, every segment its chunks.
     Returns (dvo, xv, xo, rr, dh0, dg): xv = dVt [S; M]^T and xo = dO [S; M]^T ([NC, H, C, 2K]) and rr = Vt [dS';
     dM']^T ([NC, H, C, P K]) as scan_bwd_gemms(sum_parts=False) gives them (the tail: [NC, H, C, 2K] fp32)."""
     NC, H, C, V = vt.shape
@@ -564,7 +599,7 @@ def scan_pqk_bwd_segmented(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, v
         out = carry[i % 2]
         launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, ops, _use_tma((p, q, kw)), do, cur,
                         None if tail else (hc_seg if seg_hc else hc), chunk_offsets, stacked=stacked,
-                        seg=(j0, j1, seg_len), bufs=(dvo, dhc, out, dgp), SEG_HC=seg_hc)
+                        seg=(j0, j1, seg_len), bufs=(dvo, dhc, out, dgp), SEG_HC=seg_hc, dx=dx)
         cur = out
         # the GEMMs for the segment's chunk rows n * L + j - j0 that exist (j < j1, j < len_n); rows without a
         # chunk read chunk 0 and their products are discarded
@@ -602,8 +637,9 @@ def _row_scalars(r):
     return tuple(rf[:, :, i, :, None] for i in range(NR))
 
 
-def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False):
-    """The forward kernel's math in torch, with its rounding (-W and the row-scaled Vt tiles rounded for 16-bit)."""
+def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False, v_in=False):
+    """The forward kernel's math in torch, with its rounding (-W and the row-scaled Vt tiles rounded for 16-bit;
+    v_in: u holds V and Vt = A (V - W), V - W rounded)."""
     bf = u.dtype != torch.float32
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
@@ -612,8 +648,11 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
         if recompute:
             b_vt = vt[c]
         else:
-            nw = (bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)).to(vt.dtype)  # -W
-            b_vt = (u[c].float() + _mm(a[c], nw, bf)).to(vt.dtype)
+            nw = bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)  # -W
+            if v_in:
+                b_vt = _mm(a[c], (u[c].float() + nw).to(vt.dtype), bf).to(vt.dtype)
+            else:
+                b_vt = (u[c].float() + _mm(a[c], nw.to(vt.dtype), bf)).to(vt.dtype)
             vt[c] = b_vt
             o[c] = sa[c] * _mm(q[c], S, bf) - sb[c] * _mm(q[c], M, bf) + _mm(aqk[c], b_vt, bf)
         vtf = b_vt.float()
@@ -624,8 +663,9 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
     return torch_scan_fwd(u, p.shape[-1], h0, chunk_offsets, vt, store_states, step)
 
 
-def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
-    """The reverse kernel's math in torch, with its rounding (dVt and the row-scaled [C, V] tiles rounded)."""
+def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, dx=None):
+    """The reverse kernel's math in torch, with its rounding (dVt and the row-scaled [C, V] tiles rounded); dx:
+    filled with X = A^T dVt (MDN_SCAN_V=v)."""
     bf = p.dtype != torch.float32
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
@@ -636,6 +676,8 @@ def scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
         dvo[0, c] = b_dvt
         dvo[1, c] = do[c]
         x = _mm(_t(a[c]), b_dvt, bf)
+        if dx is not None:
+            dx[c] = x
         dof = do[c].float()
         nax, bx = (-am[c] * x).to(dvo.dtype), (bm[c] * x).to(dvo.dtype)
         sado, nsbdo = (sa[c] * dof).to(dvo.dtype), (-sb[c] * dof).to(dvo.dtype)
@@ -663,38 +705,46 @@ def _check_bwd_knobs() -> None:
     dhc_format()
 
 
-def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets):
+def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=None):
     _check_bwd_knobs()
     if _use_triton(p):
-        return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
-    return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
+        return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
+    return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # custom ops
 # ---------------------------------------------------------------------------------------------------------------
 
+def _v_in_kw(v_in: bool) -> dict:
+    """{"v_in": True} for the MDN_SCAN_V=v forward, else nothing: the default calls stay as they were."""
+    return {"v_in": True} if v_in else {}
+
+
 @torch.library.custom_op("mdn::scan_pqk_fwd", mutates_args=())
 def scan_pqk_fwd(
     u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor,
     r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, dense: bool = True,
+    v_in: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (o [NC, H, C, V], vt [NC, H, C, V], ht [2, N, H, K, V] fp32). dense: every sequence has the same
-    number of chunks (no cu_seqlens); only the backward's compile policy reads it (_chain)."""
-    o, vt, ht, _ = scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets)
+    number of chunks (no cu_seqlens); only the backward's compile policy reads it (_chain). v_in (MDN_SCAN_V=v): u
+    holds V, not U0 = A V."""
+    o, vt, ht, _ = scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, **_v_in_kw(v_in))
     return o, vt, ht
 
 
 @scan_pqk_fwd.register_fake
-def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True):
+def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True, v_in=False):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
     return _o_like(u), u.new_empty(NC, H, C, V), u.new_empty(2, N, H, K, V, dtype=torch.float32)
 
 
-def _chain_rule(xv, xo, rr, p, q, kw, a, r):
-    """Gradients of P, Q, K_w, A and r from the six-form GEMM results.
+def _chain_rule(xv, xo, rr, p, q, kw, a, r, dvt=None, u=None):
+    """Gradients of P, Q, K_w, A and r from the six-form GEMM results (and with dvt, u (MDN_SCAN_V=v: Vt = A (V -
+    W)) A's share of A V: dA += dVt V^T).
 
     xv [NC, H, C, 2K]  = dVt [S; M]^T = [-dY, dZ];   xo [NC, H, C, 2K] = dO [S; M]^T = [dQa, -dQb];
     rr [NC, H, C, 2K]  = Vt [dS'; dM']^T     = [dKs, -dKm]   (fp32), or for 16-bit inputs [NC, H, C, 4K], the hi
@@ -712,7 +762,10 @@ def _chain_rule(xv, xo, rr, p, q, kw, a, r):
     pab = torch.cat([am * pf, bm * pf], -1).to(p.dtype)     # [C, 2K] = [D(a-)P, D(b-)P]
     # dA = dY (D(a-)P)^T + dZ (D(b-)P)^T = [-dY, dZ] [-D(a-)P, D(b-)P]^T
     pab_signed = torch.cat([-pab[..., :K], pab[..., K:]], -1)
-    da = (xv @ t(pab_signed)).tril(-1)                      # [C, C]
+    da = xv @ t(pab_signed)                                 # [C, C]
+    if dvt is not None:
+        da = da.float() + (dvt @ t(u)).float()
+    da = da.tril(-1)
     gx = (t(a) @ xv).float()                                # [C, 2K] = [-A^T dY, A^T dZ]
     g1, g2 = gx[..., :K], gx[..., K:]
     dp = bm * g2 - am * g1
@@ -734,7 +787,7 @@ _chain_compile_failed = False
 _CHAIN_RECOMPILE_LIMIT = 64  # static graphs of the dense chain rule per process (as chunk.py's intra part)
 
 
-def _chain(xv, xo, rr, p, q, kw, a, r, dense: bool = True):
+def _chain(xv, xo, rr, p, q, kw, a, r, dense: bool = True, dvt=None, u=None):
     """_chain_rule through torch.compile where the intra part is compiled (chunk.py's MDN_CHUNK_COMPILE policy: on
     CUDA by default, =1 anywhere, =0 never; backend MDN_CHUNK_COMPILE_BACKEND), so that its row scalings and row
     sums over [NC, H, C, K] fuse into a few kernels instead of ~20 eager passes. Dense batches get static shapes,
@@ -747,7 +800,7 @@ def _chain(xv, xo, rr, p, q, kw, a, r, dense: bool = True):
     env = os.environ.get("MDN_CHUNK_COMPILE", "")
     want = env == "1" if env in ("0", "1") else (p.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1")
     if not want or _chain_compile_failed:
-        return _chain_rule(xv, xo, rr, p, q, kw, a, r)
+        return _chain_rule(xv, xo, rr, p, q, kw, a, r, dvt, u)
     try:
         fn = _compiled_chain.get(bool(dense))
         if fn is None:
@@ -758,15 +811,15 @@ def _chain(xv, xo, rr, p, q, kw, a, r, dense: bool = True):
         if dense:
             with torch._dynamo.config.patch(recompile_limit=max(_CHAIN_RECOMPILE_LIMIT,
                                                                 torch._dynamo.config.recompile_limit)):
-                return fn(xv, xo, rr, p, q, kw, a, r)
-        return fn(xv, xo, rr, p, q, kw, a, r)
+                return fn(xv, xo, rr, p, q, kw, a, r, dvt, u)
+        return fn(xv, xo, rr, p, q, kw, a, r, dvt, u)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001  (any compiler failure: fall back, never fail the op)
         _chain_compile_failed = True
         warnings.warn(f"mdn pqk scan backward: torch.compile of the chain rule failed ({type(e).__name__}: "
                       f"{str(e)[:300]}); using eager torch from now on", RuntimeWarning, stacklevel=2)
-        return _chain_rule(xv, xo, rr, p, q, kw, a, r)
+        return _chain_rule(xv, xo, rr, p, q, kw, a, r, dvt, u)
 
 
 def _chain_rule_dense(*args):
@@ -779,26 +832,28 @@ def _chain_rule_varlen(*args):
     return _chain_rule(*args)
 
 
-def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense):
+def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx=None, u=None):
     """The pqk backward's gradients from the reverse scan's dVt / dO (dvo, either layout) and the products against
-    the states (xv, xo, rr, dg) of the segmented or the tail path: du = dVt, daqk = tril(dO Vt^T), the chain rule,
-    dh0 in h0's dtype (zeros without h0)."""
-    du = dvo[0]
+    the states (xv, xo, rr, dg) of the segmented or the tail path: du = dVt (MDN_SCAN_V=v: du = dx = A^T dVt, and
+    the chain rule adds dVt u^T to dA), daqk = tril(dO Vt^T), the chain rule, dh0 in h0's dtype (zeros without h0)."""
+    du = dvo[0] if dx is None else dx
     dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
     daqk = (dob @ _t(vt)).tril()
     dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
+    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, *((dvo[0], u) if dx is not None else ()))
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
-def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True):
+def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True, u=None):
     """The backward of the pqk scan; hc: the chunk-start states saved by the forward (scan_pqk_fwd_saving), or None
-    to rebuild them from the saved Vt (the state recompute)."""
+    to rebuild them from the saved Vt (the state recompute). u: the forward's V when it ran with MDN_SCAN_V=v (then
+    du = A^T dVt from the reverse scan, and dA gets dVt V^T), else None."""
     do = do.to(vt.dtype)
+    dx = _empty(vt.shape, vt.dtype, vt.device) if u is not None else None
     if hc is None and bwd_dg() == "rec" and _use_triton(p):
         # MDN_BWD_DG=rec: the reverse scan first (it needs no states without the dg row sums), then the state
         # recompute, which also computes the row sums from its registers and the end-state gradients dhc
-        dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets)
+        dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dx=dx)
         _, _, _, hc, dg = scan_pqk_fwd_triton(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt,
                                               store_states=True, dg_from=dhc)
     else:
@@ -807,8 +862,8 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             # MDN_BWD_SEGMENTS: the scans and the GEMMs against the states in time segments (segment-sized hc, dhc)
             dvo, xv, xo, rr, dh0, dg = scan_pqk_bwd_segmented(
                 p, q, kw, a, aqk, r, g, do, dht.float().contiguous() if dht is not None else None, hc,
-                chunk_offsets, vt, segments, h0=h0)
-            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense)
+                chunk_offsets, vt, segments, h0=h0, dx=dx)
+            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx, u)
         if hc is None:
             # chunk-start states S, M: [NC, H, 2, K, V] (operands' dtype); vt stands in for u (shape/dtype only)
             _, _, _, hc = scan_pqk_fwd_impl(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt, store_states=True)
@@ -818,14 +873,19 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             _check_bwd_knobs()
             # MDN_DHC=q8: dS', dM' as bf16 hi + int8 lo planes instead of hi + lo bf16 (3 bytes instead of 4)
             q8 = dhc_format() == "q8" and vt.dtype == torch.bfloat16
-            dvo, dhc, dh0, _ = scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dhc_q8=q8)
+            dvo, dhc, dh0, _ = scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dhc_q8=q8,
+                                                   dx=dx)
             (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
-            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense)
+            return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx, u)
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
-        dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets)
+        dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
     (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
-    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
+    if dx is not None:
+        dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, du, u)
+        du = dx
+    else:
+        dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense)
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
@@ -844,14 +904,16 @@ def scan_pqk_bwd(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
     g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
     vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], dense: bool = True,
+    u: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
-    """Returns the grads of (u, p, q, kw, a, aqk, r, g, h0); dh0 is fp32 [2, N, H, K, V]."""
-    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, None, dense)
+    """Returns the grads of (u, p, q, kw, a, aqk, r, g, h0); dh0 is fp32 [2, N, H, K, V]. u: the forward's V
+    when it ran with v_in (MDN_SCAN_V=v), else None."""
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, None, dense, u)
 
 
 @scan_pqk_bwd.register_fake
-def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, dense=True):
+def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, dense=True, u=None):
     return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
@@ -860,34 +922,35 @@ def scan_pqk_bwd_saved(
     p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor, r: torch.Tensor,
     g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor,
     vt: torch.Tensor, do: torch.Tensor, dht: Optional[torch.Tensor], hc: torch.Tensor, dense: bool = True,
+    u: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """scan_pqk_bwd with the chunk-start states hc [NC, H, 2, K, V] that the forward stored: no state recompute."""
-    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense)
+    return _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense, u)
 
 
 @scan_pqk_bwd_saved.register_fake
-def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True):
+def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True, u=None):
     return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
 
 
 def _scan_pqk_setup_context(ctx, inputs, output):
-    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
+    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense, v_in = inputs
     _, vt, _ = output
     ctx.has_h0, ctx.dense = h0 is not None, dense
     # unused outputs (vt always, ht unless the caller uses it) come back as None, not as zero-filled tensors
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
+    ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, u if v_in else None)
 
 
 def _scan_pqk_backward(ctx, do, dvt_unused, dht):
-    p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt = ctx.saved_tensors
+    p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, u = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(vt)
     grads = scan_pqk_bwd(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
-                         dht.contiguous() if dht is not None else None, ctx.dense)
+                         dht.contiguous() if dht is not None else None, ctx.dense, u)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
-    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None
+    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None, None
 
 
 scan_pqk_fwd.register_autograd(_scan_pqk_backward, setup_context=_scan_pqk_setup_context)
@@ -901,13 +964,14 @@ scan_pqk_fwd.register_autograd(_scan_pqk_backward, setup_context=_scan_pqk_setup
 def scan_pqk_fwd_saving(
     u: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kw: torch.Tensor, a: torch.Tensor, aqk: torch.Tensor,
     r: torch.Tensor, g: torch.Tensor, h0: Optional[torch.Tensor], chunk_offsets: torch.Tensor, dense: bool = True,
+    v_in: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scan_pqk_fwd that also returns the chunk-start states: (o, vt, ht, hc [NC, H, 2, K, V])."""
-    return scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, store_states=True)
+    return scan_pqk_fwd_impl(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, store_states=True, **_v_in_kw(v_in))
 
 
 @scan_pqk_fwd_saving.register_fake
-def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True):
+def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True, v_in=False):
     NC, H, C, V = u.shape
     K = p.shape[-1]
     N = chunk_offsets.shape[0] - 1
@@ -916,23 +980,23 @@ def _(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense=True):
 
 
 def _scan_pqk_saving_setup_context(ctx, inputs, output):
-    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense = inputs
+    u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense, v_in = inputs
     _, vt, _, hc = output
     ctx.has_h0, ctx.dense = h0 is not None, dense
     # unused outputs come back as None: hc's zero-filled gradient was a 1.6 GB fill (0.48 ms at H6 K256 V512, 32768
     # tokens, H200) per backward
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc)
+    ctx.save_for_backward(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc, u if v_in else None)
 
 
 def _scan_pqk_saving_backward(ctx, do, dvt_unused, dht, dhc_unused):
-    p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc = ctx.saved_tensors
+    p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, hc, u = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(vt)
     grads = scan_pqk_bwd_saved(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, _unit_last(do),
-                               dht.contiguous() if dht is not None else None, hc, ctx.dense)
+                               dht.contiguous() if dht is not None else None, hc, ctx.dense, u)
     du, dp, dq, dkw, da, daqk, dr, dg, dh0 = grads
-    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None
+    return du, dp, dq, dkw, da, daqk, dr, dg, (dh0 if ctx.has_h0 else None), None, None, None
 
 
 scan_pqk_fwd_saving.register_autograd(_scan_pqk_saving_backward, setup_context=_scan_pqk_saving_setup_context)
@@ -944,14 +1008,15 @@ def save_states() -> bool:
     return env_choice("MDN_SAVE_STATES", ("0", "1"), "0") == "1"
 
 
-def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense: bool = True):
+def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense: bool = True, v_in: bool = False):
     """Differentiable inter-chunk scan, pqk form. Returns (o [NC, H, C, V], ht [2, N, H, K, V] fp32).
     With MDN_SAVE_STATES=1 or MDN_FWD_O=kernel and a gradient required, the forward stores the chunk-start states
     for the backward.
-    dense: no cu_seqlens (the backward compiles its chain rule with static shapes then, _chain)."""
+    dense: no cu_seqlens (the backward compiles its chain rule with static shapes then, _chain).
+    v_in (MDN_SCAN_V=v, scan_v): u holds the packed values V instead of U0 = A V."""
     if (save_states() or fwd_o() == "kernel") and torch.is_grad_enabled() and any(
             t.requires_grad for t in (u, p, q, kw, a, aqk, r, g, h0) if t is not None):
-        o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense)
+        o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense, v_in)
         return o, ht
-    o, _, ht = scan_pqk_fwd(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense)
+    o, _, ht = scan_pqk_fwd(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense, v_in)
     return o, ht
