@@ -505,13 +505,14 @@ def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = 
 @pytest.fixture
 def pqk_fwd_calls(monkeypatch):
     """Records the keyword-argument names of every pqk forward-scan launch (chunk_scan_pqk.scan_pqk_fwd_impl): a
-    state recompute passes vt, a forward that stores the states store_states; so a test can tell which ran."""
+    state recompute passes vt, a forward that stores the states store_states; so a test can tell which ran. v_in
+    (MDN_SCAN_V, the scan's input, not which path ran) is left out."""
     from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
     calls = []
     real = sp.scan_pqk_fwd_impl
 
     def spy(*a, **kw):
-        calls.append(sorted(kw))
+        calls.append(sorted(k for k in kw if k != "v_in"))
         return real(*a, **kw)
     monkeypatch.setattr(sp, "scan_pqk_fwd_impl", spy)
     return calls

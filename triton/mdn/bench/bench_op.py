@@ -206,6 +206,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["fwd_o"] = sp.fwd_o()
     row["dhc"] = cs.dhc_format()
     row["scan_v"] = sp.scan_v()
+    row["scan_v_dots"] = sp.scan_v_dots()
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
     row["bwd_gemm"] = sp.bwd_gemm()
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"

@@ -223,7 +223,9 @@ def test_pqk_reverse_scan_stacked_layout(dtype):
 
 @needs_kernels
 def test_op_stacked_bwd_gemm_equals_planes(monkeypatch):
-    """The op with MDN_BWD_GEMM=stacked gives the default's outputs and gradients; a bad value is a ValueError."""
+    """The op with MDN_BWD_GEMM=stacked gives the planes layout's outputs and gradients (both with MDN_SCAN_V=u0,
+    which stacked implies); a bad value is a ValueError."""
+    monkeypatch.setenv("MDN_SCAN_V", "u0")
     inputs = make_inputs(2, 50, 2, 32, 24, device=DEV, initial_state=True)
     do = torch.randn(2, 50, 2, 24, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 2, 2, 32, 24, dtype=torch.float64, device=DEV)

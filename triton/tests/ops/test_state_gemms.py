@@ -99,12 +99,15 @@ def test_op_tail_equals_reverse_scan_dg(monkeypatch, dtype, tol, varlen):
 
 @needs_kernels
 def test_op_tail_with_stacked_gemm_and_saved_states(monkeypatch):
-    """MDN_BWD_DG=tail with the stacked [dVt; dO] layout and with the forward's saved states: the same numbers."""
+    """MDN_BWD_DG=tail with the stacked [dVt; dO] layout and with the forward's saved states: the same numbers (with
+    MDN_SCAN_V=u0, which the stacked layout implies, on both sides of the first comparison)."""
     inputs, kw, grads = _op_inputs(torch.bfloat16, False)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
+    monkeypatch.setenv("MDN_SCAN_V", "u0")
     base = run_op_per_env(monkeypatch, "MDN_BWD_GEMM", ("planes", "stacked"), chunk_momentum_delta_rule, inputs,
                           grads=grads, chunk_size=16, **kw)
     assert_same_results(base["planes"], base["stacked"], 1e-6)
+    monkeypatch.delenv("MDN_SCAN_V")
     saved = run_op_per_env(monkeypatch, "MDN_SAVE_STATES", ("0", "1"), chunk_momentum_delta_rule, inputs,
                            grads=grads, chunk_size=16, **kw)
     assert_same_results(saved["0"], saved["1"], 1e-6)

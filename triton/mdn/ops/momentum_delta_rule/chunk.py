@@ -23,7 +23,8 @@ from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
 from .chunk_scan import chunk_scan, scan_stages
-from .chunk_scan_pqk import bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states, scan_v
+from .chunk_scan_pqk import (bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states, scan_v,
+                             scan_v_dots)
 from .chunk_state_gemms import tail_config, tail_split
 from .knobs import compile_mode, env_choice
 from .tril_inverse import tril_inv_mode
@@ -87,9 +88,10 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
     form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk; "pqk_triton" -> the
     fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd). v_in (pqk only,
-    MDN_SCAN_V=v): return V in place of U0 = A V."""
+    MDN_SCAN_V=v): no U0 = A V (u is None); the scan takes V from _v_chunks."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
-    qc, kc, vc = pack(q), pack(k), pack(v)
+    qc, kc = pack(q), pack(k)
+    vc = None if v_in else pack(v)  # v_in: the scan reads V itself (_v_chunks), the intra part needs no V
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
     args = (qc, kc, vc, gates[..., 0], gates[..., 1], gates[..., 2], gates[..., 3], scale, use_qk_l2norm_in_kernel,
             use_p_times_alpha)
@@ -99,6 +101,23 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
     if form == "pqk":
         return chunk_mdn_intra_pqk(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv, v_in=v_in)
     return chunk_mdn_intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv)
+
+
+def _v_chunks(v: torch.Tensor, pos: Optional[torch.Tensor], NC: int, C: int, dtype: torch.dtype) -> torch.Tensor:
+    """V as the pqk scan's [NC, H, C, V] operand for MDN_SCAN_V=v, token-major ([NC, C, H, V] memory, as the scan's
+    O): for a dense batch with T a multiple of C a view of v itself, so neither V nor its gradient (the reverse
+    scan's dx, laid out the same way) is copied; otherwise one zero-padded, chunk-aligned copy. The transposing
+    copy this replaces, and its gradient's, took ~0.17 ms each at H6 K256 V512, 32768 tokens (H100)."""
+    v = v.to(dtype)
+    if pos is None:
+        B, T = v.shape[:2]
+        NT = -(-T // C)
+        if NT * C != T:
+            v = F.pad(v, [0, 0, 0, 0, 0, NT * C - T])
+        x = v.reshape(B * NT, C, *v.shape[2:])
+    else:
+        x = v[0].new_zeros(NC * C, *v.shape[2:]).index_copy(0, pos, v[0]).view(NC, C, *v.shape[2:])
+    return x.transpose(1, 2)
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
@@ -302,6 +321,7 @@ def chunk_momentum_delta_rule(
     tail_split()  # MDN_TAIL_SPLIT, likewise
     fwd_o()  # MDN_FWD_O, likewise
     v_mode = scan_v()  # MDN_SCAN_V, likewise
+    scan_v_dots()  # MDN_SCAN_V_DOTS, likewise
     tail_config(q.shape[-1], v.shape[-1], int(chunk_size), q.dtype)  # and MDN_TAIL_CONFIG
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
     B, T, H, K = q.shape
@@ -336,7 +356,8 @@ def chunk_momentum_delta_rule(
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
                            "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in)
         if form == "pqk":
-            oc, ht = chunk_scan_pqk(*intra, h0, chunk_offsets, cu_seqlens is None, v_in)
+            u = _v_chunks(v, pos, NC, C, op_dtype) if v_in else intra[0]  # intra: a tuple (MDN_INTRA=triton)
+            oc, ht = chunk_scan_pqk(u, *intra[1:], h0, chunk_offsets, cu_seqlens is None, v_in)
         else:
             oc, ht = chunk_scan(*intra, h0, chunk_offsets)
 

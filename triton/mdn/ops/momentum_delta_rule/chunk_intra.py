@@ -68,7 +68,7 @@ class IntraCoefficients(NamedTuple):
     """What both scan forms' intra parts compute first (README §1-§2), in the compute dtype."""
 
     q: torch.Tensor       # [NC, H, C, K]  queries (L2-normalised when asked)
-    v: torch.Tensor       # [NC, H, C, V]
+    v: torch.Tensor | None  # [NC, H, C, V] (None when the caller passed none)
     p: torch.Tensor       # [NC, H, C, K]  read keys (alpha k^ or k^)
     kw: torch.Tensor      # [NC, H, C, K]  write keys eta k^
     abar: torch.Tensor    # [NC, H, C]     a_t = exp(sum_{l<=t} log alpha_l)
@@ -88,7 +88,7 @@ def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_k
     ``tril_inv`` (MDN_TRIL_INV, chunk.py): how A is computed, "solve" (torch.linalg.solve_triangular) or "triton"
     (tril_inverse.py; fp32 on a GPU or the interpreter, the solve elsewhere)."""
     cd = compute_dtype(q)
-    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    q, k, v = q.to(cd), k.to(cd), (v.to(cd) if v is not None else None)  # v None: the caller needs no A V
     log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
     C = q.shape[-2]
     if use_qk_l2norm_in_kernel:

@@ -18,7 +18,7 @@ from .chunk_intra import _mm, compute_dtype, intra_coefficients
 class IntraChunkPQK(NamedTuple):
     """Per-chunk operands of the pqk scan (chunk_scan_pqk.py)."""
 
-    u: torch.Tensor    # [NC, H, C, V]  U0 = A V (v_in: V itself)
+    u: torch.Tensor | None  # [NC, H, C, V]  U0 = A V (v_in: None, the scan takes V itself)
     p: torch.Tensor    # [NC, H, C, K]  read keys P
     q: torch.Tensor    # [NC, H, C, K]  queries Q^ (L2-normalised when asked)
     kw: torch.Tensor   # [NC, H, C, K]  write keys K_w = eta k^
@@ -48,7 +48,8 @@ def chunk_mdn_intra_pqk(
 
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
     b, the row scalars and the triangular solve stay fp32. ``tril_inv``: as in chunk_intra.intra_coefficients.
-    ``v_in`` (MDN_SCAN_V=v): u is V itself, for a scan that computes Vt = A (V - W) (chunk_scan_pqk.scan_v).
+    ``v_in`` (MDN_SCAN_V=v): no U0 (u is None; v may be None), for a scan that takes V and computes Vt = A (V - W)
+    itself (chunk_scan_pqk.scan_v, chunk.py::_v_chunks).
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
@@ -58,7 +59,7 @@ def chunk_mdn_intra_pqk(
     def mm(x, y):
         return _mm(x, y, bf16_gemm)
 
-    u = c.v if v_in else mm(A, c.v)                # [NC, H, C, V]
+    u = None if v_in else mm(A, c.v)               # [NC, H, C, V]
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
     r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.Lm[..., C - 1, :]], -2)
     g = torch.stack([abar[..., C - 1], b[..., C - 1], c.mbar[..., C - 1]], -1)  # [NC, H, 3]
@@ -66,4 +67,4 @@ def chunk_mdn_intra_pqk(
     def cast(t):
         return t.to(out_dtype).contiguous()
 
-    return IntraChunkPQK(cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk), r.contiguous(), g.contiguous())
+    return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk), r.contiguous(), g.contiguous())

@@ -843,7 +843,8 @@ def _dims(u, y, chunk_offsets):
 
 
 def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_states=False, block_v=None,
-                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None, write_o=True, v_in=False):
+                    num_warps=None, dg_from=None, seg=None, hc_out=None, bounds=None, write_o=True, v_in=False,
+                    v_dots=2):
     """Launch a forward scan kernel of either form: kernel(u, *ops, h0, o, vt, ht, hc, chunk_offsets, H, ...), ops
     being the form's operands after u ([C, K] ones first: ops[0] gives K); tma: LOAD_TMA (_use_tma of the [C, K]
     ones).
@@ -855,7 +856,9 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     seg = (j0, j1, seg_len) with hc_out [N * seg_len, H, 2, K, V]: only those chunks, from h0, into hc_out.
     write_o=False (pqk kernel, forward with store_states; MDN_FWD_O=kernel): no O in the loop, o is returned None
     (the Vt-only scan takes the state recompute's pipeline stages, "rec": same operands but P and A).
-    v_in (pqk kernel, not the recompute; MDN_SCAN_V=v): u holds V, and Vt = A (V - W) (the kernel's V_IN)."""
+    v_in (pqk kernel, not the recompute; MDN_SCAN_V=v): u holds V, and Vt = A (V - W) (the kernel's V_IN); u may
+    then have any strides but a unit last one (chunk.py passes a token-major view of the op's input)."""
+    u = _unit_last(u) if v_in and vt is None else u.contiguous()  # the kernel indexes U0 / the recompute's Vt densely
     NC, H, C, K, V, N = _dims(u, ops[0], chunk_offsets)
     recompute = vt is not None
     dev = u.device
@@ -890,9 +893,11 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
         consts["SEGMENTED"] = seg is not None
         consts["STORE_BOUNDS"] = bounds is not None
         consts["WRITE_O"] = write_o
-        consts["V_IN"] = bool(v_in) and not recompute
+        # 0: U0 (or the recompute's Vt); 1 / 2: V, one or two dots (MDN_SCAN_V_DOTS, chunk_scan_pqk.scan_v_dots)
+        consts["V_IN"] = v_dots if v_in and not recompute else 0
         seg_args = (tuple(int(x) for x in seg) if seg is not None
                     else (0, 0, int(bounds[1])) if bounds is not None else (0, 0, 0))
+        seg_args += tuple(u.stride()[:3])  # s_uc, s_uh, s_ut: V_IN reads u through them (a view of the input)
     elif dg_from is not None or seg is not None or bounds is not None or v_in:
         raise ValueError(f"launch_scan_fwd: dg_from, seg, bounds and v_in are for the pqk kernel, not "
                          f"{kernel.fn.__name__}")
@@ -922,7 +927,8 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     caller sums dgp once every segment has run).
     dhc_q8 (pqk kernel, hc None, bf16 operands; MDN_DHC=q8): dhc is returned as the pair (hi planes
     [NC, H, 2, K, V] bf16, lo planes [NC, H, 2, K, V] int8) of _store_grad_states_q8.
-    dx (pqk kernel; MDN_SCAN_V=v): an [NC, H, C, V] buffer the kernel fills with X = A^T dVt (STORE_X)."""
+    dx (pqk kernel; MDN_SCAN_V=v): an [NC, H, C, V] buffer (any strides but a unit last one) the kernel fills with
+    X = A^T dVt (STORE_X)."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -971,7 +977,11 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
         raise ValueError(f"launch_scan_bwd: dgp has {dgp.shape[2]} V-blocks, the kernel runs {NV}")
     seg_args = ()
     if kernel.fn.__name__.endswith("_pqk"):  # the pqk kernel's segment arguments (seg_j0, seg_j1, seg_len), dx
-        seg_args = (tuple(int(x) for x in seg) if seg is not None else (0, 0, 0)) + (dx if dx is not None else dvt,)
+        if dx is not None and dx.stride(-1) != 1:
+            raise ValueError(f"launch_scan_bwd: dx needs a unit last stride, got strides {tuple(dx.stride())}")
+        x_arg = dx if dx is not None else dvt
+        seg_args = ((tuple(int(x) for x in seg) if seg is not None else (0, 0, 0)) + (x_arg,)
+                    + tuple(x_arg.stride()[:3]))
         consts["SEGMENTED"] = seg is not None
         consts["STORE_X"] = dx is not None
     elif seg is not None or dx is not None:

@@ -102,7 +102,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     u, p, q, kw, a, aqk, r, g,
     h0, o, vt, ht, hc, dhc, dgp, hb,
     chunk_offsets,
-    H, s_oc, s_oh, s_ot, seg_j0, seg_j1, seg_len,
+    H, s_oc, s_oh, s_ot, seg_j0, seg_j1, seg_len, s_uc, s_uh, s_ut,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -117,7 +117,7 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     SEGMENTED: tl.constexpr = False,
     STORE_BOUNDS: tl.constexpr = False,
     WRITE_O: tl.constexpr = True,
-    V_IN: tl.constexpr = False,
+    V_IN: tl.constexpr = 0,
 ):
     """Forward scan (pqk form) over the chunks of one (sequence, head, V-block).
 
@@ -128,8 +128,12 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     DG (with RECOMPUTE; MDN_BWD_DG=rec): also the row sums of <dS', S>, <dS', M>, <dM', M> for the gate gradients,
     from the chunk-start states in registers and the reverse scan's end-state gradients dhc [NC, H, 2 or 4, K, V],
     into dgp [NC, H, NV, 3, K] (what the reverse kernel computes otherwise; chunk_scan._rec_dg_states).
-    V_IN (MDN_SCAN_V=v): u holds the chunk's values V, not U0 = A V, and Vt = A (V - W) (one [C, C] dot on the
-    bf16 rounding of V - W), so that the intra part runs no A V GEMM.
+    V_IN (MDN_SCAN_V=v; 0 = off): u holds the chunk's values V, not U0 = A V, so that the intra part runs no A V
+    GEMM. V_IN = 2 (MDN_SCAN_V_DOTS=2, the default): Vt = A V + A (-W), two [C, C] dots, V exact and -W rounded to
+    the operands' dtype, fp32 accumulation (no rounding of U0). V_IN = 1 (MDN_SCAN_V_DOTS=1): Vt = A (V - W), one
+    dot on the rounding of V - W (bf16 at K = 256, T = 100: dlog_alpha 1.03e-2 vs fp64, against 8.7e-3 for u0 and
+    5.3e-3 for two dots). u is then read through its strides (s_uc,
+    s_uh, s_ut: chunk, head, row), so that it can be a view of the op's [B, T, H, V] input (chunk.py::_v_chunks).
     STORE_BOUNDS (MDN_BWD_SEGMENTS): the fp32 states at the start of every seg_len-th chunk j of the sequence into
     hb [S, 2, N, H, K, V] at [j / seg_len]. SEGMENTED (with RECOMPUTE, STORE_STATES): only the chunks seg_j0 <= j <
     seg_j1, from h0 = the segment's start states, into hc rows n * seg_len + j - seg_j0 (a segment-sized hc).
@@ -206,10 +210,16 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_am = tl.load(p_r)
             b_bm = tl.load(p_r + C)
             b_a = tl.load(a + base * C * C + p_cc)  # [C, C]
-            if V_IN:  # Vt = A (V - W)
-                b_vw = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32) + (
+            if V_IN == 1:  # Vt = A (V - W)
+                p_u = u + i_c * s_uc + i_h * s_uh + o_c[:, None] * s_ut + o_v[None, :]  # [C, BV], u's strides
+                b_vw = tl.load(p_u, mask=m_cv, other=0.).to(tl.float32) + (
                     b_bm[:, None] * b_pm - b_am[:, None] * b_ps)
                 b_vt = _dot(b_a, _cast(b_vw, vt.dtype.element_ty, DOT_MODE), DOT_MODE)
+            elif V_IN == 2:  # Vt = A V + A (-W): V as it is (exact in the operands' dtype), -W rounded
+                p_u = u + i_c * s_uc + i_h * s_uh + o_c[:, None] * s_ut + o_v[None, :]  # [C, BV], u's strides
+                b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
+                b_vt = _dot(b_a, tl.load(p_u, mask=m_cv, other=0.).to(vt.dtype.element_ty), DOT_MODE)
+                b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
             else:  # Vt = U0 + A (-W)
                 b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
                 b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
@@ -276,7 +286,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
     H, s_dc, s_dh, s_dt, seg_j0, seg_j1, seg_len,
-    dx,
+    dx, s_xc, s_xh, s_xt,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -304,8 +314,9 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     from its first chunk), starting from dht (the gradient carried in from the later segment) and ending in dh0 (the
     one carried on), with dhc indexed by the segment's row n * seg_len + j - seg_j0 instead of the chunk (and hc
     too with SEG_HC, when the state recompute ran for this segment only).
-    STORE_X (MDN_SCAN_V=v): also stores X = A^T dVt into dx [NC, H, C, V] (the operands' dtype): the gradient of
-    the values V when the forward took them instead of U0 (Vt = A (V - W)).
+    STORE_X (MDN_SCAN_V=v): also stores X = A^T dVt into dx [NC, H, C, V] (the operands' dtype; any strides s_xc,
+    s_xh, s_xt, so that dx can be laid out as the op's [B, T, H, V] input): the gradient of the values V when the
+    forward took them instead of U0 (Vt = A (V - W)).
     DHC_Q8 (MDN_DHC=q8, only with DG off and not SEGMENTED): dhc holds two bf16 hi planes per chunk and hc the
     int8 lo planes [NC, H, 2, K, V] (chunk_scan._store_grad_states_q8).
     """
@@ -395,7 +406,8 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         b_a = tl.load(a + base * C * C + p_cc)
         b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
         if STORE_X:
-            tl.store(dx + o_cv + p_cv, _cast(b_x, dx.dtype.element_ty, DOT_MODE), mask=m_cv)
+            p_x = dx + i_c * s_xc + i_h * s_xh + o_c[:, None] * s_xt + o_v[None, :]  # [C, BV], dx's strides
+            tl.store(p_x, _cast(b_x, dx.dtype.element_ty, DOT_MODE), mask=m_cv)
         b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
         b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
         b_dof = b_do.to(tl.float32)
@@ -437,7 +449,8 @@ def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None
     split_o = vt is None and fwd_o() == "kernel"
     out = launch_scan_fwd(momentum_delta_rule_fwd_kernel_scan_pqk, u, (p, q, kw, a, aqk, r, g),
                           _use_tma((p, q, kw)), h0, chunk_offsets, vt=vt, store_states=store_states or split_o,
-                          block_v=block_v, num_warps=num_warps, dg_from=dg_from, write_o=not split_o, v_in=v_in)
+                          block_v=block_v, num_warps=num_warps, dg_from=dg_from, write_o=not split_o, v_in=v_in,
+                          v_dots=scan_v_dots() if v_in else 2)
     if split_o:
         _, vt_, ht, hc = out
         return output_pqk_triton(q, hc, vt_, aqk, r), vt_, ht, (hc if store_states else None)
@@ -473,18 +486,30 @@ SCAN_VS = ("u0", "v")
 
 
 def scan_v() -> str:
-    """MDN_SCAN_V (pqk form, torch intra part): what the forward scan takes besides P, K_w and A. "u0" (default):
-    U0 = A V, a batched GEMM in the intra part, and Vt = U0 + A (-W) in the loop. "v" (opt-in, not timed yet): the
-    packed values V, and Vt = A (V - W) in the loop (the same dot count there); the reverse scan also stores X =
-    A^T dVt, which it computes anyway, as V's gradient, and the chain rule adds dVt V^T to A's. That removes the
-    A V GEMM from the forward and A^T dU0 from the backward (0.15 ms each at H6 K256 V512, 32768 tokens, H100,
-    docs/BENCHMARKS.md §1.18) for one more [C, V] store per chunk in the reverse scan. Not with MDN_BWD_GEMM=stacked
-    or MDN_INTRA=triton (that intra kernel computes U0 itself: the knob is ignored there); other values are a
-    ValueError."""
-    val = env_choice("MDN_SCAN_V", SCAN_VS, "u0")
+    """MDN_SCAN_V (pqk form, torch intra part): what the forward scan takes besides P, K_w and A. "v" (the default
+    since it was measured, docs/BENCHMARKS.md §1.19): V itself, read through its strides (for a dense batch with T a
+    multiple of C a view of the op's input: no packing copy, and V's gradient is written in the input's layout), and
+    Vt = A V + A (-W) in the loop (one more [C, C] dot there); the reverse scan also stores X = A^T dVt, which it
+    computes anyway, as V's gradient, and the chain rule adds dVt V^T to A's. That removes the A V GEMM and V's
+    packing from the forward and A^T dU0 and dV's unpacking from the backward. First measured in the one-dot form
+    on bf16(V - W) with packed V (H100, 32768 tokens, T = 4096, same process as "u0"): fwd / fwd+bwd 3.89 / 13.38 ->
+    3.46 / 12.95 ms at H6 K256 V512 and 3.18 / 11.00 -> 2.96 / 10.67 at H16 K128 V128. "u0": U0 = A V, a batched
+    GEMM in the intra part, and Vt = U0 + A (-W) in the loop. "v" does not combine with MDN_BWD_GEMM=stacked:
+    unset, the knob then means "u0"; set to "v", a ValueError. With MDN_INTRA=triton it is ignored (that intra
+    kernel computes U0 itself). Other values are a ValueError."""
+    explicit = os.environ.get("MDN_SCAN_V", "")
+    val = env_choice("MDN_SCAN_V", SCAN_VS, "u0" if bwd_gemm() == "stacked" else "v")
     if val == "v" and bwd_gemm() == "stacked":
-        raise ValueError("MDN_SCAN_V='v' does not combine with MDN_BWD_GEMM='stacked' (use MDN_BWD_GEMM=planes)")
+        raise ValueError(f"MDN_SCAN_V={explicit!r} does not combine with MDN_BWD_GEMM='stacked' (use "
+                         f"MDN_BWD_GEMM=planes, or MDN_SCAN_V=u0)")
     return val
+
+
+def scan_v_dots() -> int:
+    """MDN_SCAN_V_DOTS (with MDN_SCAN_V=v): how the forward scan forms Vt from V. "2" (default): A V + A (-W), two
+    [C, C] dots, V exact; "1": A (V - W), one dot on the operands' rounding of V - W (the kernel's V_IN; less
+    accurate gate gradients, see its docstring). Other values are a ValueError."""
+    return int(env_choice("MDN_SCAN_V_DOTS", ("1", "2"), "2"))
 
 
 BWD_GEMMS = ("planes", "stacked")
@@ -639,7 +664,8 @@ def _row_scalars(r):
 
 def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None, store_states=False, v_in=False):
     """The forward kernel's math in torch, with its rounding (-W and the row-scaled Vt tiles rounded for 16-bit;
-    v_in: u holds V and Vt = A (V - W), V - W rounded)."""
+    v_in: u holds V and Vt = A V + A (-W), -W rounded; MDN_SCAN_V_DOTS=1: Vt = A (V - W), V - W rounded)."""
+    dots = scan_v_dots() if v_in else 0
     bf = u.dtype != torch.float32
     gf = g.float()
     am, bm, sa, sb, ga, rho = _row_scalars(r)
@@ -649,8 +675,10 @@ def scan_pqk_fwd_torch(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None,
             b_vt = vt[c]
         else:
             nw = bm[c] * _mm(p[c], M, bf) - am[c] * _mm(p[c], S, bf)  # -W
-            if v_in:
+            if v_in and dots == 1:
                 b_vt = _mm(a[c], (u[c].float() + nw).to(vt.dtype), bf).to(vt.dtype)
+            elif v_in:
+                b_vt = (_mm(a[c], u[c], bf) + _mm(a[c], nw.to(vt.dtype), bf)).to(vt.dtype)
             else:
                 b_vt = (u[c].float() + _mm(a[c], nw.to(vt.dtype), bf)).to(vt.dtype)
             vt[c] = b_vt
@@ -717,7 +745,7 @@ def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=Non
 # ---------------------------------------------------------------------------------------------------------------
 
 def _v_in_kw(v_in: bool) -> dict:
-    """{"v_in": True} for the MDN_SCAN_V=v forward, else nothing: the default calls stay as they were."""
+    """{"v_in": True} for the MDN_SCAN_V=v forward, else nothing (so the u0 calls keep their earlier keywords)."""
     return {"v_in": True} if v_in else {}
 
 
@@ -849,7 +877,8 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
     to rebuild them from the saved Vt (the state recompute). u: the forward's V when it ran with MDN_SCAN_V=v (then
     du = A^T dVt from the reverse scan, and dA gets dVt V^T), else None."""
     do = do.to(vt.dtype)
-    dx = _empty(vt.shape, vt.dtype, vt.device) if u is not None else None
+    # dx = V's gradient, token-major like the forward's u (chunk.py::_v_chunks), so that dV is a view of it
+    dx = _o_like(vt) if u is not None else None
     if hc is None and bwd_dg() == "rec" and _use_triton(p):
         # MDN_BWD_DG=rec: the reverse scan first (it needs no states without the dg row sums), then the state
         # recompute, which also computes the row sums from its registers and the end-state gradients dhc
@@ -889,12 +918,13 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
-def _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt):
+def _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, u=None):
     N = chunk_offsets.shape[0] - 1
     NC, H, C, V = vt.shape
     K = p.shape[-1]
     dh0_dtype = h0.dtype if h0 is not None else torch.float32
-    return (vt.new_empty(vt.shape), p.new_empty(p.shape), q.new_empty(q.shape), kw.new_empty(kw.shape),
+    # du: with u (MDN_SCAN_V=v) the reverse scan's token-major dx, as _scan_pqk_bwd_body allocates it
+    return (_o_like(vt) if u is not None else vt.new_empty(vt.shape), p.new_empty(p.shape), q.new_empty(q.shape), kw.new_empty(kw.shape),
             a.new_empty(a.shape), aqk.new_empty(aqk.shape), r.new_empty(r.shape), g.new_empty(g.shape),
             vt.new_empty(2, N, H, K, V, dtype=dh0_dtype))
 
@@ -914,7 +944,7 @@ def scan_pqk_bwd(
 
 @scan_pqk_bwd.register_fake
 def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, dense=True, u=None):
-    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
+    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, u)
 
 
 @torch.library.custom_op("mdn::scan_pqk_bwd_saved", mutates_args=())
@@ -931,7 +961,7 @@ def scan_pqk_bwd_saved(
 
 @scan_pqk_bwd_saved.register_fake
 def _(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, hc, dense=True, u=None):
-    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt)
+    return _scan_pqk_bwd_fake(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, u)
 
 
 def _scan_pqk_setup_context(ctx, inputs, output):
@@ -1013,7 +1043,8 @@ def chunk_scan_pqk(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense: bool = T
     With MDN_SAVE_STATES=1 or MDN_FWD_O=kernel and a gradient required, the forward stores the chunk-start states
     for the backward.
     dense: no cu_seqlens (the backward compiles its chain rule with static shapes then, _chain).
-    v_in (MDN_SCAN_V=v, scan_v): u holds the packed values V instead of U0 = A V."""
+    v_in (MDN_SCAN_V=v, scan_v): u holds the values V (any strides but a unit last one; chunk.py::_v_chunks)
+    instead of U0 = A V."""
     if (save_states() or fwd_o() == "kernel") and torch.is_grad_enabled() and any(
             t.requires_grad for t in (u, p, q, kw, a, aqk, r, g, h0) if t is not None):
         o, _, ht, _ = scan_pqk_fwd_saving(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, dense, v_in)
