@@ -67,4 +67,5 @@ def chunk_mdn_intra_pqk(
     def cast(t):
         return t.to(out_dtype).contiguous()
 
-    return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk), r.contiguous(), g.contiguous())
+    return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk),
+                         r.contiguous(), g.contiguous())

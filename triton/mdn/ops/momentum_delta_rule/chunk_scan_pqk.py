@@ -132,8 +132,8 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
     GEMM. V_IN = 2 (MDN_SCAN_V_DOTS=2, the default): Vt = A V + A (-W), two [C, C] dots, V exact and -W rounded to
     the operands' dtype, fp32 accumulation (no rounding of U0). V_IN = 1 (MDN_SCAN_V_DOTS=1): Vt = A (V - W), one
     dot on the rounding of V - W (bf16 at K = 256, T = 100: dlog_alpha 1.03e-2 vs fp64, against 8.7e-3 for u0 and
-    5.3e-3 for two dots). u is then read through its strides (s_uc,
-    s_uh, s_ut: chunk, head, row), so that it can be a view of the op's [B, T, H, V] input (chunk.py::_v_chunks).
+    5.3e-3 for two dots). u is then read through its strides (s_uc, s_uh, s_ut: chunk, head, row), so that it can
+    be a view of the op's [B, T, H, V] input (chunk.py::_v_chunks).
     STORE_BOUNDS (MDN_BWD_SEGMENTS): the fp32 states at the start of every seg_len-th chunk j of the sequence into
     hb [S, 2, N, H, K, V] at [j / seg_len]. SEGMENTED (with RECOMPUTE, STORE_STATES): only the chunks seg_j0 <= j <
     seg_j1, from h0 = the segment's start states, into hc rows n * seg_len + j - seg_j0 (a segment-sized hc).
@@ -210,19 +210,17 @@ def momentum_delta_rule_fwd_kernel_scan_pqk(
             b_am = tl.load(p_r)
             b_bm = tl.load(p_r + C)
             b_a = tl.load(a + base * C * C + p_cc)  # [C, C]
+            p_u = u + i_c * s_uc + i_h * s_uh + o_c[:, None] * s_ut + o_v[None, :]  # [C, BV] (V_IN: u's strides)
             if V_IN == 1:  # Vt = A (V - W)
-                p_u = u + i_c * s_uc + i_h * s_uh + o_c[:, None] * s_ut + o_v[None, :]  # [C, BV], u's strides
                 b_vw = tl.load(p_u, mask=m_cv, other=0.).to(tl.float32) + (
                     b_bm[:, None] * b_pm - b_am[:, None] * b_ps)
                 b_vt = _dot(b_a, _cast(b_vw, vt.dtype.element_ty, DOT_MODE), DOT_MODE)
-            elif V_IN == 2:  # Vt = A V + A (-W): V as it is (exact in the operands' dtype), -W rounded
-                p_u = u + i_c * s_uc + i_h * s_uh + o_c[:, None] * s_ut + o_v[None, :]  # [C, BV], u's strides
+            else:  # Vt = A V + A (-W) (V_IN == 2: V as it is, exact in the operands' dtype) or U0 + A (-W)
                 b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
-                b_vt = _dot(b_a, tl.load(p_u, mask=m_cv, other=0.).to(vt.dtype.element_ty), DOT_MODE)
-                b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
-            else:  # Vt = U0 + A (-W)
-                b_nw = _cast(b_bm[:, None] * b_pm - b_am[:, None] * b_ps, vt.dtype.element_ty, DOT_MODE)  # [C, BV]
-                b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
+                if V_IN == 2:
+                    b_vt = _dot(b_a, tl.load(p_u, mask=m_cv, other=0.).to(vt.dtype.element_ty), DOT_MODE)
+                else:
+                    b_vt = tl.load(u + o_cv + p_cv, mask=m_cv, other=0.).to(tl.float32)  # [C, BV]
                 b_vt = _dot_acc(b_a, b_nw, b_vt, DOT_MODE)
             b_vt = _cast(b_vt, vt.dtype.element_ty, DOT_MODE)
             tl.store(vt + o_cv + p_cv, b_vt, mask=m_cv)
@@ -497,11 +495,11 @@ def scan_v() -> str:
     GEMM in the intra part, and Vt = U0 + A (-W) in the loop. "v" does not combine with MDN_BWD_GEMM=stacked:
     unset, the knob then means "u0"; set to "v", a ValueError. With MDN_INTRA=triton it is ignored (that intra
     kernel computes U0 itself). Other values are a ValueError."""
-    explicit = os.environ.get("MDN_SCAN_V", "")
-    val = env_choice("MDN_SCAN_V", SCAN_VS, "u0" if bwd_gemm() == "stacked" else "v")
-    if val == "v" and bwd_gemm() == "stacked":
-        raise ValueError(f"MDN_SCAN_V={explicit!r} does not combine with MDN_BWD_GEMM='stacked' (use "
-                         f"MDN_BWD_GEMM=planes, or MDN_SCAN_V=u0)")
+    stacked = bwd_gemm() == "stacked"
+    val = env_choice("MDN_SCAN_V", SCAN_VS, "u0" if stacked else "v")
+    if val == "v" and stacked:  # only when set explicitly
+        raise ValueError("MDN_SCAN_V='v' does not combine with MDN_BWD_GEMM='stacked' (use MDN_BWD_GEMM=planes, or "
+                         "MDN_SCAN_V=u0)")
     return val
 
 
