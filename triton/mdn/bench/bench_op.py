@@ -208,6 +208,8 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["scan_v"] = sp.scan_v()
     row["scan_v_dots"] = sp.scan_v_dots()
     row["tril_inv"] = os.environ.get("MDN_TRIL_INV", "") or "auto"  # auto: the Triton kernel on CUDA
+    row["tril_inv_fwd"] = os.environ.get("MDN_TRIL_INV_FWD", "") or "auto"
+    row["tril_inv_bwd"] = os.environ.get("MDN_TRIL_INV_BWD", "") or "auto"
     row["bwd_gemm"] = sp.bwd_gemm()
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
     row["bwd_dg"] = sp.bwd_dg()

@@ -1,7 +1,8 @@
 """MDN_TRIL_INV=triton: A = (I + N)^-1 of the intra part by one Triton kernel (tril_inverse.py) instead of
-torch.linalg.solve_triangular. The kernel against the float64 solve (every chunk size, outputs poisoned with NaN),
-its backward against autograd through the solve, the op with it against the fp64 recurrence (dense, varlen,
-bf16), the plumbing (custom op under torch.compile, a bad value) and its sm_90 resources."""
+torch.linalg.solve_triangular. Both forward forms (blocks, levels) against the float64 solve (every chunk size,
+outputs poisoned with NaN), both backward forms (kernel, GEMMs) against autograd through the solve, the op with
+them against the fp64 recurrence (dense, varlen, bf16), the plumbing (custom ops under torch.compile, bad values)
+and the kernels' sm_90 resources."""
 from __future__ import annotations
 
 import pytest
@@ -29,13 +30,14 @@ def _solve64(n):
 
 
 @needs_kernels
+@pytest.mark.parametrize("variant", ["blocks", "levels"])
 @pytest.mark.parametrize("C", [16, 32, 64, 128])
 @pytest.mark.parametrize("scale", [0.05, 0.3, 1.0])
-def test_kernel_matches_the_fp64_solve(C, scale):
+def test_kernel_matches_the_fp64_solve(C, scale, variant):
     n = _strict_lower(3, 2, C, C, scale=scale, seed=C)
     # garbage above the diagonal must be ignored (the intra part's Lmat is strictly lower, but nothing relies on it)
     n_in = (n + torch.triu(torch.full_like(n, 7.0))).float().to(DEV)
-    a = ti.tril_inverse_triton(n_in).cpu()
+    a = ti.tril_inverse_triton(n_in, variant=variant).cpu()
     assert torch.isfinite(a).all(), "an element was left unwritten (poisoned output)"
     assert (a.triu(1) == 0).all() and (a.diagonal(dim1=-2, dim2=-1) == 1).all()
     ref = _solve64(n)
@@ -59,16 +61,27 @@ def test_kernel_on_the_intra_parts_own_matrices():
 
 
 @needs_kernels
-@pytest.mark.parametrize("C", [16, 64])
-def test_backward_matches_autograd_through_the_solve(C):
+@pytest.mark.parametrize("variant", ["kernel", "gemm"])
+@pytest.mark.parametrize("C", [16, 32, 64, 128])
+def test_backward_matches_autograd_through_the_solve(monkeypatch, C, variant):
+    """Both backward forms (C = 128 always takes the GEMMs) against fp64 autograd, outputs poisoned with NaN."""
+    monkeypatch.setenv("MDN_TRIL_INV_BWD", variant)
     n = _strict_lower(2, C, C, scale=0.3, seed=1)
     da = torch.randn(2, C, C, dtype=torch.float64)
     n64 = n.clone().requires_grad_()
     (_solve64(n64) * da).sum().backward()
     n32 = n.float().to(DEV).requires_grad_()
     (ti.tril_inverse_op(n32) * da.float().to(DEV)).sum().backward()
+    assert torch.isfinite(n32.grad).all(), "an element was left unwritten (poisoned output)"
     assert rel_rms(n64.grad.tril(-1), n32.grad.double().cpu()) <= 1e-5
     assert (n32.grad.cpu().triu() == 0).all(), "only the strictly lower part of N is an input"
+
+
+def test_variant_defaults():
+    """auto: the register-blocked inverse and the backward kernel where they apply (C <= 64), levels and the
+    GEMMs at C = 128."""
+    assert [ti._fwd_variant(C) for C in (16, 32, 64, 128)] == ["blocks"] * 3 + ["levels"]
+    assert [ti._bwd_variant(C) for C in (16, 32, 64, 128)] == ["kernel"] * 3 + ["gemm"]
 
 
 @needs_kernels
@@ -87,6 +100,16 @@ def test_op_with_the_kernel_matches_the_fp64_recurrence(monkeypatch, dtype, T, C
     else:
         compare_with_oracle(inputs, dtype=dtype, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2,
                             op_kwargs={"chunk_size": C})
+
+
+@needs_kernels
+@pytest.mark.parametrize("fwd,bwd", [("levels", "gemm"), ("blocks", "gemm"), ("levels", "kernel")])
+def test_op_with_other_kernel_forms_matches_the_fp64_recurrence(monkeypatch, fwd, bwd):
+    monkeypatch.setenv("MDN_TRIL_INV", "triton")
+    monkeypatch.setenv("MDN_TRIL_INV_FWD", fwd)
+    monkeypatch.setenv("MDN_TRIL_INV_BWD", bwd)
+    inputs = make_inputs(2, 100, 2, 32, 40, device=DEV, gates="layer", initial_state=True)
+    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 64})
 
 
 @needs_kernels
@@ -110,7 +133,8 @@ def test_fake_tensor_shape():
     with FakeTensorMode():
         n = torch.empty(3, 4, 64, 64)
         a = ti.tril_inverse_op(n)
-    assert a.shape == (3, 4, 64, 64) and a.dtype == torch.float32
+        dn = ti.tril_inverse_grad_op(a, torch.empty(3, 4, 64, 64))
+    assert a.shape == dn.shape == (3, 4, 64, 64) and a.dtype == dn.dtype == torch.float32
 
 
 @pytest.mark.parametrize("value", ["cublas", "1", "Triton"])
@@ -118,6 +142,18 @@ def test_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_TRIL_INV", value)
     inputs = make_inputs(1, 20, 1, 16, 16)
     with pytest.raises(ValueError, match=f"MDN_TRIL_INV='{value}': expected one of 'auto', 'solve', 'triton'"):
+        chunk_momentum_delta_rule(**inputs, chunk_size=16)
+
+
+@pytest.mark.parametrize("var,value,choices", [
+    ("MDN_TRIL_INV_FWD", "rows", "'auto', 'blocks', 'levels'"),
+    ("MDN_TRIL_INV_BWD", "kernel_tf32x3", "'auto', 'gemm', 'kernel'"),
+])
+def test_kernel_knobs_reject_unknown_values_before_anything_runs(monkeypatch, var, value, choices):
+    """The kernels read their knobs when they run (in a backward, say): the op checks them up front."""
+    monkeypatch.setenv(var, value)
+    inputs = make_inputs(1, 20, 1, 16, 16)
+    with pytest.raises(ValueError, match=f"{var}='{value}': expected one of {choices}"):
         chunk_momentum_delta_rule(**inputs, chunk_size=16)
 
 
@@ -141,17 +177,30 @@ def test_other_devices_and_dtypes_take_the_solve(monkeypatch):
 
 
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
-@pytest.mark.parametrize("C,warps", [(16, 4), (32, 4), (64, 4)])
-def test_sm90_resources_without_spills(C, warps, monkeypatch):
-    """Compiled for sm_90 on the CPU (ptxas), at the launcher's warps: no register spills where the chunk sizes
-    are used (C = 128 at 8 warps spills ~100 bytes, and takes the kernel only when asked)."""
+@pytest.mark.parametrize("kernel,C,warps,max_spill", [
+    ("levels", 16, 4, 0), ("levels", 32, 4, 0), ("levels", 64, 4, 0),
+    # one warp per matrix (the shipped BLOCKS_WARPS) spills ~0.5 KB at C = 64 and was still the fastest (H100)
+    ("blocks", 16, 1, 0), ("blocks", 32, 1, 0), ("blocks", 64, 1, 1024), ("blocks", 64, 2, 0),
+    ("bwd", 32, 4, 0), ("bwd", 64, 4, 0),
+])
+def test_sm90_resources(kernel, C, warps, max_spill, monkeypatch):
+    """Compiled for sm_90 on the CPU (ptxas), at the launchers' warps: register spills within the bound (C = 128
+    at 8 warps spills ~100 bytes in "levels", and takes the kernel only when asked)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     import triton
     if triton.knobs.runtime.interpret or not hasattr(ti.momentum_delta_rule_fwd_kernel_tril_inverse, "cache_key"):
         pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
-    res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse, {"n": "*fp32", "a": "*fp32"},
-                       {"C": C, "LEVELS": {16: 1, 32: 2, 64: 3}[C]}, warps)
-    assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
+    if kernel == "levels":
+        res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse, {"n": "*fp32", "a": "*fp32"},
+                           {"C": C, "LEVELS": {16: 1, 32: 2, 64: 3}[C], "NB": C // 16}, warps)
+    elif kernel == "blocks":
+        assert ti.BLOCKS_WARPS == 1
+        res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse_blocks, {"n": "*fp32", "a": "*fp32"},
+                           {"C": C, "NB": C // 16}, warps)
+    else:
+        res = compile_sm90(ti.momentum_delta_rule_bwd_kernel_tril_inverse, {"a": "*fp32", "da": "*fp32",
+                                                                            "dn": "*fp32"}, {"C": C}, warps)
+    assert res["spill_st"] <= max_spill and res["spill_ld"] <= max_spill, res
 
 
 @pytest.mark.gpu

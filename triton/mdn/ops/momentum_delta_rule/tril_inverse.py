@@ -1,19 +1,22 @@
 """A = (I + N)^-1 for a batch of strictly lower triangular [C, C] matrices N (the intra part's triangular system,
-README §2), as one Triton kernel: the default on CUDA (MDN_TRIL_INV=auto) in place of torch.linalg.solve_triangular,
-whose batched cuBLAS trsm took 0.82 + 0.81 ms (forward + backward) of a 13.1 ms fwd+bwd at H16 K128 V128 on the
-H200 (docs/BENCHMARKS.md §1.11). Same call, H200 (§1.12): fwd+bwd 13.08 -> 11.82 ms at H16 K128 V128 and
-17.08 -> 16.57 ms at H6 K256 V512; training mdn-1.3b 18.8k -> 19.1k tokens/s.
+README §2), and its backward, as Triton kernels: the default on CUDA (MDN_TRIL_INV=auto) in place of
+torch.linalg.solve_triangular, whose batched cuBLAS trsm took 0.82 + 0.81 ms (forward + backward) of a 13.1 ms
+fwd+bwd at H16 K128 V128 on the H200 (docs/BENCHMARKS.md §1.11).
 
-One program inverts one matrix, bottom-up by blocks, in fp32:
+One program inverts one matrix, in fp32, by the operations of a blocked triangular solve (no powers of N, nothing
+that cancels). Two forms (MDN_TRIL_INV_FWD):
 
-    level 0   every diagonal 16 x 16 block by forward substitution in registers, all blocks at once:
-              X[i, :] = e_i - N[i, :i] X[:i, :]   (row i of a unit lower triangular inverse)
-    level l   pairs of inverted diagonal blocks of size S = 16 * 2^(l-1) merge into one of size 2S:
-              [[X11, 0], [X21, X22]] with X21 = -X22 (N21 X11)   (two S-wide dots)
+    blocks (C <= 64, default)  the C / 16 diagonal 16 x 16 blocks by forward substitution, their chains interleaved
+              in one loop, X[i, :] = e_i - N[i, :i] X[:i, :] (row i of N read from memory), then the blocks below
+              by block forward substitution X_ij = -X_ii sum_{j<=k<i} N_ik X_kj, all in registers, one store
+    levels    all diagonal blocks as one [C / 16, 16, 16] tensor, then pairs of inverted blocks of size S merged
+              level by level into 2S, X21 = -X22 (N21 X11), each level written out and read back (every C;
+              the only form at C = 128)
 
-Each level writes its blocks to the output and the next reads them back (same program, after a barrier), so no
-tile has to be assembled in registers. Same operations as a blocked triangular solve: no powers of N, nothing that
-cancels. The backward is two batched GEMMs: dN = -tril(A^T dA A^T, -1).
+H100, 8192 matrices (H16 heads at 32768 tokens), C = 64: blocks 0.171 ms, levels 0.438 (§1.20).
+The backward, dN = -tril(A^T dA A^T, -1) (MDN_TRIL_INV_BWD): one kernel with 3xTF32 dots (C <= 64, default;
+0.350 ms against 0.567 for two batched fp32 cuBLAS GEMMs at 8192 matrices), or the GEMMs. Both run as custom ops,
+opaque to torch.compile, so their knobs are read when they run.
 """
 from __future__ import annotations
 
@@ -28,11 +31,17 @@ from .alloc import empty
 from .knobs import env_choice
 
 TRIL_INV_MODES = ("auto", "solve", "triton")
+TRIL_INV_FWD = ("auto", "blocks", "levels")
+TRIL_INV_BWD = ("auto", "gemm", "kernel")
 
 
 def tril_inv_mode() -> str:
     """MDN_TRIL_INV: "auto" (default: this file's kernel on CUDA, the solve elsewhere, the CPU interpreter included,
-    where the kernel is slow), "solve" (torch.linalg.solve_triangular) or "triton" (the kernel wherever it can run)."""
+    where the kernel is slow), "solve" (torch.linalg.solve_triangular) or "triton" (the kernel wherever it can run).
+    Also checks the kernel's own knobs, MDN_TRIL_INV_FWD and MDN_TRIL_INV_BWD, so that a bad value fails before
+    anything runs (they are read again when the kernels launch)."""
+    env_choice("MDN_TRIL_INV_FWD", TRIL_INV_FWD, "auto")
+    env_choice("MDN_TRIL_INV_BWD", TRIL_INV_BWD, "auto")
     return env_choice("MDN_TRIL_INV", TRIL_INV_MODES, "auto")
 
 
@@ -88,21 +97,174 @@ def momentum_delta_rule_fwd_kernel_tril_inverse(
         _merge_level(n, a, base, C, 16 * (1 << (lev - 1)))
 
 
-def tril_inverse_triton(n: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def _diag_row(n, base, Y, r0, i, C: tl.constexpr):
+    """Row i of the inverted diagonal block at (r0, r0), minus the identity: -N[i, :i] X[:i, :] with X = I + Y."""
+    o16 = tl.arange(0, 16)
+    b_r = -tl.load(n + base + (r0 + i) * C + r0 + o16, mask=o16 < i, other=0.).to(tl.float32)  # [16] -N[i, l]
+    b_r += tl.sum(b_r[:, None] * Y, 0)                                                        # [16] -N[i] X
+    return tl.where((o16 == i)[:, None], b_r[None, :], Y)
+
+
+@triton.jit
+def _load_block(n, base, r0, c0, C: tl.constexpr):
+    o16 = tl.arange(0, 16)
+    return tl.load(n + base + (r0 + o16[:, None]) * C + c0 + o16[None, :]).to(tl.float32)  # [16, 16]
+
+
+@triton.jit
+def _store_block(a, base, r0, c0, x, C: tl.constexpr):
+    o16 = tl.arange(0, 16)
+    tl.store(a + base + (r0 + o16[:, None]) * C + c0 + o16[None, :], x)
+
+
+@triton.jit
+def momentum_delta_rule_fwd_kernel_tril_inverse_blocks(
+    n, a,
+    C: tl.constexpr,
+    NB: tl.constexpr,  # C // 16 diagonal blocks: 1, 2 or 4
+):
+    """a[i] = (I + n[i])^-1 for one [C, C] matrix per program (C <= 64), every block in registers.
+
+    The NB diagonal 16 x 16 blocks X_bb = (I + N_bb)^-1 by forward substitution, the NB chains interleaved in one
+    loop (one [16]-row load and one reduction per row and block; the rows are read from memory, not extracted
+    from a register tile); then the blocks below by block forward substitution, X_ij = -X_ii sum_{j<=k<i} N_ik
+    X_kj (16-wide fp32 dots), and one store of every block: no level is written out and read back."""
+    i_b = tl.program_id(0).to(tl.int64)
+    base = i_b * C * C
+    o16 = tl.arange(0, 16)
+    strict = o16[:, None] > o16[None, :]
+    eye = (o16[:, None] == o16[None, :]).to(tl.float32)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    # Y_bb = X_bb - I, started as -N_bb (rows 0 and 1 are final: X_1 = e_1 - N_10 e_0)
+    y1 = -tl.where(strict, _load_block(n, base, 0, 0, C), 0.)
+    if NB >= 2:
+        y2 = -tl.where(strict, _load_block(n, base, 16, 16, C), 0.)
+    if NB >= 4:
+        y3 = -tl.where(strict, _load_block(n, base, 32, 32, C), 0.)
+        y4 = -tl.where(strict, _load_block(n, base, 48, 48, C), 0.)
+    for i in range(2, 16):
+        y1 = _diag_row(n, base, y1, 0, i, C)
+        if NB >= 2:
+            y2 = _diag_row(n, base, y2, 16, i, C)
+        if NB >= 4:
+            y3 = _diag_row(n, base, y3, 32, i, C)
+            y4 = _diag_row(n, base, y4, 48, i, C)
+    x11 = y1 + eye
+    _store_block(a, base, 0, 0, x11, C)
+    if NB >= 2:
+        x22 = y2 + eye
+        x21 = -tl.dot(x22, tl.dot(_load_block(n, base, 16, 0, C), x11, input_precision="ieee"),
+                      input_precision="ieee")
+        _store_block(a, base, 0, 16, zero, C)
+        _store_block(a, base, 16, 0, x21, C)
+        _store_block(a, base, 16, 16, x22, C)
+    if NB >= 4:
+        x33 = y3 + eye
+        x44 = y4 + eye
+        n31 = _load_block(n, base, 32, 0, C)
+        n32 = _load_block(n, base, 32, 16, C)
+        x32 = -tl.dot(x33, tl.dot(n32, x22, input_precision="ieee"), input_precision="ieee")
+        x31 = -tl.dot(x33, tl.dot(n31, x11, input_precision="ieee") + tl.dot(n32, x21, input_precision="ieee"),
+                      input_precision="ieee")
+        n41 = _load_block(n, base, 48, 0, C)
+        n42 = _load_block(n, base, 48, 16, C)
+        n43 = _load_block(n, base, 48, 32, C)
+        x43 = -tl.dot(x44, tl.dot(n43, x33, input_precision="ieee"), input_precision="ieee")
+        x42 = -tl.dot(x44, tl.dot(n42, x22, input_precision="ieee") + tl.dot(n43, x32, input_precision="ieee"),
+                      input_precision="ieee")
+        x41 = -tl.dot(x44, tl.dot(n41, x11, input_precision="ieee") + tl.dot(n42, x21, input_precision="ieee")
+                      + tl.dot(n43, x31, input_precision="ieee"), input_precision="ieee")
+        for c0 in tl.static_range(32, 64, 16):
+            _store_block(a, base, 0, c0, zero, C)
+            _store_block(a, base, 16, c0, zero, C)
+        _store_block(a, base, 32, 48, zero, C)
+        _store_block(a, base, 32, 0, x31, C)
+        _store_block(a, base, 32, 16, x32, C)
+        _store_block(a, base, 32, 32, x33, C)
+        _store_block(a, base, 48, 0, x41, C)
+        _store_block(a, base, 48, 16, x42, C)
+        _store_block(a, base, 48, 32, x43, C)
+        _store_block(a, base, 48, 48, x44, C)
+
+
+@triton.jit
+def momentum_delta_rule_bwd_kernel_tril_inverse(
+    a, da, dn,
+    C: tl.constexpr,
+):
+    """dn[i] = -tril(A^T dA A^T, -1) for one [C, C] matrix per program (C <= 64): both products in registers with
+    3xTF32 dots (tensor cores, ~fp32 accuracy: 2.2e-7 relative to fp64 at C = 64), only the strictly lower part
+    stored (zeros above). fp32 FMA dots ("ieee") spill at any num_warps and were slower than cuBLAS on an H100
+    (docs/BENCHMARKS.md §1.20)."""
+    i_b = tl.program_id(0).to(tl.int64)
+    base = i_b * C * C
+    o_c = tl.arange(0, C)
+    p = base + o_c[:, None] * C + o_c[None, :]
+    b_at = tl.trans(tl.load(a + p).to(tl.float32))                     # [C, C] A^T
+    b_da = tl.load(da + p).to(tl.float32)                              # [C, C]
+    b_g = tl.dot(b_at, b_da, input_precision="tf32x3")                 # [C, C] A^T dA
+    b_dn = -tl.dot(b_g, b_at, input_precision="tf32x3")                # [C, C] -A^T dA A^T
+    tl.store(dn + p, tl.where(o_c[:, None] > o_c[None, :], b_dn, 0.))
+
+
+def _fwd_variant(C: int) -> str:
+    """MDN_TRIL_INV_FWD: "blocks" (every block in registers; C <= 64), "levels" (merge levels through memory;
+    every C); "auto" (default): blocks where it applies."""
+    v = env_choice("MDN_TRIL_INV_FWD", TRIL_INV_FWD, "auto")
+    return "levels" if C > 64 else ("blocks" if v == "auto" else v)
+
+
+def _bwd_variant(C: int) -> str:
+    """MDN_TRIL_INV_BWD: "kernel" (one Triton kernel, 3xTF32 dots; C <= 64), "gemm" (two batched cuBLAS fp32
+    GEMMs); "auto" (default): the kernel where it applies."""
+    v = env_choice("MDN_TRIL_INV_BWD", TRIL_INV_BWD, "auto")
+    return "gemm" if C > 64 else ("kernel" if v == "auto" else v)
+
+
+# num_warps of the "blocks" inverse: one warp per matrix was fastest on an H100 at C = 64 and 32 (8192 matrices:
+# 0.171 ms at 1 warp, 0.287 at 2, 0.326 at 4, against 0.438 for "levels"; docs/BENCHMARKS.md §1.20), although
+# ptxas spills ~0.5 KB at C = 64 and one warp
+BLOCKS_WARPS = 1
+
+
+def tril_inverse_triton(n: torch.Tensor, variant: str | None = None, num_warps: int | None = None) -> torch.Tensor:
     """(I + n)^-1 for n [..., C, C] strictly lower triangular (only the strictly lower part is read), fp32, with
-    C in {16, 32, 64, 128}."""
+    C in {16, 32, 64, 128}. ``variant``: "blocks" or "levels" (default: MDN_TRIL_INV_FWD)."""
     C = n.shape[-1]
     if n.shape[-2] != C or C not in (16, 32, 64, 128):
         raise ValueError(f"tril_inverse: expected [..., C, C] with C in 16, 32, 64, 128, got {tuple(n.shape)}")
     if n.dtype != torch.float32:
         raise ValueError(f"tril_inverse: expected float32, got {n.dtype}")
+    variant = variant or _fwd_variant(C)
     nf = n.reshape(-1, C, C).contiguous()
     a = empty(*nf.shape, dtype=torch.float32, device=nf.device)  # NaN under MDN_POISON_OUTPUTS=1
     if nf.shape[0]:
-        levels = {16: 1, 32: 2, 64: 3, 128: 4}[C]
-        momentum_delta_rule_fwd_kernel_tril_inverse[(nf.shape[0],)](nf, a, C=C, LEVELS=levels, NB=C // 16,
-                                                                  num_warps=8 if C == 128 else 4)
+        if variant == "blocks" and C <= 64:
+            momentum_delta_rule_fwd_kernel_tril_inverse_blocks[(nf.shape[0],)](nf, a, C=C, NB=C // 16,
+                                                                             num_warps=num_warps or BLOCKS_WARPS)
+        else:
+            levels = {16: 1, 32: 2, 64: 3, 128: 4}[C]
+            momentum_delta_rule_fwd_kernel_tril_inverse[(nf.shape[0],)](
+                nf, a, C=C, LEVELS=levels, NB=C // 16, num_warps=num_warps or (8 if C == 128 else 4))
     return a.view(n.shape)
+
+
+def tril_inverse_grad(a: torch.Tensor, da: torch.Tensor, variant: str | None = None,
+                      num_warps: int | None = None) -> torch.Tensor:
+    """dN = -tril(A^T dA A^T, -1) for A = (I + N)^-1 (fp32 [..., C, C]) and its gradient dA. ``variant``: "kernel"
+    or "gemm" (default: MDN_TRIL_INV_BWD); the GEMMs where the kernel cannot run (C = 128, or a CPU tensor without
+    the interpreter)."""
+    C = a.shape[-1]
+    variant = variant or _bwd_variant(C)
+    if variant == "gemm" or C > 64 or not (a.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        at = a.transpose(-1, -2)
+        return -(at @ da.to(a.dtype) @ at).tril(-1)
+    af, daf = a.reshape(-1, C, C).contiguous(), da.reshape(-1, C, C).contiguous()
+    dn = empty(*af.shape, dtype=torch.float32, device=af.device)
+    if af.shape[0]:
+        momentum_delta_rule_bwd_kernel_tril_inverse[(af.shape[0],)](af, daf, dn, C=C, num_warps=num_warps or 4)
+    return dn.view(a.shape)
 
 
 @torch.library.custom_op("mdn::tril_inverse", mutates_args=())
@@ -116,15 +278,26 @@ def _(n):
     return torch.empty_like(n)
 
 
+@torch.library.custom_op("mdn::tril_inverse_grad", mutates_args=())
+def tril_inverse_grad_op(a: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """The backward of tril_inverse_op (see tril_inverse_grad); a custom op so that MDN_TRIL_INV_BWD is read at
+    run time, not when a compiled backward is traced."""
+    return tril_inverse_grad(a, da)
+
+
+@tril_inverse_grad_op.register_fake
+def _(a, da):
+    return torch.empty_like(a)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
 def _backward(ctx, da):
     (a,) = ctx.saved_tensors
-    at = a.transpose(-1, -2)
     # d(A) = -A dN A  =>  dN = -A^T dA A^T, of which only the strictly lower part is an input
-    return -(at @ da @ at).tril(-1)
+    return tril_inverse_grad_op(a, da)
 
 
 tril_inverse_op.register_autograd(_backward, setup_context=_setup_context)
