@@ -27,6 +27,7 @@ from .chunk_scan_pqk import (bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd
                              scan_v_dots)
 from .chunk_state_gemms import tail_config, tail_split
 from .knobs import compile_mode, env_choice
+from .intra_gates import intra_gates_mode
 from .tril_inverse import tril_inv_mode
 from .validation import check_inputs
 from .autocast import no_autocast
@@ -82,13 +83,14 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
                   use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool,
-                  form: str = "six", tril_inv: str = "solve", v_in: bool = False):
+                  form: str = "six", tril_inv: str = "solve", v_in: bool = False, gates_mode: str = "torch"):
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
     form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk; "pqk_triton" -> the
     fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd). v_in (pqk only,
-    MDN_SCAN_V=v): no U0 = A V (u is None); the scan takes V from _v_chunks."""
+    MDN_SCAN_V=v): no U0 = A V (u is None); the scan takes V from _v_chunks. gates_mode: MDN_INTRA_GATES
+    (chunk_intra.gate_coefficients)."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
     qc, kc = pack(q), pack(k)
     vc = None if v_in else pack(v)  # v_in: the scan reads V itself (_v_chunks), the intra part needs no V
@@ -99,8 +101,9 @@ def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Ten
         return intra_pqk_fwd(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args],
                              out_dtype == torch.bfloat16, bf16_gemm)
     if form == "pqk":
-        return chunk_mdn_intra_pqk(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv, v_in=v_in)
-    return chunk_mdn_intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv)
+        return chunk_mdn_intra_pqk(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv, v_in=v_in,
+                                   gates=gates_mode)
+    return chunk_mdn_intra(*args, out_dtype=out_dtype, bf16_gemm=bf16_gemm, tril_inv=tril_inv, gates=gates_mode)
 
 
 def _v_chunks(v: torch.Tensor, pos: Optional[torch.Tensor], NC: int, C: int, dtype: torch.dtype) -> torch.Tensor:
@@ -314,6 +317,7 @@ def chunk_momentum_delta_rule(
     form = scan_form()
     save_states()  # a bad MDN_SAVE_STATES fails here, before any kernel runs
     tril_inv = tril_inv_mode()  # MDN_TRIL_INV, likewise
+    gates_mode = intra_gates_mode()  # MDN_INTRA_GATES, likewise
     bwd_gemm()  # MDN_BWD_GEMM, likewise
     compile_mode()  # MDN_CHUNK_COMPILE_MODE, likewise
     bwd_dg()  # MDN_BWD_DG, likewise
@@ -354,7 +358,8 @@ def chunk_momentum_delta_rule(
         v_in = form == "pqk" and not triton_intra and v_mode == "v"
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
-                           "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in)
+                           "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in,
+                           gates_mode=gates_mode)
         if form == "pqk":
             u = _v_chunks(v, pos, NC, C, op_dtype) if v_in else intra[0]  # intra: a tuple (MDN_INTRA=triton)
             oc, ht = chunk_scan_pqk(u, *intra[1:], h0, chunk_offsets, cu_seqlens is None, v_in)

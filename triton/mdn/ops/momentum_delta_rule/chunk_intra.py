@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from .intra_gates import intra_gates_op, kernel_applies
 from .tril_inverse import unit_lower_inverse
 
 L2NORM_EPS = 1e-6
@@ -73,7 +74,7 @@ class IntraCoefficients(NamedTuple):
     kw: torch.Tensor      # [NC, H, C, K]  write keys eta k^
     abar: torch.Tensor    # [NC, H, C]     a_t = exp(sum_{l<=t} log alpha_l)
     mbar: torch.Tensor    # [NC, H, C]     m_t = exp(sum_{l<=t} log mu_l)
-    Lm: torch.Tensor      # [NC, H, C, C]  mu_i / mu_j, i >= j
+    lm_last: torch.Tensor  # [NC, H, C]    L_m[C-1, :] = m_{C-1} / m_j
     gam: torch.Tensor     # [NC, H, C, C]  Gamma = L_a D(beta) L_m
     b: torch.Tensor       # [NC, H, C]     b = L_a (beta * m)
     a_prev: torch.Tensor  # [NC, H, C]     a shifted down one row (1 first)
@@ -81,12 +82,32 @@ class IntraCoefficients(NamedTuple):
     A: torch.Tensor       # [NC, H, C, C]  (I + (P K_w^T) * Gamma^-)^-1, unit lower triangular
 
 
+def gate_coefficients(log_alpha, beta, log_mu, gates: str = "torch", tf32: bool = False):
+    """(a, m, b, L_m[C-1], Gamma) of README §1 from gates [NC, H, C] in the compute dtype: the torch graph, or the
+    Triton kernels of intra_gates.py (custom op mdn::intra_gates, with its own backward) where ``gates``
+    (MDN_INTRA_GATES: "torch", "kernel" or "auto") says so and they apply (fp32, C <= 64; "auto" only with
+    ``tf32``, i.e. for 16-bit inputs, where their [C, C] products take TF32)."""
+    if kernel_applies(log_alpha, gates, tf32):
+        return intra_gates_op(log_alpha, beta, log_mu, tf32)
+    C = log_alpha.shape[-1]
+    abar, mbar = log_alpha.cumsum(-1).exp(), log_mu.cumsum(-1).exp()  # [NC, H, C]
+    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
+    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
+    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
+    # b = L_a (beta * m) as a row sum, not a matrix-vector bmm: inductor fuses it with L_a's exp (forward and
+    # backward); the two batched [C, C] x [C, 1] cuBLAS calls took 0.22 ms of an H16 K128 V128 fwd+bwd (H200)
+    b = (La * (beta * mbar).unsqueeze(-2)).sum(-1)  # [NC, H, C]
+    return abar, mbar, b, Lm[..., C - 1, :], gam
+
+
 def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel: bool,
-                       use_p_times_alpha: bool, bf16_gemm: bool, tril_inv: str = "solve") -> IntraCoefficients:
+                       use_p_times_alpha: bool, bf16_gemm: bool, tril_inv: str = "solve",
+                       gates: str = "torch") -> IntraCoefficients:
     """Keys, the overflow-free coefficients (every exp of a masked non-positive segment sum) and A, all chunks at
     once; inputs [NC, H, C, D] and gates [NC, H, C] in any float dtype, results in the compute dtype.
     ``tril_inv`` (MDN_TRIL_INV, chunk.py): how A is computed, "solve" (torch.linalg.solve_triangular) or "triton"
-    (tril_inverse.py; fp32 on a GPU or the interpreter, the solve elsewhere)."""
+    (tril_inverse.py; fp32 on a GPU or the interpreter, the solve elsewhere). ``gates`` (MDN_INTRA_GATES): how
+    the gate coefficients are computed (gate_coefficients)."""
     cd = compute_dtype(q)
     q, k, v = q.to(cd), k.to(cd), (v.to(cd) if v is not None else None)  # v None: the caller needs no A V
     log_alpha, beta, log_mu, eta = log_alpha.to(cd), beta.to(cd), log_mu.to(cd), eta.to(cd)
@@ -96,13 +117,7 @@ def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_k
     kw = eta.unsqueeze(-1) * k  # [NC, H, C, K] write key
     p = log_alpha.exp().unsqueeze(-1) * k if use_p_times_alpha else k  # [NC, H, C, K] read key
 
-    abar, mbar = log_alpha.cumsum(-1).exp(), log_mu.cumsum(-1).exp()  # [NC, H, C]
-    La = segsum(log_alpha).exp()  # [NC, H, C, C]  a_t / a_i, t >= i
-    Lm = segsum(log_mu).exp()     # [NC, H, C, C]  mu_i / mu_j, i >= j
-    gam = (La * beta.unsqueeze(-2)) @ Lm  # [NC, H, C, C]  Gamma = L_a D(beta) L_m
-    # b = L_a (beta * m) as a row sum, not a matrix-vector bmm: inductor fuses it with L_a's exp (forward and
-    # backward); the two batched [C, C] x [C, 1] cuBLAS calls took 0.22 ms of an H16 K128 V128 fwd+bwd (H200)
-    b = (La * (beta * mbar).unsqueeze(-2)).sum(-1)  # [NC, H, C]
+    abar, mbar, b, lm_last, gam = gate_coefficients(log_alpha, beta, log_mu, gates, tf32=bf16_gemm)
 
     # row-shifted ("previous token") versions
     gam_prev = torch.cat([torch.zeros_like(gam[..., :1, :]), gam[..., :-1, :]], -2)  # strictly lower
@@ -113,7 +128,7 @@ def intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_k
     # A = (I + Lmat)^-1 explicitly (a C-wide triangular solve), then the wide products as batched GEMMs: cheaper
     # than one solve with a (V + 2K)-wide right-hand side, and its backward is GEMMs plus one more C-wide solve.
     A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C]
-    return IntraCoefficients(q, v, p, kw, abar, mbar, Lm, gam, b, a_prev, b_prev, A)
+    return IntraCoefficients(q, v, p, kw, abar, mbar, lm_last, gam, b, a_prev, b_prev, A)
 
 
 def chunk_mdn_intra(
@@ -130,6 +145,7 @@ def chunk_mdn_intra(
     out_dtype: torch.dtype | None = None,
     bf16_gemm: bool = False,
     tril_inv: str = "solve",
+    gates: str = "torch",
 ) -> IntraChunk:
     """Intra-chunk coefficients and the triangular solve, all chunks at once.
 
@@ -141,9 +157,9 @@ def chunk_mdn_intra(
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
-                           bf16_gemm, tril_inv)
+                           bf16_gemm, tril_inv, gates)
     C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
-    a_prev, b_prev, Lm, mbar = c.a_prev, c.b_prev, c.Lm, c.mbar
+    a_prev, b_prev, mbar = c.a_prev, c.b_prev, c.mbar
 
     def mm(x, y):
         return _mm(x, y, bf16_gemm)
@@ -156,7 +172,7 @@ def chunk_mdn_intra(
     qb = (scale * b).unsqueeze(-1) * q
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
     ks = gam[..., C - 1, :].unsqueeze(-1) * kw
-    km = Lm[..., C - 1, :].unsqueeze(-1) * kw
+    km = c.lm_last.unsqueeze(-1) * kw
     g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)  # [NC, H, 3]
 
     def cast(t):

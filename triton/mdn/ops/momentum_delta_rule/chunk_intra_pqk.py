@@ -43,17 +43,18 @@ def chunk_mdn_intra_pqk(
     bf16_gemm: bool = False,
     tril_inv: str = "solve",
     v_in: bool = False,
+    gates: str = "torch",
 ) -> IntraChunkPQK:
     """Intra-chunk coefficients and A, all chunks at once (arguments as chunk_intra.chunk_mdn_intra).
 
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
     b, the row scalars and the triangular solve stay fp32. ``tril_inv``: as in chunk_intra.intra_coefficients.
     ``v_in`` (MDN_SCAN_V=v): no U0 (u is None; v may be None), for a scan that takes V and computes Vt = A (V - W)
-    itself (chunk_scan_pqk.scan_v, chunk.py::_v_chunks).
+    itself (chunk_scan_pqk.scan_v, chunk.py::_v_chunks). ``gates``: as in chunk_intra.intra_coefficients.
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
-                           bf16_gemm, tril_inv)
+                           bf16_gemm, tril_inv, gates)
     C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
 
     def mm(x, y):
@@ -61,7 +62,7 @@ def chunk_mdn_intra_pqk(
 
     u = None if v_in else mm(A, c.v)               # [NC, H, C, V]
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
-    r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.Lm[..., C - 1, :]], -2)
+    r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.lm_last], -2)
     g = torch.stack([abar[..., C - 1], b[..., C - 1], c.mbar[..., C - 1]], -1)  # [NC, H, 3]
 
     def cast(t):
