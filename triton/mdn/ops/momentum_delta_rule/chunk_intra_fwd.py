@@ -30,6 +30,7 @@ from .alloc import empty
 from .chunk_intra import L2NORM_EPS, IntraChunk
 from .chunk_intra_pqk import IntraChunkPQK
 from .chunk_scan import _cast, _dot
+from .intra_gates import _gate_matrices
 
 
 def _interpret() -> bool:
@@ -73,19 +74,7 @@ def _intra_gates(log_alpha, beta, log_mu, p_g, C: tl.constexpr, DOT_PREC: tl.con
     o_c = tl.arange(0, C)
     row = o_c[:, None]                                       # [C, 1] t
     col = o_c[None, :]                                       # [1, C] i / j
-    m_lower = row >= col                                     # t >= i
-    m_strict = row > col                                     # t > i
-    b_la = tl.load(log_alpha + p_g).to(tl.float32)           # [C]
-    b_lm = tl.load(log_mu + p_g).to(tl.float32)
-    b_beta = tl.load(beta + p_g).to(tl.float32)
-    b_a = tl.exp(tl.cumsum(b_la, 0))                         # [C] a_t
-    b_m = tl.exp(tl.cumsum(b_lm, 0))                         # [C] m_t
-    # segment sums out[t, i] = sum_{i < l <= t} x_l: masked cumulative sum over l (rows), then mask before exp
-    zero_cc = tl.zeros([C, C], dtype=tl.float32)
-    s_a = tl.cumsum(tl.where(m_strict, b_la[:, None] + zero_cc, 0.), 0)   # [C(t), C(i)]
-    s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
-    b_La = tl.exp(tl.where(m_lower, s_a, float('-inf')))    # [C, C] a_t / a_i, t >= i
-    b_Lm = tl.exp(tl.where(m_lower, s_m, float('-inf')))    # [C, C] m_i / m_j, i >= j
+    b_la, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
     b_gam = _dot32(b_La * b_beta[None, :], b_Lm, DOT_PREC)             # [C, C] Gamma = L_a D(beta) L_m
     b_b = tl.sum(b_La * (b_beta * b_m)[None, :], 1)          # [C]    b = L_a (beta * m)
 

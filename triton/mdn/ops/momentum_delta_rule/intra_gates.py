@@ -52,7 +52,8 @@ def kernel_applies(x: torch.Tensor, mode: str, tf32: bool) -> bool:
 
 @triton.jit
 def _gate_matrices(log_alpha, beta, log_mu, p_g, C: tl.constexpr):
-    """From one (chunk, head)'s gates at p_g ([C] pointers): la, lm, beta, a, m [C] and L_a, L_m [C, C] (fp32)."""
+    """From one (chunk, head)'s gates at p_g ([C] pointers): la, beta, a, m [C] and L_a, L_m [C, C] (fp32). Shared
+    with the fused intra kernels (chunk_intra_fwd._intra_gates)."""
     o_c = tl.arange(0, C)
     m_lower = o_c[:, None] >= o_c[None, :]                   # [C(t), C(i)] t >= i
     m_strict = o_c[:, None] > o_c[None, :]
@@ -67,7 +68,7 @@ def _gate_matrices(log_alpha, beta, log_mu, p_g, C: tl.constexpr):
     s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
     b_La = tl.exp(tl.where(m_lower, s_a, float('-inf')))    # [C, C] a_t / a_i, t >= i
     b_Lm = tl.exp(tl.where(m_lower, s_m, float('-inf')))    # [C, C] m_i / m_j, i >= j
-    return b_beta, b_a, b_m, b_La, b_Lm
+    return b_la, b_beta, b_a, b_m, b_La, b_Lm
 
 
 @triton.jit
@@ -82,7 +83,7 @@ def momentum_delta_rule_fwd_kernel_intra_gates(
     i_n = tl.program_id(0).to(tl.int64)
     o_c = tl.arange(0, C)
     p_g = i_n * C + o_c
-    b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
+    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
     b_gam = tl.dot(b_La * b_beta[None, :], b_Lm, input_precision=PREC)   # [C, C] Gamma = L_a D(beta) L_m
     b_b = tl.sum(b_La * (b_beta * b_m)[None, :], 1)                           # [C] b = L_a (beta m)
     tl.store(a + p_g, b_a)
@@ -106,7 +107,7 @@ def momentum_delta_rule_bwd_kernel_intra_gates(
     o_c = tl.arange(0, C)
     m_lower = o_c[:, None] >= o_c[None, :]
     p_g = i_n * C + o_c
-    b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
+    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
     b_dgam = tl.load(dgam + i_n * C * C + o_c[:, None] * C + o_c[None, :]).to(tl.float32)   # [C, C]
     b_db = tl.load(db + p_g).to(tl.float32)                                                 # [C]
     b_X = b_La * b_beta[None, :]                                                            # [C, C]
