@@ -153,7 +153,8 @@ def chunk_mdn_intra(
     the scan operands in ``out_dtype`` (default: the compute dtype); ``g`` stays in the compute dtype.
     ``bf16_gemm`` (experimental, off by default; chunk.py sets it from MDN_INTRA_GEMM=bf16 for 16-bit inputs): the
     K- and V-wide GEMMs (P K_w^T, Q K_w^T, A V, A D(a-)P, A D(b-)P) take bf16 operands and give bf16 results, as
-    the official kernels do; Gamma, b and the triangular solve stay fp32.
+    the official kernels do; Gamma, b and the triangular solve stay fp32 (Gamma's [C, C] product in TF32 when the
+    gate kernels run, gate_coefficients).
     """
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,

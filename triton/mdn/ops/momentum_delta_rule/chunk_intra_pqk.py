@@ -48,7 +48,8 @@ def chunk_mdn_intra_pqk(
     """Intra-chunk coefficients and A, all chunks at once (arguments as chunk_intra.chunk_mdn_intra).
 
     ``bf16_gemm``: P K_w^T, Q K_w^T and A V take bf16 operands (fp32 accumulation), as in chunk_mdn_intra; Gamma,
-    b, the row scalars and the triangular solve stay fp32. ``tril_inv``: as in chunk_intra.intra_coefficients.
+    b, the row scalars and the triangular solve stay fp32 (Gamma's [C, C] product in TF32 when the gate kernels
+    run, chunk_intra.gate_coefficients). ``tril_inv``: as in chunk_intra.intra_coefficients.
     ``v_in`` (MDN_SCAN_V=v): no U0 (u is None; v may be None), for a scan that takes V and computes Vt = A (V - W)
     itself (chunk_scan_pqk.scan_v, chunk.py::_v_chunks). ``gates``: as in chunk_intra.intra_coefficients.
     """
