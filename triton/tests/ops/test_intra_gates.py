@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (DEV, HAS_CUDA, _have_ptxas, assert_compiled_op_matches_eager, compare_with_oracle,
-                      compile_sm90, constant_gates, make_inputs, needs_kernels, rel_rms)
+                      compile_sm90_child, constant_gates, make_inputs, needs_kernels, rel_rms)
 from mdn.ops.momentum_delta_rule import intra_gates as ig
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.momentum_delta_rule.chunk_intra import gate_coefficients
@@ -154,20 +154,17 @@ def test_fake_tensor_shapes():
 
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
 @pytest.mark.parametrize("C", [32, 64])
-def test_sm90_resources_without_spills(C, monkeypatch):
-    """The shipped form (TF32, 8 warps) compiles for sm_90 without register spills (3xTF32 spills ~0.7 / 1.4 KB at
-    C = 64: it runs only when asked, for fp32 inputs)."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    import triton
-    if triton.knobs.runtime.interpret or not hasattr(ig.momentum_delta_rule_fwd_kernel_intra_gates, "cache_key"):
-        pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
+def test_sm90_resources_without_spills(C):
+    """The shipped form (TF32, 8 warps) compiles for sm_90 without register spills (ptxas, in a child process without
+    the interpreter; 3xTF32 spills ~0.7 / 1.4 KB at C = 64: it runs only when asked, for fp32 inputs)."""
     f32 = "*fp32"
-    fwd = compile_sm90(ig.momentum_delta_rule_fwd_kernel_intra_gates,
-                       {n: f32 for n in ("log_alpha", "beta", "log_mu", "a", "m", "b", "lm_last", "gam")},
-                       {"C": C, "PREC": "tf32"}, 8)
-    bwd = compile_sm90(ig.momentum_delta_rule_bwd_kernel_intra_gates,
-                       {n: f32 for n in ("log_alpha", "beta", "log_mu", "da", "dm", "db", "dlm_last", "dgam",
-                                         "dlog_alpha", "dbeta", "dlog_mu")}, {"C": C, "PREC": "tf32"}, 8)
+    mod = "mdn.ops.momentum_delta_rule.intra_gates"
+    fwd = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_intra_gates",
+                             {n: f32 for n in ("log_alpha", "beta", "log_mu", "a", "m", "b", "lm_last", "gam")},
+                             {"C": C, "PREC": "tf32"}, 8)
+    bwd = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_gates",
+                             {n: f32 for n in ("log_alpha", "beta", "log_mu", "da", "dm", "db", "dlm_last", "dgam",
+                                               "dlog_alpha", "dbeta", "dlog_mu")}, {"C": C, "PREC": "tf32"}, 8)
     for res in (fwd, bwd):
         assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
 

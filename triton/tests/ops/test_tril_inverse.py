@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import (DEV, HAS_CUDA, assert_compiled_op_matches_eager, assert_knob_values_agree,
-                      compare_with_oracle, compile_sm90, _have_ptxas, make_inputs, needs_kernels, rel_rms)
+                      compare_with_oracle, compile_sm90_child, _have_ptxas, make_inputs, needs_kernels, rel_rms)
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 
@@ -183,23 +183,21 @@ def test_other_devices_and_dtypes_take_the_solve(monkeypatch):
     ("blocks", 16, 1, 0), ("blocks", 32, 1, 0), ("blocks", 64, 1, 1024), ("blocks", 64, 2, 0),
     ("bwd", 32, 4, 0), ("bwd", 64, 4, 0),
 ])
-def test_sm90_resources(kernel, C, warps, max_spill, monkeypatch):
-    """Compiled for sm_90 on the CPU (ptxas), at the launchers' warps: register spills within the bound (C = 128
-    at 8 warps spills ~100 bytes in "levels", and takes the kernel only when asked)."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    import triton
-    if triton.knobs.runtime.interpret or not hasattr(ti.momentum_delta_rule_fwd_kernel_tril_inverse, "cache_key"):
-        pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
+def test_sm90_resources(kernel, C, warps, max_spill):
+    """Compiled for sm_90 on the CPU (ptxas, in a child process without the interpreter), at the launchers' warps:
+    register spills within the bound (C = 128 at 8 warps spills ~100 bytes in "levels", and takes the kernel only
+    when asked)."""
+    mod = "mdn.ops.momentum_delta_rule.tril_inverse"
     if kernel == "levels":
-        res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse, {"n": "*fp32", "a": "*fp32"},
-                           {"C": C, "LEVELS": {16: 1, 32: 2, 64: 3}[C], "NB": C // 16}, warps)
+        res = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_tril_inverse", {"n": "*fp32", "a": "*fp32"},
+                                 {"C": C, "LEVELS": {16: 1, 32: 2, 64: 3}[C], "NB": C // 16}, warps)
     elif kernel == "blocks":
         assert ti.BLOCKS_WARPS == 1
-        res = compile_sm90(ti.momentum_delta_rule_fwd_kernel_tril_inverse_blocks, {"n": "*fp32", "a": "*fp32"},
-                           {"C": C, "NB": C // 16}, warps)
+        res = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_tril_inverse_blocks",
+                                 {"n": "*fp32", "a": "*fp32"}, {"C": C, "NB": C // 16}, warps)
     else:
-        res = compile_sm90(ti.momentum_delta_rule_bwd_kernel_tril_inverse, {"a": "*fp32", "da": "*fp32",
-                                                                            "dn": "*fp32"}, {"C": C}, warps)
+        res = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_tril_inverse",
+                                 {"a": "*fp32", "da": "*fp32", "dn": "*fp32"}, {"C": C}, warps)
     assert res["spill_st"] <= max_spill and res["spill_ld"] <= max_spill, res
 
 
