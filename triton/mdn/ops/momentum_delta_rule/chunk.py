@@ -4,7 +4,9 @@ Pipeline (see README.md in this folder for the math):
 1. pack: pad every sequence to a multiple of the chunk size with identity gates and zero q/k/v, and lay all
    chunks out back to back as [NC, H, C, D] (varlen sequences are chunk-aligned, so no chunk straddles two);
 2. intra-chunk coefficients, triangular solve and operands in differentiable torch (chunk_intra_pqk.py; the
-   MDN_SCAN_FORM=six form: chunk_intra.py);
+   MDN_SCAN_FORM=six form: chunk_intra.py), with custom-op Triton kernels for the gate coefficients
+   (intra_gates.py), the triangular inverse (tril_inverse.py) and the key/query work (chunk_intra_qk.py, which reads
+   q and k unpacked) where they apply;
 3. inter-chunk scan in Triton, a torch custom op with its own backward (chunk_scan_pqk.py; six: chunk_scan.py);
 4. unpack the output.
 """
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .chunk_intra import chunk_mdn_intra
-from .chunk_intra_pqk import chunk_mdn_intra_pqk
+from .chunk_intra_pqk import chunk_mdn_intra_pqk, chunk_mdn_intra_pqk_qk
+from .chunk_intra_qk import chunk_table, intra_qk_mode, qk_kernel_applies
 from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
@@ -83,15 +86,22 @@ def _unpack_varlen(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def _packed_intra(q, k, v, log_alpha, beta, log_mu, eta, pos: Optional[torch.Tensor], NC: int, C: int, scale: float,
                   use_qk_l2norm_in_kernel: bool, use_p_times_alpha: bool, out_dtype: torch.dtype, bf16_gemm: bool,
-                  form: str = "six", tril_inv: str = "solve", v_in: bool = False, gates_mode: str = "torch"):
+                  form: str = "six", tril_inv: str = "solve", v_in: bool = False, gates_mode: str = "torch",
+                  chunks: Optional[torch.Tensor] = None):
     """Packing ([B, T, H, D] -> [NC, H, C, D]; dense when pos is None, else varlen) and the intra part in one
     function, so that under torch.compile the transposes fuse into the intra kernels and their gradients into its
     backward instead of being separate strided copies (2.4 ms of a 24 ms fwd+bwd at H6 K256 V512 on the H100).
     form: the scan form (MDN_SCAN_FORM): "six" -> chunk_mdn_intra, "pqk" -> chunk_mdn_intra_pqk; "pqk_triton" -> the
     fused Triton kernels of the pqk form (MDN_INTRA=triton; custom ops mdn::intra_pqk_fwd/bwd). v_in (pqk only,
     MDN_SCAN_V=v): no U0 = A V (u is None); the scan takes V from _v_chunks. gates_mode: MDN_INTRA_GATES
-    (chunk_intra.gate_coefficients)."""
+    (chunk_intra.gate_coefficients). chunks (pqk only): the chunk table of chunk_intra_qk.chunk_table when the
+    key/query kernels run (MDN_INTRA_QK): they read q and k unpacked."""
     pack = (lambda x: _pack_dense(x, C)) if pos is None else (lambda x: _pack_varlen(x, pos, NC, C))  # noqa: E731
+    if chunks is not None:
+        gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
+        return chunk_mdn_intra_pqk_qk(q, k, None if v_in else pack(v), gates[..., 0], gates[..., 1], gates[..., 2],
+                                      gates[..., 3], chunks, scale, use_qk_l2norm_in_kernel, use_p_times_alpha,
+                                      out_dtype, bf16_gemm, tril_inv, v_in, gates_mode)
     qc, kc = pack(q), pack(k)
     vc = None if v_in else pack(v)  # v_in: the scan reads V itself (_v_chunks), the intra part needs no V
     gates = pack(torch.stack([x.float() for x in (log_alpha, beta, log_mu, eta)], -1))  # [NC, H, C, 4]
@@ -318,6 +328,7 @@ def chunk_momentum_delta_rule(
     save_states()  # a bad MDN_SAVE_STATES fails here, before any kernel runs
     tril_inv = tril_inv_mode()  # MDN_TRIL_INV, likewise
     gates_mode = intra_gates_mode()  # MDN_INTRA_GATES, likewise
+    qk_mode = intra_qk_mode()  # MDN_INTRA_QK, likewise
     bwd_gemm()  # MDN_BWD_GEMM, likewise
     compile_mode()  # MDN_CHUNK_COMPILE_MODE, likewise
     bwd_dg()  # MDN_BWD_DG, likewise
@@ -356,10 +367,13 @@ def chunk_momentum_delta_rule(
         # MDN_SCAN_V=v: the pqk scan takes V and computes Vt = A (V - W) itself (not with the Triton intra kernels,
         # which compute U0 = A V)
         v_in = form == "pqk" and not triton_intra and v_mode == "v"
+        # MDN_INTRA_QK: the key/query kernels read q and k through a chunk table instead of packed copies
+        qk = form == "pqk" and not triton_intra and qk_kernel_applies(q, qk_mode, C, _bf16_gemm_wanted(op_dtype))
+        chunks = chunk_table(B, T, C, q.device, cu_seqlens, NC) if qk else None
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
                            "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in,
-                           gates_mode=gates_mode)
+                           gates_mode=gates_mode, chunks=chunks)
         if form == "pqk":
             u = _v_chunks(v, pos, NC, C, op_dtype) if v_in else intra[0]  # intra: a tuple (MDN_INTRA=triton)
             oc, ht = chunk_scan_pqk(u, *intra[1:], h0, chunk_offsets, cu_seqlens is None, v_in)

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import torch
 
-from .chunk_intra import _mm, compute_dtype, intra_coefficients
+from .chunk_intra import _mm, compute_dtype, gate_coefficients, intra_coefficients
+from .chunk_intra_qk import intra_qk_op
+from .tril_inverse import unit_lower_inverse
 
 
 class IntraChunkPQK(NamedTuple):
@@ -71,3 +73,42 @@ def chunk_mdn_intra_pqk(
 
     return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk),
                          r.contiguous(), g.contiguous())
+
+
+def chunk_mdn_intra_pqk_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    log_alpha: torch.Tensor,
+    beta: torch.Tensor,
+    log_mu: torch.Tensor,
+    eta: torch.Tensor,
+    chunks: torch.Tensor,
+    scale: float,
+    use_qk_l2norm_in_kernel: bool = True,
+    use_p_times_alpha: bool = True,
+    out_dtype: torch.dtype = torch.bfloat16,
+    bf16_gemm: bool = True,
+    tril_inv: str = "auto",
+    v_in: bool = True,
+    gates: str = "auto",
+) -> IntraChunkPQK:
+    """chunk_mdn_intra_pqk with the key/query work in the Triton kernels of chunk_intra_qk.py (MDN_INTRA_QK): q, k
+    in the caller's [B, T, H, K] layout ([1, T, H, K] for varlen), read through the chunk table ``chunks``
+    (chunk_intra_qk.chunk_table); v [NC, H, C, V] packed (only without ``v_in``); gates packed [NC, H, C].
+    ``out_dtype`` bf16 (bf16 products, for 16-bit inputs; ``bf16_gemm`` must say so) or fp32 (ieee products)."""
+    if (out_dtype == torch.bfloat16) != bf16_gemm:
+        raise ValueError(f"chunk_mdn_intra_pqk_qk: out_dtype {out_dtype} with bf16_gemm={bf16_gemm}; the kernels "
+                         "take bf16 products exactly for bf16 operands")
+    la, be, lm, et = (x.float() for x in (log_alpha, beta, log_mu, eta))
+    C = la.shape[-1]
+    abar, mbar, b, lm_last, gam = gate_coefficients(la, be, lm, gates, tf32=bf16_gemm)
+    p, qn, kw, lmat, aqk, _ = intra_qk_op(q, k, la.contiguous(), et.contiguous(), gam.contiguous(), chunks, float(scale),
+                                       use_qk_l2norm_in_kernel, use_p_times_alpha, bf16_gemm)
+    A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C] fp32
+    u = None if v_in else _mm(A, v.float(), bf16_gemm).to(out_dtype).contiguous()
+    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
+    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
+    r = torch.stack([a_prev, b_prev, scale * abar, scale * b, gam[..., C - 1, :], lm_last], -2)
+    g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)  # [NC, H, 3]
+    return IntraChunkPQK(u, p, qn, kw, A.to(out_dtype).contiguous(), aqk, r.contiguous(), g.contiguous())
