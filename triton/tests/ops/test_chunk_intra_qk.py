@@ -14,6 +14,7 @@ from conftest import (DEV, HAS_CUDA, _have_ptxas, assert_compiled_op_matches_eag
                       compile_sm90_child, constant_gates, cu_seqlens_of, make_inputs, needs_kernels, rel_rms)
 from mdn.ops.momentum_delta_rule import chunk_intra_qk as cq
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
+from mdn.ops.momentum_delta_rule.chunk_intra import gate_coefficients
 
 
 @pytest.fixture(autouse=True)
@@ -60,9 +61,11 @@ def _case(B, T, H, K, C, lengths=None, seed=0):
     table = cq.chunk_table(B, T, C, "cpu", cu)
     assert table.shape == (NC, 2)
     la = F.logsigmoid(torch.randn(NC, H, C, generator=g, dtype=torch.float64) + 2)
+    lm = F.logsigmoid(torch.randn(NC, H, C, generator=g, dtype=torch.float64) + 1)
+    beta = torch.rand(NC, H, C, generator=g, dtype=torch.float64)
     eta = torch.rand(NC, H, C, generator=g, dtype=torch.float64)
-    gam = torch.rand(NC, H, C, C, generator=g, dtype=torch.float64).tril()
-    return q, k, la, eta, gam, table
+    gam = gate_coefficients(la, beta, lm)[4]  # the kernels' backward recomputes Gamma from the gates
+    return q, k, la, beta, lm, eta, gam, table
 
 
 def _grads(fn, inputs, weights, used):
@@ -75,7 +78,7 @@ def _grads(fn, inputs, weights, used):
 
 
 def _compare(B, T, H, K, C, lengths=None, l2norm=True, p_alpha=True, used=(0, 1, 2, 3, 4), tol=1e-5):
-    q, k, la, eta, gam, table = _case(B, T, H, K, C, lengths)
+    q, k, la, beta, lm, eta, gam, table = _case(B, T, H, K, C, lengths)
     scale = K ** -0.5
     ref_o, _ = _reference(q, k, la, eta, gam, table, scale, l2norm, p_alpha), None
     g = torch.Generator().manual_seed(7)
@@ -83,8 +86,10 @@ def _compare(B, T, H, K, C, lengths=None, l2norm=True, p_alpha=True, used=(0, 1,
     ref_o, ref_g = _grads(lambda *a: _reference(*a, table, scale, l2norm, p_alpha), (q, k, la, eta, gam), weights,
                           used)
     dev = [x.to(DEV, torch.float32) for x in (q, k, la, eta, gam)]
-    out_o, out_g = _grads(lambda *a: cq.intra_qk_op(*a, table.to(DEV), scale, l2norm, p_alpha, False), dev,
-                          [w.to(DEV) for w in weights], used)
+    be, lmu = beta.to(DEV, torch.float32), lm.to(DEV, torch.float32)
+    out_o, out_g = _grads(lambda q_, k_, la_, eta_, gam_: cq.intra_qk_op(
+        q_, k_, la_, be, lmu, eta_, gam_, table.to(DEV), scale, l2norm, p_alpha, False), dev,
+        [w.to(DEV) for w in weights], used)
     names = ("p", "q", "kw", "lmat", "aqk", "dq", "dk", "dlog_alpha", "deta", "dgam")
     for name, r, o in zip(names, ref_o + ref_g, out_o[:5] + out_g):
         o = o.cpu()
@@ -208,12 +213,14 @@ def test_bad_arguments_are_clear():
     gam = torch.zeros(1, 1, 16, 16)
     table = cq.chunk_table(1, 16, 16, "cpu")
     with pytest.raises(ValueError, match="chunk size 48; expected 16, 32 or 64"):
-        cq.intra_qk_op(q, q, torch.zeros(1, 1, 48), torch.zeros(1, 1, 48), torch.zeros(1, 1, 48, 48), table, 1.,
-                       True, True, False)
+        g48 = torch.zeros(1, 1, 48)
+        cq.intra_qk_op(q, q, g48, g48, g48, g48, torch.zeros(1, 1, 48, 48), table, 1., True, True, False)
     with pytest.raises(ValueError, match=r"eta is \(1, 1, 16\) torch.float64; expected \(1, 1, 16\) torch.float32"):
-        cq.intra_qk_op(q, q, la, la.double(), gam, table, 1., True, True, False)
+        cq.intra_qk_op(q, q, la, la, la, la.double(), gam, table, 1., True, True, False)
+    with pytest.raises(ValueError, match=r"log_mu is \(1, 1, 15\)"):
+        cq.intra_qk_op(q, q, la, la, la[..., 1:], la, gam, table, 1., True, True, False)
     with pytest.raises(ValueError, match=r"chunks is \(1, 2\) torch.int64"):
-        cq.intra_qk_op(q, q, la, la, gam, table.long(), 1., True, True, False)
+        cq.intra_qk_op(q, q, la, la, la, la, gam, table.long(), 1., True, True, False)
 
 
 def test_fake_tensor_shapes():
@@ -224,8 +231,8 @@ def test_fake_tensor_shapes():
         la = torch.empty(4, 3, 64)
         gam = torch.empty(4, 3, 64, 64)
         table = torch.empty(4, 2, dtype=torch.int32)
-        outs = cq.intra_qk_op(q, q, la, la, gam, table, 1., True, True, True)
-        grads = cq.intra_qk_grad_op(q, q, la, la, gam, table, outs[5], *outs[:5], 1., True, True, True)
+        outs = cq.intra_qk_op(q, q, la, la, la, la, gam, table, 1., True, True, True)
+        grads = cq.intra_qk_grad_op(q, q, la, la, la, la, table, outs[5], *outs[:5], 1., True, True, True)
     assert [(tuple(o.shape), o.dtype) for o in outs] == [((4, 3, 64, 32), torch.bfloat16)] * 3 + [
         ((4, 3, 64, 64), torch.float32), ((4, 3, 64, 64), torch.bfloat16), ((4, 3, 2, 64), torch.float32)]
     assert [tuple(g.shape) for g in grads] == [(2, 100, 3, 32)] * 2 + [(4, 3, 64)] * 2 + [(4, 3, 64, 64)]
@@ -257,8 +264,9 @@ def test_sm90_resources_without_spills(K):
     consts.pop("L2NORM")
     bk, nw = cq.QK_CONFIGS["bwd_cc"]
     bwd_cc = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_qk_cc",
-                                _sig(("q", "k", "daqk", "dpk", "dqk"), ("la", "eta", "rstd", "gam", "dlmat", "dgam")),
-                                {**consts, "BK": bk}, nw)
+                                _sig(("q", "k", "daqk", "dpk", "dqk"),
+                                     ("la", "beta", "lm", "eta", "rstd", "dlmat", "dgam")),
+                                {**consts, "BK": bk, "GAM_PREC": "tf32"}, nw)
     for res in (fwd, bwd, bwd_cc):
         assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
 

@@ -103,8 +103,9 @@ def chunk_mdn_intra_pqk_qk(
     la, be, lm, et = (x.float() for x in (log_alpha, beta, log_mu, eta))
     C = la.shape[-1]
     abar, mbar, b, lm_last, gam = gate_coefficients(la, be, lm, gates, tf32=bf16_gemm)
-    p, qn, kw, lmat, aqk, _ = intra_qk_op(q, k, la.contiguous(), et.contiguous(), gam.contiguous(), chunks, float(scale),
-                                       use_qk_l2norm_in_kernel, use_p_times_alpha, bf16_gemm)
+    p, qn, kw, lmat, aqk, _ = intra_qk_op(q, k, la.contiguous(), be.contiguous(), lm.contiguous(), et.contiguous(),
+                                          gam.contiguous(), chunks, float(scale), use_qk_l2norm_in_kernel,
+                                          use_p_times_alpha, bf16_gemm)
     A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C] fp32
     u = None if v_in else _mm(A, v.float(), bf16_gemm).to(out_dtype).contiguous()
     a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)

@@ -14,6 +14,7 @@ triangular inverse's input) and Aqk. The products take the operands as stored (b
 the rounding the torch graph's bf16 GEMMs apply; ieee fp32 dots for fp32 inputs). The backward, given dP, dQ^,
 dK_w, dLmat, dAqk:
 
+    Gamma = L_a D(beta) L_m again from the gates (intra_gates._gate_matrices; not kept from the forward)
     dPK = dLmat * Gamma^-,  dQK = s dAqk * Gamma
     dGamma = s dAqk * (Q^ K_w^T) + shift_up(dLmat * (P K_w^T))
     dP += dPK K_w,  dK_w += dPK^T P + dQK^T Q^,  dQ^ += dQK K_w
@@ -36,6 +37,7 @@ from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
 from .chunk_intra import L2NORM_EPS
 from .chunk_scan import _cast, _dot_acc, _dot_mode
+from .intra_gates import _gate_matrices
 from .knobs import env_choice
 
 INTRA_QK_MODES = ("auto", "torch", "kernel")
@@ -184,7 +186,7 @@ def momentum_delta_rule_fwd_kernel_intra_qk(
 
 @triton.jit(do_not_specialize=['H'])
 def momentum_delta_rule_bwd_kernel_intra_qk_cc(
-    q, k, la, eta, chunks, rstd, gam, dlmat, daqk,
+    q, k, la, beta, lm, eta, chunks, rstd, dlmat, daqk,
     dgam, dpk, dqk,
     H, scale,
     K: tl.constexpr,
@@ -192,12 +194,27 @@ def momentum_delta_rule_bwd_kernel_intra_qk_cc(
     BK: tl.constexpr,
     P_ALPHA: tl.constexpr,
     DOT_MODE: tl.constexpr,
+    GAM_PREC: tl.constexpr,
 ):
-    """The backward's [C, C] part for one (chunk, head): the forward's products again (operands recomputed from q,
-    k and rstd), then from Gamma, dLmat and dAqk [NC, H, C, C]: dGamma (fp32) and dPK, dQK in the operand dtype
-    (dpk's). A kernel of its own: its [C, C] fp32 tiles took every register of a one-kernel backward."""
+    """The backward's [C, C] part for one (chunk, head): Gamma = L_a D(beta) L_m again from the gates (as
+    intra_gates.py computes it, ``GAM_PREC`` products: not kept from the forward, 16 KB per (chunk, head) less at
+    the memory peak), the forward's products again (operands recomputed from q, k and rstd), then from dLmat and
+    dAqk [NC, H, C, C]: dGamma (fp32) and dPK, dQK in the operand dtype (dpk's). A kernel of its own: its [C, C]
+    fp32 tiles took every register of a one-kernel backward."""
     i_h, base, rows, m_c, b_ea, b_eta = _chunk_setup(chunks, la, eta, tl.program_id(0), H, C, P_ALPHA)
     o_c = tl.arange(0, C)
+    m_strict = o_c[:, None] > o_c[None, :]
+    m_lower = o_c[:, None] >= o_c[None, :]
+    p_cc = base * C * C + o_c[:, None] * C + o_c[None, :]
+    _, b_beta, _, _, b_La, b_Lm = _gate_matrices(la, beta, lm, base * C + o_c, C)
+    b_g = tl.dot(b_La * b_beta[None, :], b_Lm, input_precision=GAM_PREC)   # [C, C] Gamma
+    idx = tl.maximum(o_c[:, None] - 1, 0) + tl.zeros([C, C], dtype=tl.int32)
+    b_gp = tl.where(m_strict, tl.gather(b_g, idx, 0), 0.)                  # [C, C] Gamma^- (Gamma's row t - 1)
+    b_da = scale * tl.where(m_lower, tl.load(daqk + p_cc).to(tl.float32), 0.)
+    tl.store(dqk + p_cc, _cast(b_da * b_g, dqk.dtype.element_ty, DOT_MODE))
+    b_dl = tl.where(m_strict, tl.load(dlmat + p_cc).to(tl.float32), 0.)
+    tl.store(dpk + p_cc, _cast(b_dl * b_gp, dpk.dtype.element_ty, DOT_MODE))
+
     b_rq = tl.load(rstd + base * 2 * C + o_c)
     b_rk = tl.load(rstd + base * 2 * C + C + o_c)
     b_pk = tl.zeros([C, C], dtype=tl.float32)
@@ -208,20 +225,10 @@ def momentum_delta_rule_bwd_kernel_intra_qk_cc(
                                          dpk.dtype.element_ty, DOT_MODE)
         b_pk = _dot_acc(b_p, tl.trans(b_kw), b_pk, DOT_MODE)
         b_qk = _dot_acc(b_q, tl.trans(b_kw), b_qk, DOT_MODE)
-
-    m_strict = o_c[:, None] > o_c[None, :]
-    m_lower = o_c[:, None] >= o_c[None, :]
-    p_cc = base * C * C + o_c[:, None] * C + o_c[None, :]
-    b_da = tl.where(m_lower, tl.load(daqk + p_cc).to(tl.float32), 0.)
-    b_dg = scale * b_da * b_qk                                  # dGamma, Aqk's part
-    tl.store(dqk + p_cc, _cast(scale * b_da * tl.load(gam + p_cc), dqk.dtype.element_ty, DOT_MODE))
-    b_dl = tl.where(m_strict, tl.load(dlmat + p_cc).to(tl.float32), 0.)
-    tl.store(dpk + p_cc, _cast(b_dl * tl.load(gam + p_cc - C, mask=m_strict, other=0.), dpk.dtype.element_ty,
-                               DOT_MODE))
-    # Lmat's part: its row t belongs to Gamma's row t - 1 (shifted up one row)
+    # dGamma: Aqk's part in place, Lmat's (its row t belongs to Gamma's row t - 1) shifted up one row
     idx = tl.minimum(o_c[:, None] + 1, C - 1) + tl.zeros([C, C], dtype=tl.int32)
     b_xl = tl.where(o_c[:, None] < C - 1, tl.gather(b_dl * b_pk, idx, 0), 0.)
-    tl.store(dgam + p_cc, b_dg + b_xl)
+    tl.store(dgam + p_cc, b_da * b_qk + b_xl)
 
 
 @triton.jit
@@ -342,12 +349,13 @@ def _checked(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None
 
 
 @torch.library.custom_op("mdn::intra_qk", mutates_args=())
-def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, eta: torch.Tensor, gam: torch.Tensor,
-                chunks: torch.Tensor, scale: float, l2norm: bool, p_times_alpha: bool, out_bf16: bool) -> tuple[
+def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Tensor,
+                eta: torch.Tensor, gam: torch.Tensor, chunks: torch.Tensor, scale: float, l2norm: bool,
+                p_times_alpha: bool, out_bf16: bool) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(P, Q^, K_w, Lmat, Aqk, rstd) of the module docstring from q, k [B, T, H, K] (or [1, T, H, K] for varlen),
-    the packed gates log_alpha, eta [NC, H, C] (fp32), Gamma [NC, H, C, C] (fp32) and the chunk table [NC, 2]
-    (chunk_table). P, Q^, K_w, Aqk in bf16 (``out_bf16``, bf16 products) or fp32 (ieee products); rstd [NC, H, 2,
+    the packed gates log_alpha, beta, log_mu, eta [NC, H, C] (fp32), Gamma [NC, H, C, C] (fp32; the backward
+    recomputes it from the gates) and the chunk table [NC, 2] (chunk_table). P, Q^, K_w, Aqk in bf16 (``out_bf16``, bf16 products) or fp32 (ieee products); rstd [NC, H, 2,
     C] fp32 (1 / |q|, 1 / |k|; ones without ``l2norm``) is for the backward and has no gradient."""
     B, T, H, K = q.shape
     NC, _, C = log_alpha.shape
@@ -355,6 +363,7 @@ def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, eta: 
         raise ValueError(f"intra_qk: chunk size {C}; expected 16, 32 or 64")
     q, k = _checked("q", q, (B, T, H, K)), _checked("k", k, (B, T, H, K))
     la, et = (_checked(nm, t, (NC, H, C), torch.float32) for nm, t in (("log_alpha", log_alpha), ("eta", eta)))
+    _checked("beta", beta, (NC, H, C), torch.float32), _checked("log_mu", log_mu, (NC, H, C), torch.float32)
     gam = _checked("gam", gam, (NC, H, C, C), torch.float32)
     chunks = _checked("chunks", chunks, (NC, 2), torch.int32)
     dt = torch.bfloat16 if out_bf16 else torch.float32
@@ -372,7 +381,7 @@ def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, eta: 
 
 
 @intra_qk_op.register_fake
-def _(q, k, log_alpha, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16):
+def _(q, k, log_alpha, beta, log_mu, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16):
     NC, H, C = log_alpha.shape
     K = q.shape[-1]
     dt = torch.bfloat16 if out_bf16 else torch.float32
@@ -381,19 +390,20 @@ def _(q, k, log_alpha, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16)
 
 
 @torch.library.custom_op("mdn::intra_qk_grad", mutates_args=())
-def intra_qk_grad_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, eta: torch.Tensor,
-                     gam: torch.Tensor, chunks: torch.Tensor, rstd: torch.Tensor, dp: torch.Tensor,
+def intra_qk_grad_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta: torch.Tensor,
+                     log_mu: torch.Tensor, eta: torch.Tensor, chunks: torch.Tensor, rstd: torch.Tensor, dp: torch.Tensor,
                      dqn: torch.Tensor, dkw: torch.Tensor, dlmat: torch.Tensor, daqk: torch.Tensor, scale: float,
                      l2norm: bool, p_times_alpha: bool, out_bf16: bool) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dlog_alpha, deta, dGamma) of intra_qk_op (module docstring), from its inputs, its rstd and the
-    gradients of P, Q^, K_w, Lmat, Aqk (P, Q^, K_w are recomputed exactly as the forward rounded them)."""
+    gradients of P, Q^, K_w, Lmat, Aqk (P, Q^, K_w are recomputed exactly as the forward rounded them, Gamma from
+    the gates with TF32 products for bf16 operands, 3xTF32 for fp32)."""
     B, T, H, K = q.shape
     NC, _, C = log_alpha.shape
     ck, cc = (NC, H, C, K), (NC, H, C, C)
     q, k = _checked("q", q, (B, T, H, K)), _checked("k", k, (B, T, H, K))
-    la, et = (_checked(nm, t, (NC, H, C), torch.float32) for nm, t in (("log_alpha", log_alpha), ("eta", eta)))
-    gam = _checked("gam", gam, cc, torch.float32)
+    la, be, lm, et = (_checked(nm, t, (NC, H, C), torch.float32) for nm, t in (
+        ("log_alpha", log_alpha), ("beta", beta), ("log_mu", log_mu), ("eta", eta)))
     chunks = _checked("chunks", chunks, (NC, 2), torch.int32)
     rstd = _checked("rstd", rstd, (NC, H, 2, C), torch.float32)
     dp, dqn, dkw = (_checked(nm, t, ck) for nm, t in (("dp", dp), ("dqn", dqn), ("dkw", dkw)))
@@ -407,8 +417,9 @@ def intra_qk_grad_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, 
         dot_mode = _dot_mode(dt)
         BK, num_warps = qk_config("bwd_cc", K)
         momentum_delta_rule_bwd_kernel_intra_qk_cc[(NC * H,)](
-            q, k, la, et, chunks, rstd, gam, dlmat, daqk, dgam, dpk, dqk, H, float(scale), K=K, C=C, BK=BK,
-            P_ALPHA=p_times_alpha, DOT_MODE=dot_mode, num_warps=num_warps, num_stages=1)
+            q, k, la, be, lm, et, chunks, rstd, dlmat, daqk, dgam, dpk, dqk, H, float(scale), K=K, C=C, BK=BK,
+            P_ALPHA=p_times_alpha, DOT_MODE=dot_mode, GAM_PREC="tf32" if out_bf16 else "tf32x3", num_warps=num_warps,
+            num_stages=1)
         BK, num_warps = qk_config("bwd", K)
         # num_stages 1: the runtime K loops stay unpipelined (their tiles are most of the registers)
         momentum_delta_rule_bwd_kernel_intra_qk[(NC * H,)](
@@ -418,27 +429,29 @@ def intra_qk_grad_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, 
 
 
 @intra_qk_grad_op.register_fake
-def _(q, k, log_alpha, eta, gam, chunks, rstd, dp, dqn, dkw, dlmat, daqk, scale, l2norm, p_times_alpha, out_bf16):
+def _(q, k, log_alpha, beta, log_mu, eta, chunks, rstd, dp, dqn, dkw, dlmat, daqk, scale, l2norm, p_times_alpha,
+      out_bf16):
     return (torch.empty_like(q), torch.empty_like(q), torch.empty_like(log_alpha), torch.empty_like(log_alpha),
-            torch.empty_like(gam))
+            torch.empty_like(dlmat, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, la, eta, gam, chunks, scale, l2norm, p_alpha, out_bf16 = inputs
-    ctx.save_for_backward(q, k, la, eta, gam, chunks, output[5])
+    q, k, la, be, lm, eta, gam, chunks, scale, l2norm, p_alpha, out_bf16 = inputs
+    ctx.save_for_backward(q, k, la, be, lm, eta, chunks, output[5])  # not Gamma: the backward recomputes it
     ctx.args = (scale, l2norm, p_alpha, out_bf16)
     ctx.ck = (*la.shape, q.shape[-1])
     ctx.dt = torch.bfloat16 if out_bf16 else torch.float32
 
 
 def _backward(ctx, dp, dqn, dkw, dlmat, daqk, _drstd):
-    q, k, la, eta, gam, chunks, rstd = ctx.saved_tensors
+    q, k, la, be, lm, eta, chunks, rstd = ctx.saved_tensors
     # outputs that took no part in the loss come back as None
     dp, dqn, dkw = (torch.zeros(ctx.ck, dtype=ctx.dt, device=q.device) if g is None else g for g in (dp, dqn, dkw))
-    dlmat, daqk = (torch.zeros_like(gam) if g is None else g for g in (dlmat, daqk))
-    dq, dk, dla, deta, dgam = intra_qk_grad_op(q, k, la, eta, gam, chunks, rstd, dp, dqn, dkw, dlmat, daqk,
+    cc = (*la.shape, la.shape[-1])
+    dlmat, daqk = (torch.zeros(cc, dtype=torch.float32, device=q.device) if g is None else g for g in (dlmat, daqk))
+    dq, dk, dla, deta, dgam = intra_qk_grad_op(q, k, la, be, lm, eta, chunks, rstd, dp, dqn, dkw, dlmat, daqk,
                                                *ctx.args)
-    return dq, dk, dla, deta, dgam, None, None, None, None, None
+    return dq, dk, dla, None, None, deta, dgam, None, None, None, None, None
 
 
 intra_qk_op.register_autograd(_backward, setup_context=_setup_context)
