@@ -30,6 +30,17 @@ class IntraChunkPQK(NamedTuple):
     g: torch.Tensor    # [NC, H, 3]     (a_last, b_last, mu_last)                   compute dtype (fp32)
 
 
+def _row_scalars(abar, mbar, b, lm_last, gam, scale: float):
+    """The pqk scan's row scalars r [NC, H, 6, C] (a-, b-, s a, s b, gamma, rho) and chunk-end gates g [NC, H, 3]
+    (a_last, b_last, mu_last) from the gate coefficients (chunk_intra.gate_coefficients), contiguous."""
+    C = abar.shape[-1]
+    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
+    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
+    r = torch.stack([a_prev, b_prev, scale * abar, scale * b, gam[..., C - 1, :], lm_last], -2)
+    g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)
+    return r.contiguous(), g.contiguous()
+
+
 def chunk_mdn_intra_pqk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -58,21 +69,19 @@ def chunk_mdn_intra_pqk(
     out_dtype = out_dtype or compute_dtype(q)
     c = intra_coefficients(q, k, v, log_alpha, beta, log_mu, eta, use_qk_l2norm_in_kernel, use_p_times_alpha,
                            bf16_gemm, tril_inv, gates)
-    C, q, p, kw, A, abar, b, gam = q.shape[-2], c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
+    q, p, kw, A, abar, b, gam = c.q, c.p, c.kw, c.A, c.abar, c.b, c.gam
 
     def mm(x, y):
         return _mm(x, y, bf16_gemm)
 
     u = None if v_in else mm(A, c.v)               # [NC, H, C, V]
     aqk = scale * mm(q, kw.transpose(-1, -2)) * gam
-    r = torch.stack([c.a_prev, c.b_prev, scale * abar, scale * b, gam[..., C - 1, :], c.lm_last], -2)
-    g = torch.stack([abar[..., C - 1], b[..., C - 1], c.mbar[..., C - 1]], -1)  # [NC, H, 3]
+    r, g = _row_scalars(abar, c.mbar, b, c.lm_last, gam, scale)
 
     def cast(t):
         return t.to(out_dtype).contiguous()
 
-    return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk),
-                         r.contiguous(), g.contiguous())
+    return IntraChunkPQK(None if u is None else cast(u), cast(p), cast(q), cast(kw), cast(A), cast(aqk), r, g)
 
 
 def chunk_mdn_intra_pqk_qk(
@@ -101,15 +110,11 @@ def chunk_mdn_intra_pqk_qk(
         raise ValueError(f"chunk_mdn_intra_pqk_qk: out_dtype {out_dtype} with bf16_gemm={bf16_gemm}; the kernels "
                          "take bf16 products exactly for bf16 operands")
     la, be, lm, et = (x.float() for x in (log_alpha, beta, log_mu, eta))
-    C = la.shape[-1]
     abar, mbar, b, lm_last, gam = gate_coefficients(la, be, lm, gates, tf32=bf16_gemm)
     p, qn, kw, lmat, aqk, _ = intra_qk_op(q, k, la.contiguous(), be.contiguous(), lm.contiguous(), et.contiguous(),
                                           gam.contiguous(), chunks, float(scale), use_qk_l2norm_in_kernel,
                                           use_p_times_alpha, bf16_gemm)
     A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C] fp32
     u = None if v_in else _mm(A, v.float(), bf16_gemm).to(out_dtype).contiguous()
-    a_prev = torch.cat([torch.ones_like(abar[..., :1]), abar[..., :-1]], -1)
-    b_prev = torch.cat([torch.zeros_like(b[..., :1]), b[..., :-1]], -1)
-    r = torch.stack([a_prev, b_prev, scale * abar, scale * b, gam[..., C - 1, :], lm_last], -2)
-    g = torch.stack([abar[..., C - 1], b[..., C - 1], mbar[..., C - 1]], -1)  # [NC, H, 3]
-    return IntraChunkPQK(u, p, qn, kw, A.to(out_dtype).contiguous(), aqk, r.contiguous(), g.contiguous())
+    r, g = _row_scalars(abar, mbar, b, lm_last, gam, scale)
+    return IntraChunkPQK(u, p, qn, kw, A.to(out_dtype).contiguous(), aqk, r, g)
