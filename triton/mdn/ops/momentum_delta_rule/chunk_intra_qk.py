@@ -314,8 +314,8 @@ def momentum_delta_rule_bwd_kernel_intra_qk(
 # tokens, T = 4096, same process; docs/BENCHMARKS.md §1.21), op fwd+bwd ms at H16 K128 V128 / H6 K256 V512 by the
 # [C, K] kernel's (BK, warps): (16, 4) 7.69 / 11.03, (32, 4) 7.47 / 10.82-10.86, (64, 4) 7.37 / 10.81, (32, 8) 7.79 /
 # 11.21, (64, 8) 7.82 / 11.07, (128, 8) 7.32 / 10.90; the [C, C] kernel at (64, 8) or (32, 8) and the forward at
-# (32, 4) or (32, 8) were no faster. sm_90a (ptxas -v, C = 64): none spills, the [C, K] kernel at (64, 4) takes 239
-# registers, the others 160-211.
+# (32, 4) or (32, 8) were no faster. sm_90a (ptxas -v, C = 64, bf16): none spills; registers at K 128 / 256: the
+# [C, K] kernel 239 / 238, the [C, C] one (which recomputes Gamma from the gates) 236 / 251, the forward 190 / 210.
 QK_CONFIGS = {"fwd": (64, 4), "bwd_cc": (64, 4), "bwd": (64, 4)}
 QK_DIRECTIONS = tuple(QK_CONFIGS)
 
