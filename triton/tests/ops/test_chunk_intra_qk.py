@@ -147,12 +147,21 @@ def test_op_with_the_kernels_under_extreme_gates(monkeypatch, log_alpha, log_mu)
 
 
 @needs_kernels
-def test_op_bf16_with_the_kernels(monkeypatch):
-    """16-bit inputs: bf16 operands and products, as the torch graph's bf16 GEMMs; with the gate kernels too."""
+@pytest.mark.parametrize("B,lengths", [(2, None), (1, [1, 50, 30])])
+def test_op_bf16_with_the_kernels(monkeypatch, B, lengths):
+    """16-bit inputs: bf16 operands and products, as the torch graph's bf16 GEMMs; with the gate kernels too; dense
+    and varlen with a length-1 sequence (the CPU-path counterpart of the GPU tests at the benchmark heads), and the
+    kernels did run."""
     monkeypatch.setenv("MDN_INTRA_QK", "kernel")
     monkeypatch.setenv("MDN_INTRA_GATES", "kernel")
-    inputs = make_inputs(2, 81, 2, 64, 48, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True)
+    calls = []
+    real = cq.intra_qk_op
+    monkeypatch.setattr("mdn.ops.momentum_delta_rule.chunk_intra_pqk.intra_qk_op",
+                        lambda *a: calls.append(1) or real(*a))
+    inputs = make_inputs(B, 81, 2, 64, 48, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True,
+                         lengths=lengths)
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
+    assert calls
 
 
 @needs_kernels
