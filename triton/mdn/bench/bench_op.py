@@ -213,6 +213,11 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["bwd_gemm"] = sp.bwd_gemm()
     row["scan_stages"] = os.environ.get("MDN_SCAN_STAGES", "") or "default"
     row["bwd_dg"] = sp.bwd_dg()
+    from mdn.ops.momentum_delta_rule import chunk_chain_bwd as cb
+    from mdn.ops.momentum_delta_rule import chunk_intra_qk as cq
+    row["intra_qk"] = cq.intra_qk_mode()
+    row["bwd_chain"] = cb.chain_mode()
+    row["bwd_chain_config"] = os.environ.get("MDN_BWD_CHAIN_CONFIG", "") or "default"
     row["compile_mode"] = os.environ.get("MDN_CHUNK_COMPILE_MODE", "") or "default"
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"

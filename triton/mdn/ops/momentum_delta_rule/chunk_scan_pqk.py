@@ -38,6 +38,7 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
+from .chunk_chain_bwd import chain_kernel_applies, chain_rule_triton
 from .chunk_output_pqk import output_pqk_triton
 from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
@@ -864,9 +865,14 @@ def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dens
     the chain rule adds dVt u^T to dA), daqk = tril(dO Vt^T), the chain rule, dh0 in h0's dtype (zeros without h0)."""
     du = dvo[0] if dx is None else dx
     dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
-    daqk = (dob @ _t(vt)).tril()
     dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-    dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, *((dvo[0], u) if dx is not None else ()))
+    if chain_kernel_applies(p, rr):
+        # MDN_BWD_CHAIN: the chain rule and daqk in one kernel per (chunk, head) (chunk_chain_bwd.py)
+        dp, dq, dkw, da, dr, daqk = chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob,
+                                                      *((dvo[0], u) if dx is not None else ()))
+    else:
+        daqk = (dob @ _t(vt)).tril()
+        dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, *((dvo[0], u) if dx is not None else ()))
     return du, dp, dq, dkw, da, daqk, dr, dg.to(g.dtype), dh0
 
 
