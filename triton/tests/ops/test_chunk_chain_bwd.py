@@ -102,28 +102,69 @@ def test_chain_kernel_rejects_mismatched_arguments():
                              c["vt"], c["dob"])
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,K,V,stacked", [(16, 32, 24, False), (64, 100, 48, False), (32, 64, 80, True)])
+def test_tail_with_the_fused_epilogue(dtype, C, K, V, stacked):
+    """The tail's fused epilogue (state_gemms_fused_qk_triton) against the chain rule's dQ, dK_w and row sums in
+    float64 from the unfused tail's products; xv and dg as the unfused tail's (the same kernel body); K with a masked
+    last K-block, the stacked dO layout. (The q8 dhc of 16-bit inputs: the op's bf16 test below.)"""
+    from mdn.ops.momentum_delta_rule import chunk_state_gemms as sg
+    NC, H = 3, 2
+    g = torch.Generator().manual_seed(1)
+    vt, dvt, dob = (torch.randn(NC, H, C, V, generator=g).to(dtype).to(DEV) for _ in range(3))
+    hc = torch.randn(NC, H, 2, K, V, generator=g).to(dtype).to(DEV)
+    dh = torch.randn(NC, H, 2, K, V, generator=g).to(DEV) * 3
+    # as the reverse scan leaves them: dS', dM' fp32, or hi + lo bf16 planes for 16-bit operands
+    dhc = dh if dtype == torch.float32 else torch.cat([dh.to(dtype), (dh - dh.to(dtype).float()).to(dtype)], 2)
+    dvo = (dvt, torch.cat([dvt, dob], 2)) if stacked else torch.stack([dvt, dob])
+    c = _case(NC, H, C, K, V, dtype, False, seed=3)
+    q, kw, r = c["q"], c["kw"], c["r"]
+    (xv, xo), rr, dg = sg.state_gemms_triton(vt, dvo, hc, dhc)
+    xv_f, dg_f, dq, dkw, drp = sg.state_gemms_fused_qk_triton(vt, dvo, hc, dhc, q, kw, r)
+    assert torch.equal(xv_f, xv) and rel_rms(dg, dg_f) < 1e-6
+    sa, sb, ga, rho = (r[:, :, i, :, None].double() for i in (2, 3, 4, 5))
+    xo64, rr64, q64, kw64 = xo.double(), rr.double(), q.double(), kw.double()
+    # 16-bit: the unfused tail rounds xo to bf16, the epilogue multiplies the fp32 accumulators; dq, dkw are bf16
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert rel_rms(sa * xo64[..., :K] - sb * xo64[..., K:], dq) < tol
+    assert rel_rms(ga * rr64[..., :K] - rho * rr64[..., K:], dkw) < tol
+    want = torch.stack([(q64 * xo64[..., :K]).sum(-1), -(q64 * xo64[..., K:]).sum(-1),
+                        (kw64 * rr64[..., :K]).sum(-1), -(kw64 * rr64[..., K:]).sum(-1)], 2)
+    assert rel_rms(want, drp.double().sum(2)) < tol
+    assert drp.shape == (NC, H, -(-K // sg.tail_config(K, V, C, dtype)[0]), 4, C)
+
+
 @pytest.fixture
 def chain_calls(monkeypatch):
-    """Counts the kernel's launches through chunk_scan_pqk (the op's path)."""
+    """Records the kernel's launches through chunk_scan_pqk (the op's path): "fused" when the tail's fused epilogue
+    computed dQ and dK_w for it, "unfused" when the tail stored xo and rr."""
     calls = []
     real = cb.chain_rule_triton
-    monkeypatch.setattr(sp, "chain_rule_triton", lambda *a: calls.append(1) or real(*a))
+
+    def spy(*a, fused=None):
+        calls.append("unfused" if fused is None else "fused")
+        return real(*a, fused=fused)
+    monkeypatch.setattr(sp, "chain_rule_triton", spy)
     return calls
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype,B,T,C,K,V,lengths,segments", [
-    (torch.float32, 2, 100, 64, 32, 40, None, 1),
-    (torch.float32, 1, 70, 16, 20, 24, [1, 50, 19], 1),
-    (torch.float32, 2, 90, 32, 100, 16, None, 2),
+@pytest.mark.parametrize("mode,B,T,C,K,V,lengths,segments,ran", [
+    ("kernel", 2, 100, 64, 32, 40, None, 1, "fused"),
+    ("kernel", 1, 70, 16, 20, 24, [1, 50, 19], 1, "fused"),
+    ("kernel", 2, 90, 32, 100, 16, None, 2, "unfused"),   # per segment: the tail stores xo, rr
+    ("unfused", 2, 100, 64, 32, 40, None, 1, "unfused"),
+    ("unfused", 1, 70, 16, 20, 24, [1, 50, 19], 1, "unfused"),
 ])
-def test_op_with_the_kernel_matches_the_fp64_recurrence(monkeypatch, chain_calls, dtype, B, T, C, K, V, lengths,
-                                                        segments):
-    monkeypatch.setenv("MDN_BWD_CHAIN", "kernel")
+def test_op_with_the_kernel_matches_the_fp64_recurrence(monkeypatch, chain_calls, mode, B, T, C, K, V, lengths,
+                                                        segments, ran):
+    monkeypatch.setenv("MDN_BWD_CHAIN", mode)
     monkeypatch.setenv("MDN_BWD_SEGMENTS", str(segments))
-    inputs = make_inputs(B, T, 2, K, V, dtype=dtype, device=DEV, gates="layer", initial_state=True, lengths=lengths)
-    compare_with_oracle(inputs, dtype=dtype, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": C})
-    assert chain_calls
+    inputs = make_inputs(B, T, 2, K, V, dtype=torch.float32, device=DEV, gates="layer", initial_state=True,
+                         lengths=lengths)
+    compare_with_oracle(inputs, dtype=torch.float32, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": C})
+    assert chain_calls and set(chain_calls) == {ran}
 
 
 @needs_kernels
@@ -139,13 +180,14 @@ def test_op_with_the_kernel_under_extreme_gates(monkeypatch, chain_calls, log_al
 @needs_kernels
 @pytest.mark.parametrize("B,lengths", [(2, None), (1, [1, 50, 30])])
 def test_op_bf16_with_the_kernel(monkeypatch, chain_calls, B, lengths):
-    """16-bit inputs with every intra kernel too (the CPU-path counterpart of the GPU default), dense and varlen."""
+    """16-bit inputs with every intra kernel too (the CPU-path counterpart of the GPU default: the tail's fused
+    epilogue with the q8 dhc), dense and varlen."""
     for knob in ("MDN_BWD_CHAIN", "MDN_INTRA_QK", "MDN_INTRA_GATES"):
         monkeypatch.setenv(knob, "kernel")
     inputs = make_inputs(B, 81, 2, 64, 48, dtype=torch.bfloat16, device=DEV, gates="layer", initial_state=True,
                          lengths=lengths)
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
-    assert chain_calls
+    assert chain_calls and set(chain_calls) == {"fused"}
 
 
 def test_defaults(monkeypatch):
@@ -162,10 +204,14 @@ def test_defaults(monkeypatch):
     assert not cb.chain_kernel_applies(p, torch.zeros(1, 1, 16, 128))  # the cuBLAS path's hi / lo parts
     monkeypatch.setenv("MDN_BWD_CHAIN", "torch")
     assert not cb.chain_kernel_applies(p, rr)
-    assert cb.chain_config(128) == cb.CHAIN_CONFIG[128] and cb.chain_config(20) == cb.CHAIN_CONFIG[64]
+    assert cb.chain_config(128) == cb.CHAIN_CONFIG[128] and cb.chain_config(20) == cb.CHAIN_CONFIG[32]
+    # no default tile is one that sm_90 miscompiles, after BK is clamped to K (chain_rule_triton)
+    for K in (8, 16, 20, 32, 48, 64, 100, 128, 256):
+        bk, _, nw, _, _ = cb.chain_config(K)
+        assert (min(bk, max(16, 1 << (K - 1).bit_length())), nw) not in cb.HOPPER_BAD, K
 
 
-@pytest.mark.parametrize("value", ["triton", "1", "Kernel"])
+@pytest.mark.parametrize("value", ["triton", "1", "Kernel", "fused"])
 def test_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_BWD_CHAIN", value)
     with pytest.raises(ValueError, match="MDN_BWD_CHAIN="):
@@ -224,12 +270,15 @@ def test_gpu_kernel_at_the_benchmark_heads(K, V):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-def test_gpu_op_default_takes_the_kernel(monkeypatch, chain_calls):
+@pytest.mark.parametrize("K,V", [(128, 128), (256, 512)])
+def test_gpu_op_default_takes_the_fused_kernels(monkeypatch, chain_calls, K, V):
+    """bf16 at the benchmark's head shapes with the default knobs: the tail's fused epilogue and the chain kernel
+    ran, and every output and gradient is within the bf16 thresholds of the fp64 recurrence."""
     monkeypatch.delenv("MDN_BWD_CHAIN", raising=False)
-    inputs = make_inputs(2, 1000, 2, 128, 128, dtype=torch.bfloat16, device="cuda", gates="layer",
-                         initial_state=True)
+    monkeypatch.delenv("MDN_BWD_CHAIN_CONFIG", raising=False)
+    inputs = make_inputs(2, 1000, 3, K, V, dtype=torch.bfloat16, device="cuda", gates="layer", initial_state=True)
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, tol_state=1e-2)
-    assert chain_calls
+    assert chain_calls and set(chain_calls) == {"fused"}
 
 
 @pytest.mark.gpu

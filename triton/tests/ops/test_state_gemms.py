@@ -216,6 +216,9 @@ def test_gpu_segmented_tail_matches_one_pass_and_oracle(monkeypatch, K, V, segme
     monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
     monkeypatch.setenv("MDN_BWD_DG", "tail")
     monkeypatch.setenv("MDN_DHC", "split")  # what the segments store (q8 runs in one pass only)
+    # the chain kernel fed by the tail's stored xo, rr in both: one pass would otherwise take the tail's fused
+    # epilogue (dQ, dK_w from its fp32 accumulators, not from bf16 xo), 1.4e-3 from the segments' rounding
+    monkeypatch.setenv("MDN_BWD_CHAIN", "unfused")
     assert_gpu_knob_matches_and_oracle(monkeypatch, "MDN_BWD_SEGMENTS", "1", segments, K, V, 1e-5)
 
 
@@ -229,13 +232,13 @@ def test_gpu_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("indexed,fuse", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("C,K,V", [(64, 256, 512), (64, 128, 128), (128, 256, 512), (32, 64, 48)])
-def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
+def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed, fuse):
     """The shipped tiles (tail_config) compiled for sm_90 on the CPU: within Hopper's shared memory, doing the work
     (not an empty kernel), and free of register spills at C <= 64 (the segments' indexed variant: at most 64
-    bytes; the q8 variant at C = 32: at most 128)."""
+    bytes; the q8 variant at C = 32: at most 128), also with the chain rule's epilogue (FUSE_QK, chunk_chain_bwd)."""
     from conftest import HOPPER_SHARED_LIMIT, _have_ptxas, compile_sm90
     from mdn.ops.momentum_delta_rule.chunk_state_gemms import momentum_delta_rule_bwd_kernel_state_gemms as kernel
     if not _have_ptxas():
@@ -247,14 +250,16 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed):
     bk, bv, nw, ns = tail_config(K, V, C, torch.float32 if dtype == "fp32" else torch.bfloat16)
     sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
     sig.update(dlo="*i8", rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
+    sig.update({n: "*" + dtype for n in ("q", "kw", "dq", "dkw")}, rsc="*fp32", drp="*fp32")
     q8 = dtype == "bf16" and not indexed  # MDN_DHC=q8, the default for bf16 (not per segment)
     res = compile_sm90(kernel, sig, dict(K=K, V=V, C=C, BK=bk, BV=bv, NK=triton.cdiv(K, bk),
                                          P=2 if dtype == "fp32" or q8 else 4, DOT_MODE=1 if dtype == "bf16" else 0,
-                                         INDEXED=indexed, HC_GLOBAL=not indexed, LO_Q8=q8),
+                                         INDEXED=indexed, HC_GLOBAL=not indexed, LO_Q8=q8, FUSE_QK=fuse),
                        nw, num_stages=ns)
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["regs"] > 64, res
     if C <= 64:
         # the segments' indexed variant: at most 64 bytes; q8's rebuild of dS', dM' (hi + int8 lo -> fp32 -> hi +
-        # lo bf16) at C = 32, K = 64, V = 48: 116 bytes (255 registers; none at the C = 64 shapes)
-        limit = 64 if indexed else (128 if q8 and C < 64 else 0)
+        # lo bf16) at C = 32, K = 64, V = 48: 116 bytes (255 registers; none at the C = 64 shapes); the fp32
+        # epilogue of FUSE_QK (MDN_BWD_CHAIN=kernel only; auto fuses 16-bit operands): 104-108 bytes
+        limit = 64 if indexed else (128 if (q8 and C < 64) or (fuse and dtype == "fp32") else 0)
         assert res["spill_st"] <= limit and res["spill_ld"] <= limit, res

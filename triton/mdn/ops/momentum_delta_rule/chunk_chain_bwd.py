@@ -33,7 +33,7 @@ from .alloc import empty
 from .chunk_scan import _cast, _dot, _dot_acc, _dot_mode
 from .knobs import env_choice
 
-CHAIN_MODES = ("auto", "torch", "kernel")
+CHAIN_MODES = ("auto", "torch", "kernel", "unfused")
 
 # (BK, BV, num_warps, num_stages, trans_load) by head dim K (bf16, C = 64; sm_90a: 255 registers, 116 bytes of
 # spills at K = 128, none at 256: tests/ops/test_chunk_chain_bwd.py::test_sm90_resources). H200, fwd+bwd ms of the
@@ -42,26 +42,36 @@ CHAIN_MODES = ("auto", "torch", "kernel")
 # 6.82-6.85 / 10.51, but Triton 3.6 miscompiles it on Hopper: dP, dA, da- / db- 35-68 % off float64 and, at V = 512,
 # illegal memory accesses, with or without the transposed loads (H200; every other tile within 2.2e-3 of float64
 # there), so sm_90 refuses BK 32 at 4 warps (HOPPER_BAD), as fla restricts its own miscompiled tiles (fla issue 640).
-CHAIN_CONFIG = {64: (64, 64, 4, 1, True), 128: (64, 64, 4, 1, True), 256: (64, 64, 4, 1, True)}
+CHAIN_CONFIG = {16: (16, 64, 2, 1, True), 32: (32, 64, 2, 1, True), 64: (64, 64, 4, 1, True),
+                128: (64, 64, 4, 1, True), 256: (64, 64, 4, 1, True)}  # K <= 32: one K-block, 2 warps
 HOPPER_BAD = {(32, 4)}  # (BK, num_warps) that sm_90 miscompiles (above)
 
 
 def chain_mode() -> str:
-    """MDN_BWD_CHAIN: "auto" (default: the kernel for 16-bit CUDA operands on the fused-tail path, torch elsewhere,
-    the CPU interpreter included), "torch", or "kernel" (wherever Triton runs: CUDA or the interpreter)."""
+    """MDN_BWD_CHAIN: "auto" (default: the kernel for 16-bit CUDA operands on the fused-tail path, with the tail
+    computing dQ and dK_w in its epilogue where it runs in one launch without segments; torch elsewhere, the CPU
+    interpreter included), "torch", "kernel" (the same wherever Triton runs: CUDA or the interpreter), or
+    "unfused" (the kernel wherever Triton runs, the tail storing xo and rr for it as before)."""
     return env_choice("MDN_BWD_CHAIN", CHAIN_MODES, "auto")
 
 
-def chain_kernel_applies(p: torch.Tensor, rr: torch.Tensor) -> bool:
+def chain_kernel_applies(p: torch.Tensor, rr: torch.Tensor | None = None) -> bool:
     """Whether the chain rule of operands p [NC, H, C, K] and products rr runs as the kernel (rr fp32 [.., 2K]: the
-    fused tail's products; the cuBLAS path's hi / lo parts [.., 4K] go to torch)."""
+    fused tail's products; the cuBLAS path's hi / lo parts [.., 4K] go to torch; None: the products of the tail
+    with the fused epilogue)."""
     mode = chain_mode()
-    if mode == "torch" or rr.shape[-1] != 2 * p.shape[-1] or rr.dtype != torch.float32:
+    if mode == "torch" or (rr is not None and (rr.shape[-1] != 2 * p.shape[-1] or rr.dtype != torch.float32)):
         return False
     interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if mode == "auto":
         return p.is_cuda and not interp and p.dtype in (torch.bfloat16, torch.float16)
     return p.is_cuda or interp
+
+
+def tail_fusion_applies(p: torch.Tensor, split: str) -> bool:
+    """Whether the tail (MDN_TAIL_SPLIT=``split``, one unsegmented launch) computes dQ and dK_w itself for the
+    chain kernel (chunk_state_gemms.state_gemms_fused_qk_triton)."""
+    return split == "0" and chain_mode() != "unfused" and chain_kernel_applies(p)
 
 
 def chain_config(K: int) -> tuple[int, int, int, int, bool]:
@@ -82,7 +92,7 @@ def chain_config(K: int) -> tuple[int, int, int, int, bool]:
             raise ValueError(f"MDN_BWD_CHAIN_CONFIG={env!r}: expected 'BK,BV,warps[,stages[,tload]]' with BK, BV "
                              "powers of two >= 16, warps in 1, 2, 4, 8, 16, stages 1-4 and tload 0 or 1")
         return bk, bv, w, st, bool(tl_)
-    key = max(64, triton.next_power_of_2(K))
+    key = max(16, triton.next_power_of_2(K))
     return CHAIN_CONFIG.get(key, CHAIN_CONFIG[256])
 
 
@@ -93,16 +103,18 @@ def _row_sum_update(acc, x, y):
 
 @triton.jit
 def momentum_delta_rule_bwd_kernel_chain(
-    xv, xo, rr, p, q, kw, a, r, dvt, u, dob, vt,
+    xv, xo, rr, p, q, kw, a, r, dvt, u, dob, vt, drp,
     dp, dq, dkw, da, daqk, dr,
     s_dvt_n, s_dvt_h, s_dvt_c, s_u_n, s_u_h, s_u_c, s_do_n, s_do_h, s_do_c,
     H,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_U: tl.constexpr, DOT_MODE: tl.constexpr, TRANS_LOAD: tl.constexpr,
+    HAS_U: tl.constexpr, DOT_MODE: tl.constexpr, TRANS_LOAD: tl.constexpr, FUSED: tl.constexpr, NKT: tl.constexpr,
 ):
     """One program per (chunk, head): the module docstring's products. xv, xo [NC, H, C, 2K], rr fp32 [NC, H, C, 2K],
     p, q, kw, dp, dq, dkw [NC, H, C, K], a, da, daqk [NC, H, C, C], r, dr fp32 [NC, H, 6, C] contiguous; vt
-    [NC, H, C, V] contiguous; dvt, u, dob [NC, H, C, V] with the given (chunk, head, row) strides, unit columns."""
+    [NC, H, C, V] contiguous; dvt, u, dob [NC, H, C, V] with the given (chunk, head, row) strides, unit columns.
+    FUSED: the tail computed dQ, dK_w and the row sums' shares of its NKT K-blocks, drp [NC, H, NKT, 4, C] fp32
+    (chunk_state_gemms.state_gemms_fused_qk_triton): xo, rr, q, kw, dq, dkw are not touched."""
     i_nh = tl.program_id(0).to(tl.int64)
     i_n, i_h = i_nh // H, i_nh % H
     o_c = tl.arange(0, C)
@@ -185,19 +197,27 @@ def momentum_delta_rule_bwd_kernel_chain(
         d_am = _row_sum_update(d_am, b_pf, -b_g1)
         d_bm = _row_sum_update(d_bm, b_pf, b_g2)
 
-        b_qf = tl.load(q + o_ck, mask=m_k, other=0.).to(tl.float32)
-        b_o1 = tl.load(xo + o_c2k, mask=m_k, other=0.).to(tl.float32)                          # dQa
-        b_o2 = tl.load(xo + o_c2k + K, mask=m_k, other=0.).to(tl.float32)                      # -dQb
-        tl.store(dq + o_ck, _cast(b_sa * b_o1 - b_sb * b_o2, dq.dtype.element_ty, DOT_MODE), mask=m_k)
-        d_sa = _row_sum_update(d_sa, b_qf, b_o1)
-        d_sb = _row_sum_update(d_sb, b_qf, -b_o2)
+        if not FUSED:
+            b_qf = tl.load(q + o_ck, mask=m_k, other=0.).to(tl.float32)
+            b_o1 = tl.load(xo + o_c2k, mask=m_k, other=0.).to(tl.float32)                      # dQa
+            b_o2 = tl.load(xo + o_c2k + K, mask=m_k, other=0.).to(tl.float32)                  # -dQb
+            tl.store(dq + o_ck, _cast(b_sa * b_o1 - b_sb * b_o2, dq.dtype.element_ty, DOT_MODE), mask=m_k)
+            d_sa = _row_sum_update(d_sa, b_qf, b_o1)
+            d_sb = _row_sum_update(d_sb, b_qf, -b_o2)
 
-        b_kf = tl.load(kw + o_ck, mask=m_k, other=0.).to(tl.float32)
-        b_r1 = tl.load(rr + o_c2k, mask=m_k, other=0.)                                         # dKs
-        b_r2 = tl.load(rr + o_c2k + K, mask=m_k, other=0.)                                     # -dKm
-        tl.store(dkw + o_ck, _cast(b_ga * b_r1 - b_rho * b_r2, dkw.dtype.element_ty, DOT_MODE), mask=m_k)
-        d_ga = _row_sum_update(d_ga, b_kf, b_r1)
-        d_rho = _row_sum_update(d_rho, b_kf, -b_r2)
+            b_kf = tl.load(kw + o_ck, mask=m_k, other=0.).to(tl.float32)
+            b_r1 = tl.load(rr + o_c2k, mask=m_k, other=0.)                                     # dKs
+            b_r2 = tl.load(rr + o_c2k + K, mask=m_k, other=0.)                                 # -dKm
+            tl.store(dkw + o_ck, _cast(b_ga * b_r1 - b_rho * b_r2, dkw.dtype.element_ty, DOT_MODE), mask=m_k)
+            d_ga = _row_sum_update(d_ga, b_kf, b_r1)
+            d_rho = _row_sum_update(d_rho, b_kf, -b_r2)
+    if FUSED:
+        for i_t in range(0, NKT):
+            p_rp = drp + (i_nh * NKT + i_t) * 4 * C + o_c
+            d_sa += tl.load(p_rp)
+            d_sb += tl.load(p_rp + C)
+            d_ga += tl.load(p_rp + 2 * C)
+            d_rho += tl.load(p_rp + 3 * C)
 
     tl.store(da + o_cc, _cast(tl.where(m_lower, b_da, 0.), da.dtype.element_ty, DOT_MODE))
     p_dr = dr + i_nh * 6 * C + o_c
@@ -215,21 +235,27 @@ def _strides_ncv(x: torch.Tensor, name: str) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob, dvt=None, u=None):
+def chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob, dvt=None, u=None, fused=None):
     """(dp, dq, dkw, da, dr, daqk) of chunk_scan_pqk._chain_rule plus daqk = tril(dO Vt^T), in one launch (module
     docstring). dob, dvt, u [NC, H, C, V] may be strided views (unit column stride: the reverse scan's planes, the
-    token-major V); dvt and u together (MDN_SCAN_V=v) or neither."""
+    token-major V); dvt and u together (MDN_SCAN_V=v) or neither. fused: (dq, dkw, drp) of
+    chunk_state_gemms.state_gemms_fused_qk_triton, whose dq and dkw come back as they are (xo, rr unused, None)."""
     NC, H, C, K = p.shape
     V = vt.shape[-1]
     if (dvt is None) != (u is None):
         raise ValueError("chain_rule_triton: dvt and u go together (MDN_SCAN_V=v) or not at all")
-    for name, x in (("xv", xv), ("xo", xo), ("rr", rr), ("p", p), ("q", q), ("kw", kw), ("a", a), ("r", r),
-                    ("vt", vt)):
+    named = [("xv", xv), ("p", p), ("q", q), ("kw", kw), ("a", a), ("r", r), ("vt", vt)]
+    named += [("drp", fused[2])] if fused is not None else [("xo", xo), ("rr", rr)]
+    for name, x in named:
         if not x.is_contiguous():
             raise ValueError(f"chain_rule_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
-    if rr.shape != (NC, H, C, 2 * K) or rr.dtype != torch.float32:
+    if fused is None and (rr.shape != (NC, H, C, 2 * K) or rr.dtype != torch.float32):
         raise ValueError(f"chain_rule_triton: rr must be fp32 {(NC, H, C, 2 * K)}, got {rr.dtype} "
                          f"{tuple(rr.shape)}")
+    if fused is not None and (fused[2].dtype != torch.float32 or fused[2].shape[:2] != (NC, H)
+                              or fused[2].shape[3:] != (4, C)):
+        raise ValueError(f"chain_rule_triton: drp must be fp32 {(NC, H)} + (NK, 4, {C}), got {fused[2].dtype} "
+                         f"{tuple(fused[2].shape)}")
     BK, BV, num_warps, num_stages, trans_load = chain_config(K)
     BK = min(BK, max(16, triton.next_power_of_2(K)))
     BV = min(BV, max(16, triton.next_power_of_2(V)))
@@ -238,7 +264,13 @@ def chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob, dvt=None, u=None):
                          f"(sm_90, Triton {triton.__version__}); expected another tile, e.g. the default "
                          f"{CHAIN_CONFIG[256][:3]}")
     dev = p.device
-    dp, dq, dkw = (empty(NC, H, C, K, dtype=x.dtype, device=dev) for x in (p, q, kw))
+    dp = empty(NC, H, C, K, dtype=p.dtype, device=dev)
+    if fused is None:
+        dq, dkw = (empty(NC, H, C, K, dtype=x.dtype, device=dev) for x in (q, kw))
+        drp, nkt = dp, 1
+    else:
+        dq, dkw, drp = fused
+        nkt = drp.shape[2]
     da = empty(NC, H, C, C, dtype=a.dtype, device=dev)
     daqk = empty(NC, H, C, C, dtype=vt.dtype, device=dev)
     dr = empty(NC, H, 6, C, dtype=torch.float32, device=dev)
@@ -248,8 +280,8 @@ def chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob, dvt=None, u=None):
     s_u = _strides_ncv(u, "V") if has_u else (0, 0, 0)
     if NC * H:
         momentum_delta_rule_bwd_kernel_chain[(NC * H,)](
-            xv, xo, rr, p, q, kw, a, r, dvt if has_u else vt, u if has_u else vt, dob, vt,
-            dp, dq, dkw, da, daqk, dr, *s_dvt, *s_u, *s_do, H,
+            xv, xo if fused is None else xv, rr if fused is None else r, p, q, kw, a, r, dvt if has_u else vt,
+            u if has_u else vt, dob, vt, drp, dp, dq, dkw, da, daqk, dr, *s_dvt, *s_u, *s_do, H,
             K=K, V=V, C=C, BK=BK, BV=BV, HAS_U=has_u, DOT_MODE=_dot_mode(vt.dtype), TRANS_LOAD=trans_load,
-            num_warps=num_warps, num_stages=num_stages)
+            FUSED=fused is not None, NKT=nkt, num_warps=num_warps, num_stages=num_stages)
     return dp, dq, dkw, da, dr.to(r.dtype), daqk

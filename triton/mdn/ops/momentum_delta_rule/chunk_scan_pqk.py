@@ -38,9 +38,10 @@ import triton.language as tl
 
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .knobs import compile_mode, env_choice
-from .chunk_chain_bwd import chain_kernel_applies, chain_rule_triton
+from .chunk_chain_bwd import chain_kernel_applies, chain_rule_triton, tail_fusion_applies
 from .chunk_output_pqk import output_pqk_triton
-from .chunk_state_gemms import dg_of, new_outputs, state_gemms_triton, tail_config, tail_split
+from .chunk_state_gemms import (dg_of, new_outputs, state_gemms_fused_qk_triton, state_gemms_triton, tail_config,
+                                tail_split)
 from .chunk_scan import (_bwd_dg_states, _cast, _dot, _dot_acc, _load_ck, _load_states, _mm, _o_like,
                          _rec_dg_states, _store_grad_states, _store_grad_states_q8, _store_states, _t, _unit_last,
                          _use_tma, _use_triton, _empty, dhc_format, launch_scan_bwd, launch_scan_fwd, scan_bwd_gemms,
@@ -859,17 +860,19 @@ def _chain_rule_varlen(*args):
     return _chain_rule(*args)
 
 
-def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx=None, u=None):
+def _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx=None, u=None, fused=None):
     """The pqk backward's gradients from the reverse scan's dVt / dO (dvo, either layout) and the products against
     the states (xv, xo, rr, dg) of the segmented or the tail path: du = dVt (MDN_SCAN_V=v: du = dx = A^T dVt, and
-    the chain rule adds dVt u^T to dA), daqk = tril(dO Vt^T), the chain rule, dh0 in h0's dtype (zeros without h0)."""
+    the chain rule adds dVt u^T to dA), daqk = tril(dO Vt^T), the chain rule, dh0 in h0's dtype (zeros without h0).
+    fused: (dq, dkw, drp) of the tail with the fused epilogue (xo, rr None; chunk_chain_bwd.tail_fusion_applies)."""
     du = dvo[0] if dx is None else dx
     dob = dvo[1][:, :, vt.shape[2]:] if isinstance(dvo, tuple) else dvo[1]
     dh0 = dh0.to(h0.dtype) if h0 is not None else torch.zeros_like(dh0)
-    if chain_kernel_applies(p, rr):
+    if fused is not None or chain_kernel_applies(p, rr):
         # MDN_BWD_CHAIN: the chain rule and daqk in one kernel per (chunk, head) (chunk_chain_bwd.py)
         dp, dq, dkw, da, dr, daqk = chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob,
-                                                      *((dvo[0], u) if dx is not None else ()))
+                                                      *((dvo[0], u) if dx is not None else (None, None)),
+                                                      fused=fused)
     else:
         daqk = (dob @ _t(vt)).tril()
         dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, *((dvo[0], u) if dx is not None else ()))
@@ -908,6 +911,11 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             q8 = dhc_format() == "q8" and vt.dtype == torch.bfloat16
             dvo, dhc, dh0, _ = scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dhc_q8=q8,
                                                    dx=dx)
+            if tail_fusion_applies(p, tail_split()):
+                # the tail computes dQ and dK_w from its xo, rr tiles for the chain kernel (chunk_chain_bwd.py)
+                xv, dg, dq_, dkw_, drp = state_gemms_fused_qk_triton(vt, dvo, hc, dhc, q, kw, r)
+                return _bwd_from_products(vt, dvo, xv, None, None, dg, dh0, p, q, kw, a, r, g, h0, dense, dx, u,
+                                          fused=(dq_, dkw_, drp))
             (xv, xo), rr, dg = state_gemms_triton(vt, dvo, hc, dhc)
             return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx, u)
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);

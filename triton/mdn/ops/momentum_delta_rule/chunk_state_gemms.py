@@ -37,10 +37,11 @@ def _tile(p, m, DOT_MODE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["s_dob", "H"])
 def momentum_delta_rule_bwd_kernel_state_gemms(
-    vt, dvt, dob, hc, dhc, dlo, xv, xo, rr, dgp, s_dob, idx, H,
+    vt, dvt, dob, hc, dhc, dlo, xv, xo, rr, dgp, s_dob, idx, q, kw, rsc, dq, dkw, drp, H,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
     P: tl.constexpr, DOT_MODE: tl.constexpr, X: tl.constexpr = True, R: tl.constexpr = True,
     INDEXED: tl.constexpr = False, HC_GLOBAL: tl.constexpr = True, LO_Q8: tl.constexpr = False,
+    FUSE_QK: tl.constexpr = False,
 ):
     """Grid (NK, NC * H). vt, dvt [NC * H, C, V] contiguous; dob the same with s_dob elements between (chunk, head)
     blocks (C V for the planes layout, 2 C V for the stacked one); hc [NC * H, 2, K, V]; dhc [NC * H, P, K, V]
@@ -53,7 +54,11 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
     [rows * H, ...]; everything else is addressed by chunk id.
     LO_Q8 (MDN_DHC=q8, bf16, not INDEXED): dhc [NC * H, 2, K, V] holds the hi planes and dlo (same shape, int8)
     the lo parts (chunk_scan._store_grad_state_q8); each tile is rebuilt in fp32 and its lo part rounded to bf16
-    here, so the products are those of the split format."""
+    here, so the products are those of the split format.
+    FUSE_QK (X and R, not INDEXED; chunk_chain_bwd.py): instead of xo and rr, store what the chain rule makes of
+    them, dQ = D(s a) dO S^T - D(s b) dO M^T and dK_w = D(gamma) Vt dS'^T - D(rho) Vt dM'^T ([NC * H, C, K] like q,
+    kw), and this K-block's share of the row sums d(s a), d(s b), dgamma, drho into drp [NC * H, NK, 4, C] fp32;
+    rsc [NC * H, 6, C] fp32 holds the row scalars. Saves writing and re-reading xo and rr (fp32)."""
     i_k, i_p = tl.program_id(0), tl.program_id(1).to(tl.int64)
     if INDEXED:
         i_c = tl.load(idx + i_p // H)
@@ -138,11 +143,27 @@ def momentum_delta_rule_bwd_kernel_state_gemms(
     if X:
         tl.store(xv + p_ck, b_xs.to(xv.dtype.element_ty), mask=m_ck)
         tl.store(xv + K + p_ck, b_xm.to(xv.dtype.element_ty), mask=m_ck)
+    if FUSE_QK:
+        p_r = rsc + i_g * 6 * C + o_c
+        p_qk = i_g * C * K + o_c[:, None] * K + o_k[None, :]          # [C, BK] in [C, K]
+        f_q = tl.load(q + p_qk, mask=m_ck, other=0.).to(tl.float32)
+        f_kw = tl.load(kw + p_qk, mask=m_ck, other=0.).to(tl.float32)
+        b_dq = tl.load(p_r + 2 * C)[:, None] * b_os - tl.load(p_r + 3 * C)[:, None] * b_om
+        b_dkw = tl.load(p_r + 4 * C)[:, None] * b_rs - tl.load(p_r + 5 * C)[:, None] * b_rm
+        tl.store(dq + p_qk, _cast(b_dq, dq.dtype.element_ty, DOT_MODE), mask=m_ck)
+        tl.store(dkw + p_qk, _cast(b_dkw, dkw.dtype.element_ty, DOT_MODE), mask=m_ck)
+        p_rp = drp + (i_g * NK + i_k) * 4 * C + o_c
+        tl.store(p_rp, tl.sum(f_q * b_os, 1))
+        tl.store(p_rp + C, -tl.sum(f_q * b_om, 1))
+        tl.store(p_rp + 2 * C, tl.sum(f_kw * b_rs, 1))
+        tl.store(p_rp + 3 * C, -tl.sum(f_kw * b_rm, 1))
+    elif X:
         tl.store(xo + p_ck, b_os.to(xo.dtype.element_ty), mask=m_ck)
         tl.store(xo + K + p_ck, b_om.to(xo.dtype.element_ty), mask=m_ck)
-    if R:
+    if R and not FUSE_QK:
         tl.store(rr + p_ck, b_rs, mask=m_ck)
         tl.store(rr + K + p_ck, b_rm, mask=m_ck)
+    if R:
         p_dg = dgp + (i_g * NK + i_k) * 3
         tl.store(p_dg, tl.sum(d_ss, 0), mask=valid)
         tl.store(p_dg + 1, -tl.sum(d_sm, 0), mask=valid)
@@ -244,13 +265,54 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
             _launch_pipelined(
                 momentum_delta_rule_bwd_kernel_state_gemms, (NK, n_prog),
                 (vt, dvt, dob, hc, dhc, dlo if dlo is not None else dgp, xv, xo, rr, dgp, s_dob,
-                 rows if rows is not None else dgp, H),
+                 rows if rows is not None else dgp, *(dgp,) * 6, H),
                 dict(K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=x_part, R=r_part,
                      INDEXED=rows is not None, HC_GLOBAL=rows is None or hc_by_chunk, LO_Q8=dlo is not None),
                 num_warps, num_stages)
     if rows is not None:
         return None
     return (xv, xo), rr, dg_of(dgp)
+
+
+def state_gemms_fused_qk_triton(vt, dvo, hc, dhc, q, kw, r):
+    """The tail with the chain rule's dQ and dK_w in its epilogue (FUSE_QK; one launch, MDN_TAIL_SPLIT=0, no
+    segments): arguments as state_gemms_triton, plus q, kw [NC, H, C, K] and the row scalars r [NC, H, 6, C] fp32.
+    Returns (xv [NC, H, C, 2K] in vt's dtype, dg [NC, H, 3], dq, dkw [NC, H, C, K] in q's dtype, drp [NC, H, NK, 4,
+    C] fp32: each K-block's share of the row sums d(s a), d(s b), dgamma, drho)."""
+    NC, H, C, V = vt.shape
+    K = hc.shape[-2]
+    dlo = None
+    if isinstance(dhc, tuple):
+        dhc, dlo = dhc
+    P = dhc.shape[2]
+    if isinstance(dvo, tuple):
+        dvt, dvs = dvo
+        dob, s_dob = dvs[:, :, C:], 2 * C * V
+    else:
+        dvt, dob, s_dob = dvo[0], dvo[1], C * V
+    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc), ("dlo", dlo if dlo is not None else dhc),
+                    ("q", q), ("kw", kw), ("r", r)):
+        if not x.is_contiguous():
+            raise ValueError(f"state_gemms_fused_qk_triton: {name} must be contiguous, got strides "
+                             f"{tuple(x.stride())}")
+    if r.dtype != torch.float32 or r.shape != (NC, H, 6, C):
+        raise ValueError(f"state_gemms_fused_qk_triton: r must be fp32 {(NC, H, 6, C)}, got {r.dtype} "
+                         f"{tuple(r.shape)}")
+    BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
+    NK = triton.cdiv(K, BK)
+    xv = _empty((NC, H, C, 2 * K), vt.dtype, vt.device)
+    dgp = _empty((NC, H, NK, 3), torch.float32, vt.device)
+    dq, dkw = _empty(q.shape, q.dtype, q.device), _empty(kw.shape, kw.dtype, kw.device)
+    drp = _empty((NC, H, NK, 4, C), torch.float32, vt.device)
+    if NC * H:
+        _launch_pipelined(
+            momentum_delta_rule_bwd_kernel_state_gemms, (NK, NC * H),
+            (vt, dvt, dob, hc, dhc, dlo if dlo is not None else dgp, xv, dgp, dgp, dgp, s_dob, dgp,
+             q, kw, r, dq, dkw, drp, H),
+            dict(K=K, V=V, C=C, BK=BK, BV=BV, NK=NK, P=P, DOT_MODE=_dot_mode(vt.dtype), X=True, R=True,
+                 INDEXED=False, HC_GLOBAL=True, LO_Q8=dlo is not None, FUSE_QK=True),
+            num_warps, num_stages)
+    return xv, dg_of(dgp), dq, dkw, drp
 
 
 def new_outputs(vt, K: int, NK: int):
