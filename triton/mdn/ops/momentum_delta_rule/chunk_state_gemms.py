@@ -219,6 +219,26 @@ def tail_split() -> str:
     return env_choice("MDN_TAIL_SPLIT", TAIL_SPLITS, "0")
 
 
+def _tail_operands(who: str, vt, dvo, hc, dhc, extra=()):
+    """The tail's inputs unpacked and checked (contiguous, else a ValueError naming ``who`` and the tensor): dVt,
+    the stacked [dVt; dO] (None for planes), dO and its (chunk, head) stride, dhc, the q8 lo planes (or None) and P."""
+    C, V = vt.shape[2], vt.shape[3]
+    dlo = None
+    if isinstance(dhc, tuple):
+        dhc, dlo = dhc
+    dvs = None
+    if isinstance(dvo, tuple):
+        dvt, dvs = dvo
+        dob, s_dob = dvs[:, :, C:], 2 * C * V
+    else:
+        dvt, dob, s_dob = dvo[0], dvo[1], C * V
+    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc), ("dlo", dlo if dlo is not None else dhc),
+                    *extra):
+        if not x.is_contiguous():
+            raise ValueError(f"{who}: {name} must be contiguous, got strides {tuple(x.stride())}")
+    return dvt, dvs, dob, s_dob, dhc, dlo, dhc.shape[2]
+
+
 def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True):
     """xv, xo, rr and dg of the module docstring (MDN_TAIL_SPLIT says in how many launches). vt [NC, H, C, V]; dvo
     the reverse scan's dVt and dO: [2, NC, H, C, V] (planes) or the stacked pair (dVt [NC, H, C, V], [dVt; dO]
@@ -232,20 +252,9 @@ def state_gemms_triton(vt, dvo, hc, dhc, rows=None, outs=None, hc_by_chunk=True)
     split = tail_split()
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
-    dlo = None
-    if isinstance(dhc, tuple):
-        dhc, dlo = dhc
-        if rows is not None:
-            raise ValueError("state_gemms_triton: the q8 dhc (MDN_DHC=q8) does not run per segment")
-    P = dhc.shape[2]
-    if isinstance(dvo, tuple):
-        dvt, dvs = dvo
-        dob, s_dob = dvs[:, :, C:], 2 * C * V
-    else:
-        dvt, dob, s_dob = dvo[0], dvo[1], C * V
-    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc), ("dlo", dlo if dlo is not None else dhc)):
-        if not x.is_contiguous():
-            raise ValueError(f"state_gemms_triton: {name} must be contiguous, got strides {tuple(x.stride())}")
+    if isinstance(dhc, tuple) and rows is not None:
+        raise ValueError("state_gemms_triton: the q8 dhc (MDN_DHC=q8) does not run per segment")
+    dvt, dvs, dob, s_dob, dhc, dlo, P = _tail_operands("state_gemms_triton", vt, dvo, hc, dhc)
     BK, BV, num_warps, num_stages = tail_config(K, V, C, vt.dtype)
     NK = triton.cdiv(K, BK)
     if rows is not None and split == "gemm":
@@ -281,20 +290,8 @@ def state_gemms_fused_qk_triton(vt, dvo, hc, dhc, q, kw, r):
     C] fp32: each K-block's share of the row sums d(s a), d(s b), dgamma, drho)."""
     NC, H, C, V = vt.shape
     K = hc.shape[-2]
-    dlo = None
-    if isinstance(dhc, tuple):
-        dhc, dlo = dhc
-    P = dhc.shape[2]
-    if isinstance(dvo, tuple):
-        dvt, dvs = dvo
-        dob, s_dob = dvs[:, :, C:], 2 * C * V
-    else:
-        dvt, dob, s_dob = dvo[0], dvo[1], C * V
-    for name, x in (("vt", vt), ("dVt", dvt), ("hc", hc), ("dhc", dhc), ("dlo", dlo if dlo is not None else dhc),
-                    ("q", q), ("kw", kw), ("r", r)):
-        if not x.is_contiguous():
-            raise ValueError(f"state_gemms_fused_qk_triton: {name} must be contiguous, got strides "
-                             f"{tuple(x.stride())}")
+    dvt, _, dob, s_dob, dhc, dlo, P = _tail_operands("state_gemms_fused_qk_triton", vt, dvo, hc, dhc,
+                                                     (("q", q), ("kw", kw), ("r", r)))
     if r.dtype != torch.float32 or r.shape != (NC, H, 6, C):
         raise ValueError(f"state_gemms_fused_qk_triton: r must be fp32 {(NC, H, 6, C)}, got {r.dtype} "
                          f"{tuple(r.shape)}")
