@@ -17,7 +17,9 @@ Qa = D(s a) Q, Qb = D(s b) Q, Ks = D(gamma) K_w, Km = D(rho) K_w (chunk_scan_pqk
 
 Every product accumulates in fp32 and is rounded once at the store (the torch graph rounds dA's two GEMMs and A^T xv
 to bf16 on the way). Each [C, V] and [C, K] tile is read once; A stays in registers across the K blocks, dA's
-accumulator across the K blocks too. Checked against `_chain_rule` and fp64 autograd in
+accumulator across the K blocks too. With the tail's fused epilogue (FUSED; the default where the tail runs in one
+launch) the dQ and dK_w lines are the tail's (chunk_state_gemms.py, FUSE_QK) and this kernel only adds up their row
+sums' shares. Checked against `_chain_rule` (fp32) and the same math in float64 (bf16) in
 tests/ops/test_chunk_chain_bwd.py.
 """
 from __future__ import annotations
