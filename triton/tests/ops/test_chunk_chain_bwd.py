@@ -205,10 +205,22 @@ def test_defaults(monkeypatch):
     monkeypatch.setenv("MDN_BWD_CHAIN", "torch")
     assert not cb.chain_kernel_applies(p, rr)
     assert cb.chain_config(128) == cb.CHAIN_CONFIG[128] and cb.chain_config(20) == cb.CHAIN_CONFIG[32]
-    # no default tile is one that sm_90 miscompiles, after BK is clamped to K (chain_rule_triton)
+    # no default tile is one that sm_90 miscompiles, after BK is clamped to K (launch_tile raises for those)
     for K in (8, 16, 20, 32, 48, 64, 100, 128, 256):
-        bk, _, nw, _, _ = cb.chain_config(K)
-        assert (min(bk, max(16, 1 << (K - 1).bit_length())), nw) not in cb.HOPPER_BAD, K
+        bk, _, nw, _, _ = cb.launch_tile(K, 48, (9, 0))
+        assert bk <= max(16, 1 << (K - 1).bit_length()) and (bk, nw) not in cb.HOPPER_BAD, K
+
+
+def test_hopper_refusal_on_the_cpu_path(monkeypatch):
+    """The CPU-path counterpart of test_gpu_hopper_refuses_the_miscompiled_tile: the tile check for a compute
+    capability, raised on sm_90 only, and by name."""
+    monkeypatch.setenv("MDN_BWD_CHAIN_CONFIG", "32,64,4")
+    with pytest.raises(ValueError, match=r"MDN_BWD_CHAIN_CONFIG: BK 32 with 4 warps gives wrong gradients"):
+        cb.launch_tile(128, 128, (9, 0))
+    assert cb.launch_tile(128, 128, (8, 0))[:3] == (32, 64, 4)
+    assert cb.launch_tile(128, 128)[:3] == (32, 64, 4)   # CPU / interpreter: no capability
+    monkeypatch.setenv("MDN_BWD_CHAIN_CONFIG", "64,64,4")
+    assert cb.launch_tile(16, 20, (9, 0))[:3] == (16, 32, 4)  # clamped to K, V
 
 
 @pytest.mark.parametrize("value", ["triton", "1", "Kernel", "fused"])

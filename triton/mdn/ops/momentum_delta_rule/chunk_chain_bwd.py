@@ -98,6 +98,19 @@ def chain_config(K: int) -> tuple[int, int, int, int, bool]:
     return CHAIN_CONFIG.get(key, CHAIN_CONFIG[256])
 
 
+def launch_tile(K: int, V: int, capability: tuple[int, int] | None = None) -> tuple[int, int, int, int, bool]:
+    """chain_config(K) with BK, BV clamped to K, V (powers of two >= 16), as the kernel runs it; on a GPU of compute
+    ``capability`` 9.x a ValueError for a tile that sm_90 miscompiles (HOPPER_BAD) instead of wrong gradients."""
+    BK, BV, num_warps, num_stages, trans_load = chain_config(K)
+    BK = min(BK, max(16, triton.next_power_of_2(K)))
+    BV = min(BV, max(16, triton.next_power_of_2(V)))
+    if capability is not None and capability[0] == 9 and (BK, num_warps) in HOPPER_BAD:
+        raise ValueError(f"MDN_BWD_CHAIN_CONFIG: BK {BK} with {num_warps} warps gives wrong gradients on this GPU "
+                         f"(sm_90, Triton {triton.__version__}); expected another tile, e.g. the default "
+                         f"{CHAIN_CONFIG[256][:3]}")
+    return BK, BV, num_warps, num_stages, trans_load
+
+
 @triton.jit
 def _row_sum_update(acc, x, y):
     return acc + tl.sum(x * y, 1)
@@ -258,13 +271,8 @@ def chain_rule_triton(xv, xo, rr, p, q, kw, a, r, vt, dob, dvt=None, u=None, fus
                               or fused[2].shape[3:] != (4, C)):
         raise ValueError(f"chain_rule_triton: drp must be fp32 {(NC, H)} + (NK, 4, {C}), got {fused[2].dtype} "
                          f"{tuple(fused[2].shape)}")
-    BK, BV, num_warps, num_stages, trans_load = chain_config(K)
-    BK = min(BK, max(16, triton.next_power_of_2(K)))
-    BV = min(BV, max(16, triton.next_power_of_2(V)))
-    if p.is_cuda and (BK, num_warps) in HOPPER_BAD and torch.cuda.get_device_capability(p.device)[0] == 9:
-        raise ValueError(f"MDN_BWD_CHAIN_CONFIG: BK {BK} with {num_warps} warps gives wrong gradients on this GPU "
-                         f"(sm_90, Triton {triton.__version__}); expected another tile, e.g. the default "
-                         f"{CHAIN_CONFIG[256][:3]}")
+    BK, BV, num_warps, num_stages, trans_load = launch_tile(K, V, torch.cuda.get_device_capability(p.device)
+                                                            if p.is_cuda else None)
     dev = p.device
     dp = empty(NC, H, C, K, dtype=p.dtype, device=dev)
     if fused is None:
