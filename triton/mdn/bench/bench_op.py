@@ -316,6 +316,15 @@ def apply_env_set(pairs) -> None:
         os.environ[var] = val
 
 
+def apply_scan_config(cfg, env_set) -> None:
+    """MDN_SCAN_CONFIG for one run: --scan-configs' entry ``cfg`` if given; else the env set's own value if it has
+    one (it was set by apply_env_set and stays); else unset."""
+    if cfg:
+        os.environ["MDN_SCAN_CONFIG"] = cfg
+    elif "MDN_SCAN_CONFIG" not in dict(env_set):
+        os.environ.pop("MDN_SCAN_CONFIG", None)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES))
@@ -370,10 +379,7 @@ def main(argv=None):
                 apply_env_set(env_set)
                 if cfg == "default":
                     cfg = None
-                if cfg:
-                    os.environ["MDN_SCAN_CONFIG"] = cfg
-                else:
-                    os.environ.pop("MDN_SCAN_CONFIG", None)
+                apply_scan_config(cfg, env_set)
                 try:
                     # --phases: every env set's first scan config; --check and --profile: the first run only
                     row = run_case(shape, T, a.tokens, dtype, a.chunk_size, a.phases and i_cfg == 0,

@@ -23,3 +23,20 @@ def test_apply_env_set_restores_what_it_changed(monkeypatch):
     assert os.environ["MDN_BWD_GEMM"] == "stacked" and os.environ["MDN_SCAN_STAGES"] == "2"
     apply_env_set([])
     assert os.environ["MDN_BWD_GEMM"] == "planes" and "MDN_SCAN_STAGES" not in os.environ
+
+
+def test_env_set_scan_config_survives_the_default_scan_config(monkeypatch):
+    # an env set's MDN_SCAN_CONFIG used to be popped again by the (default) --scan-configs entry of the same run
+    from mdn.bench.bench_op import apply_scan_config
+    monkeypatch.delenv("MDN_SCAN_CONFIG", raising=False)
+    env_set = [("MDN_SCAN_CONFIG", "32,4;16,4")]
+    apply_env_set(env_set)
+    apply_scan_config(None, env_set)
+    assert os.environ["MDN_SCAN_CONFIG"] == "32,4;16,4"
+    apply_env_set([])
+    apply_scan_config(None, [])
+    assert "MDN_SCAN_CONFIG" not in os.environ
+    apply_scan_config("64,4", [])
+    assert os.environ["MDN_SCAN_CONFIG"] == "64,4"
+    apply_scan_config(None, [])
+    assert "MDN_SCAN_CONFIG" not in os.environ

@@ -155,18 +155,22 @@ def test_fake_tensor_shapes():
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
 @pytest.mark.parametrize("C", [32, 64])
 def test_sm90_resources_without_spills(C):
-    """The shipped form (TF32, 8 warps) compiles for sm_90 without register spills (ptxas, in a child process without
-    the interpreter; 3xTF32 spills ~0.7 / 1.4 KB at C = 64: it runs only when asked, for fp32 inputs)."""
+    """The shipped form (TF32, GATE_WARPS) compiles for sm_90 (ptxas, in a child process without the interpreter)
+    without register spills at C = 32 and at most 96 bytes at C = 64: the forward at 2 warps spills 56, the backward
+    at 4 warps 72, and both ran faster on an H200 than the spill-free 8-warp form (GATE_WARPS). 3xTF32 spills ~0.7 /
+    1.4 KB at C = 64 (8 warps): it runs only when asked, for fp32 inputs."""
     f32 = "*fp32"
     mod = "mdn.ops.momentum_delta_rule.intra_gates"
     fwd = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_intra_gates",
                              {n: f32 for n in ("log_alpha", "beta", "log_mu", "a", "m", "b", "lm_last", "gam")},
-                             {"C": C, "PREC": "tf32"}, 8)
+                             {"C": C, "PREC": "tf32"}, ig.GATE_WARPS["fwd"])
     bwd = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_gates",
                              {n: f32 for n in ("log_alpha", "beta", "log_mu", "da", "dm", "db", "dlm_last", "dgam",
-                                               "dlog_alpha", "dbeta", "dlog_mu")}, {"C": C, "PREC": "tf32"}, 8)
+                                               "dlog_alpha", "dbeta", "dlog_mu")}, {"C": C, "PREC": "tf32"},
+                             ig.GATE_WARPS["bwd"])
+    limit = 96 if C == 64 else 0
     for res in (fwd, bwd):
-        assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
+        assert res["spill_st"] <= limit and res["spill_ld"] <= limit, res
 
 
 @pytest.mark.gpu

@@ -168,6 +168,11 @@ def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 3)
     assert tail_config(256, 512, 64, torch.float32) == (32, 32, 4, 2)
+    # 64 < V <= 128 (16-bit): one V-block
+    assert tail_config(128, 128, 64, torch.bfloat16) == (32, 128, 4, 2)
+    assert tail_config(256, 96, 64, torch.float16) == (32, 128, 4, 2)
+    assert tail_config(128, 64, 64, torch.bfloat16) == (32, 64, 4, 3)
+    assert tail_config(128, 130, 64, torch.bfloat16) == (32, 64, 4, 3)
     assert tail_config(20, 24, 128, torch.float32) == (32, 32, 8, 2)
     monkeypatch.setenv("MDN_TAIL_CONFIG", "32,128,4,3")
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 128, 4, 3)
@@ -182,7 +187,8 @@ def test_tail_config_knob(monkeypatch):
 @needs_kernels
 def test_tail_launches_with_its_stages_through_the_fallback(monkeypatch):
     """The tail goes through chunk_scan._launch_pipelined (one stage on a GPU without the shared memory for its
-    stages, tested in test_scan_pqk.py) with tail_config's stages: 3 for bf16 at C <= 64, 2 for fp32."""
+    stages, tested in test_scan_pqk.py) with tail_config's stages: bf16 at C <= 64 and V = 96 one V-block of 128 at
+    2, fp32 2."""
     import mdn.ops.momentum_delta_rule.chunk_state_gemms as tail
     from mdn.ops.momentum_delta_rule.chunk_scan import _launch_pipelined
     seen = []
@@ -192,7 +198,7 @@ def test_tail_launches_with_its_stages_through_the_fallback(monkeypatch):
         _launch_pipelined(kernel, grid, args, consts, num_warps, num_stages)
 
     monkeypatch.setattr(tail, "_launch_pipelined", spy)
-    for dtype, want in ((torch.bfloat16, (64, 4, 3)), (torch.float32, (32, 4, 2))):
+    for dtype, want in ((torch.bfloat16, (128, 4, 2)), (torch.float32, (32, 4, 2))):
         seen.clear()
         (xv, xo), rr, dg = state_gemms_triton(*_tail_inputs(2, 1, 16, 32, 96, dtype, False)[0])
         assert seen == [("momentum_delta_rule_bwd_kernel_state_gemms",) + want], seen

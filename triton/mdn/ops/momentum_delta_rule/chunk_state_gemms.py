@@ -184,7 +184,11 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
     H6 K256 V512 (32, 64, 4, 3) 12.40-12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
     (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM at 216 registers x 256
     threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75; H16 K128 V128 (32, 128, 4,
-    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. The 3-stage tiles passed the GPU test set on an
+    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. With the chain rule's epilogue (FUSE_QK, the
+    default since the seventeenth session; §1.23, same process) H16 K128 V128 (32, 128, 4, 2) 6.59 against (32, 64,
+    4, 3) 6.77, (16, 128, 4, 3) 6.86, (64, 128, 8, 2) 7.06, (32, 128, 8, 2) 7.52, (32, 64, 8, 3) 8.03: 64 < V <= 128
+    takes one V-block; H6 K256 V512 kept (32, 64, 4, 3) (10.40 against 11.81-13.67 for (64, 64, 8, 3), (32, 128, 8,
+    2 or 3), (32, 64, 8, 3), (16, 128, 4, 3)). The 3-stage tiles passed the GPU test set on an
     H200 (docs/BENCHMARKS.md §1.15; forced on fp32 at C = 128 they need 256 KB, over Hopper's 227). ptxas for
     sm_90a: no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow; (32, 64, 4, 3) 240
     registers, 106 KB); at C = 128, BV 32 and 8 warps."""
@@ -202,6 +206,8 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
     if C <= 64:
         if dtype == torch.float32:
             return bk, _pow2_clamp(V, 16, 32), 4, 2
+        if 64 < V <= 128:  # one V-block: with the FUSE_QK epilogue 0.18 ms faster at H16 K128 V128 (§1.23)
+            return bk, 128, 4, 2
         return bk, _pow2_clamp(V, 16, 64), 4, 3
     return bk, _pow2_clamp(V, 16, 32), 8, 2
 

@@ -132,6 +132,12 @@ def momentum_delta_rule_bwd_kernel_intra_gates(
     tl.store(dlog_mu + p_g, b_dlm)
 
 
+# Warps per (chunk, head) program, forward and backward. Measured alone (one H200, C = 64, TF32, 8192 programs as at
+# H16 K128 V128 and 32768 tokens; docs/BENCHMARKS.md §1.23), us at 2 / 4 / 8 warps: forward 120 / 164 / 211,
+# backward 713 / 484 / 576 (3072 programs, H6 K256 V512: 51 / 66 / 84 and 280 / 185 / 223). 8 before.
+GATE_WARPS = {"fwd": 2, "bwd": 4}
+
+
 def _prec(tf32: bool) -> str:
     return "tf32" if tf32 else "tf32x3"
 
@@ -157,7 +163,7 @@ def intra_gates_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Te
     n = la.numel() // C
     if n:
         momentum_delta_rule_fwd_kernel_intra_gates[(n,)](la, be, lm, a, m, b, lm_last, gam, C=C, PREC=_prec(tf32),
-                                                         num_warps=8)
+                                                         num_warps=GATE_WARPS["fwd"])
     return a, m, b, lm_last, gam
 
 
@@ -181,7 +187,8 @@ def intra_gates_grad_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: tor
     outs = [empty(*shape, dtype=torch.float32, device=log_alpha.device) for _ in range(3)]
     n = log_alpha.numel() // C
     if n:
-        momentum_delta_rule_bwd_kernel_intra_gates[(n,)](*args, dgam, *outs, C=C, PREC=_prec(tf32), num_warps=8)
+        momentum_delta_rule_bwd_kernel_intra_gates[(n,)](*args, dgam, *outs, C=C, PREC=_prec(tf32),
+                                                         num_warps=GATE_WARPS["bwd"])
     return tuple(outs)
 
 
