@@ -23,7 +23,7 @@ import triton
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 
 FWD = [("levels", 4), ("blocks", 1), ("blocks", 2), ("blocks", 4), ("blocks", 8)]
-BWD = [("gemm", 0), ("kernel", 4), ("kernel", 8)]
+BWD = [("gemm", 0), ("kernel", 1), ("kernel", 2), ("kernel", 4), ("kernel", 8)]
 
 
 def rel(ref: torch.Tensor, x: torch.Tensor) -> float:
