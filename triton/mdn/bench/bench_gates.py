@@ -13,13 +13,13 @@ table; the shipped warps (intra_gates.GATE_WARPS) are marked.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 import triton
 
 from mdn.bench.gates import make_gates
+from mdn.bench.timing import emit_rows
 from mdn.ops.momentum_delta_rule import intra_gates as ig
 from mdn.ops.momentum_delta_rule.chunk_intra import gate_coefficients
 
@@ -74,12 +74,7 @@ def main() -> int:
                 ms = triton.testing.do_bench(fn, quantiles=[0.5])
                 rows_out.append({"part": part, "num_warps": nw, "shipped": ig.GATE_WARPS[part] == nw, "C": C,
                                  "rows": rows, "ms": ms, "max_rel_err": err})
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    with open(a.out, "a") if a.out else open("/dev/null", "w") as f:
-        for r in rows_out:
-            r.update(info)
-            print(json.dumps(r))
-            f.write(json.dumps(r) + "\n")
+    emit_rows(rows_out, a.out)
     print("\n| part | warps | C | rows | ms | max rel. error vs fp64 |\n|---|---|---|---|---|---|")
     for r in rows_out:
         mark = " (shipped)" if r["shipped"] else ""

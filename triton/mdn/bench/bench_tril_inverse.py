@@ -14,12 +14,12 @@ Prints JSON lines (--out appends them) and a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 import triton
 
+from mdn.bench.timing import emit_rows
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 
 FWD = [("levels", 4), ("blocks", 1), ("blocks", 2), ("blocks", 4), ("blocks", 8)]
@@ -62,12 +62,7 @@ def main() -> int:
                 ms = triton.testing.do_bench(fn, quantiles=[0.5])
                 rows.append({"part": "bwd", "variant": name, "num_warps": warps, "C": C, "batch": nb, "ms": ms,
                              "rel_err": err})
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    with open(a.out, "a") if a.out else open("/dev/null", "w") as f:
-        for r in rows:
-            r.update(info)
-            print(json.dumps(r))
-            f.write(json.dumps(r) + "\n")
+    emit_rows(rows, a.out)
     print("\n| part | variant | warps | C | matrices | ms | rel. error vs fp64 |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['part']} | {r['variant']} | {r['num_warps'] or '-'} | {r['C']} | {r['batch']} | {r['ms']:.4f} "

@@ -40,3 +40,22 @@ def peak_memory_gib(fn: Callable[[], None]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def emit_rows(rows: list, out: str = "") -> None:
+    """Tag each row with the GPU and the torch / Triton versions, print it as a JSON line and append it to ``out``
+    (when given): the kernel microbenchmarks' common output."""
+    import json
+
+    import torch
+    import triton
+
+    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    lines = []
+    for r in rows:
+        r.update(info)
+        lines.append(json.dumps(r))
+        print(lines[-1])
+    if out:
+        with open(out, "a") as f:
+            f.write("".join(line + "\n" for line in lines))

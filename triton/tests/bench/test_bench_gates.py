@@ -24,3 +24,17 @@ def test_reference_matches_the_kernels():
         assert bg.rel(ref, got) < 1e-5
     # a wrong upstream gradient would show: the reference is not blind to its inputs
     assert bg.rel(ref_grad[0], gout[1]) > 1e-1
+
+
+def test_emit_rows_tags_prints_and_appends(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mdn.bench.timing import emit_rows
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    out = tmp_path / "rows.jsonl"
+    out.write_text('{"old": 1}\n')
+    emit_rows([{"part": "fwd", "ms": 0.5}, {"part": "bwd", "ms": 1.5}], str(out))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0] == {"old": 1}
+    assert [r["part"] for r in lines[1:]] == ["fwd", "bwd"] and all(r["device"] == "Fake GPU" for r in lines[1:])
+    assert capsys.readouterr().out.count('"device": "Fake GPU"') == 2
