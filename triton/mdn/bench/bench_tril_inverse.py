@@ -19,15 +19,12 @@ import sys
 import torch
 import triton
 
+from mdn.bench.check import rel_rms
 from mdn.bench.timing import emit_rows
 from mdn.ops.momentum_delta_rule import tril_inverse as ti
 
 FWD = [("levels", 4), ("blocks", 1), ("blocks", 2), ("blocks", 4), ("blocks", 8)]
 BWD = [("gemm", 0), ("kernel", 1), ("kernel", 2), ("kernel", 4), ("kernel", 8)]
-
-
-def rel(ref: torch.Tensor, x: torch.Tensor) -> float:
-    return ((x.double() - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
 
 
 def main() -> int:
@@ -52,13 +49,13 @@ def main() -> int:
             a32 = ref.float()
             for name, warps in FWD:
                 fn = lambda: ti.tril_inverse_triton(n, variant=name, num_warps=warps)  # noqa: E731
-                err = rel(ref, fn())
+                err = rel_rms(ref, fn())
                 ms = triton.testing.do_bench(fn, quantiles=[0.5])
                 rows.append({"part": "fwd", "variant": name, "num_warps": warps, "C": C, "batch": nb, "ms": ms,
                              "rel_err": err})
             for name, warps in BWD:
                 fn = lambda: ti.tril_inverse_grad(a32, da, variant=name, num_warps=warps or None)  # noqa: E731
-                err = rel(ref_g, fn())
+                err = rel_rms(ref_g, fn())
                 ms = triton.testing.do_bench(fn, quantiles=[0.5])
                 rows.append({"part": "bwd", "variant": name, "num_warps": warps, "C": C, "batch": nb, "ms": ms,
                              "rel_err": err})
