@@ -169,7 +169,7 @@ def test_other_devices_and_dtypes_take_the_solve(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     n = _strict_lower(2, 16, 16)
     called = []
-    monkeypatch.setattr(ti, "tril_inverse_op", lambda x: called.append(x) or x)
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda x, *a: called.append(x) or x)
     torch.testing.assert_close(ti.unit_lower_inverse(n, "triton"), _solve64(n))
     torch.testing.assert_close(ti.unit_lower_inverse(n.float(), "triton").double(), _solve64(n), rtol=1e-5,
                                atol=1e-5)
@@ -219,7 +219,7 @@ def test_auto_takes_the_solve_off_cuda(monkeypatch):
     monkeypatch.delenv("MDN_TRIL_INV", raising=False)
     assert ti.tril_inv_mode() == "auto"
     calls = []
-    monkeypatch.setattr(ti, "tril_inverse_op", lambda n: calls.append(n) or n)
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda n, *a: calls.append(n) or n)
     n = torch.randn(2, 32, 32).tril(-1) * 0.1
     torch.testing.assert_close(ti.unit_lower_inverse(n, "auto").double(), _solve64(n), rtol=1e-5, atol=1e-6)
     assert not calls
@@ -231,7 +231,7 @@ def test_auto_takes_the_solve_off_cuda(monkeypatch):
 def test_gpu_auto_takes_the_kernel(monkeypatch):
     calls = []
     real = ti.tril_inverse_op
-    monkeypatch.setattr(ti, "tril_inverse_op", lambda n: calls.append(n) or real(n))
+    monkeypatch.setattr(ti, "tril_inverse_op", lambda n, *a: calls.append(n) or real(n, *a))
     n = (torch.randn(4, 64, 64, device="cuda").tril(-1) * 0.1)
     a = ti.unit_lower_inverse(n, "auto")
     assert len(calls) == 1

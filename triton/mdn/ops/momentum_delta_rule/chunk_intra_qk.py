@@ -39,6 +39,7 @@ from .chunk_intra import L2NORM_EPS
 from .chunk_scan import _cast, _dot_acc, _dot_mode
 from .intra_gates import _gate_matrices
 from .knobs import env_choice
+from .oplib import kernel_op, wrap_triton
 
 INTRA_QK_MODES = ("auto", "torch", "kernel")
 
@@ -348,15 +349,26 @@ def _checked(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None
     return t.contiguous()
 
 
-@torch.library.custom_op("mdn::intra_qk", mutates_args=())
+def _intra_qk_fake(q, k, log_alpha, beta, log_mu, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16,
+                   block_k=0, num_warps=0):
+    NC, H, C = log_alpha.shape
+    K = q.shape[-1]
+    dt = torch.bfloat16 if out_bf16 else torch.float32
+    return (*(q.new_empty(NC, H, C, K, dtype=dt) for _ in range(3)), q.new_empty(NC, H, C, C, dtype=torch.float32),
+            q.new_empty(NC, H, C, C, dtype=dt), q.new_empty(NC, H, 2, C, dtype=torch.float32))
+
+
+@kernel_op("mdn::intra_qk", _intra_qk_fake)
 def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Tensor,
                 eta: torch.Tensor, gam: torch.Tensor, chunks: torch.Tensor, scale: float, l2norm: bool,
-                p_times_alpha: bool, out_bf16: bool) -> tuple[
+                p_times_alpha: bool, out_bf16: bool, block_k: int = 0, num_warps: int = 0) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(P, Q^, K_w, Lmat, Aqk, rstd) of the module docstring from q, k [B, T, H, K] (or [1, T, H, K] for varlen),
     the packed gates log_alpha, beta, log_mu, eta [NC, H, C] (fp32), Gamma [NC, H, C, C] (fp32; the backward
     recomputes it from the gates) and the chunk table [NC, 2] (chunk_table). P, Q^, K_w, Aqk in bf16 (``out_bf16``, bf16 products) or fp32 (ieee products); rstd [NC, H, 2,
-    C] fp32 (1 / |q|, 1 / |k|; ones without ``l2norm``) is for the backward and has no gradient."""
+    C] fp32 (1 / |q|, 1 / |k|; ones without ``l2norm``) is for the backward and has no gradient. block_k,
+    num_warps: the forward kernel's (BK, warps); 0 reads qk_config("fwd", K) here (callers inside torch.compile
+    pass them: the body's environment reads are not guarded there, oplib.py)."""
     B, T, H, K = q.shape
     NC, _, C = log_alpha.shape
     if C not in (16, 32, 64):
@@ -372,21 +384,12 @@ def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta:
     aqk = empty(NC, H, C, C, dtype=dt, device=q.device)
     rstd = empty(NC, H, 2, C, dtype=torch.float32, device=q.device)
     if NC * H:
-        BK, num_warps = qk_config("fwd", K)
-        momentum_delta_rule_fwd_kernel_intra_qk[(NC * H,)](
+        BK, num_warps = (block_k, num_warps) if block_k else qk_config("fwd", K)
+        wrap_triton(momentum_delta_rule_fwd_kernel_intra_qk)[(NC * H,)](
             q, k, la, et, gam, chunks, p, qn, kw, lmat, aqk, rstd, H, float(scale), K=K, C=C, BK=BK,
             L2NORM=l2norm, P_ALPHA=p_times_alpha, DOT_MODE=_dot_mode(dt), EPS=L2NORM_EPS, num_warps=num_warps,
             num_stages=1)
     return p, qn, kw, lmat, aqk, rstd
-
-
-@intra_qk_op.register_fake
-def _(q, k, log_alpha, beta, log_mu, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16):
-    NC, H, C = log_alpha.shape
-    K = q.shape[-1]
-    dt = torch.bfloat16 if out_bf16 else torch.float32
-    return (*(q.new_empty(NC, H, C, K, dtype=dt) for _ in range(3)), q.new_empty(NC, H, C, C, dtype=torch.float32),
-            q.new_empty(NC, H, C, C, dtype=dt), q.new_empty(NC, H, 2, C, dtype=torch.float32))
 
 
 @torch.library.custom_op("mdn::intra_qk_grad", mutates_args=())
@@ -436,7 +439,7 @@ def _(q, k, log_alpha, beta, log_mu, eta, chunks, rstd, dp, dqn, dkw, dlmat, daq
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, la, be, lm, eta, gam, chunks, scale, l2norm, p_alpha, out_bf16 = inputs
+    q, k, la, be, lm, eta, gam, chunks, scale, l2norm, p_alpha, out_bf16 = inputs[:12]
     ctx.save_for_backward(q, k, la, be, lm, eta, chunks, output[5])  # not Gamma: the backward recomputes it
     ctx.args = (scale, l2norm, p_alpha, out_bf16)
     ctx.ck = (*la.shape, q.shape[-1])
@@ -451,7 +454,7 @@ def _backward(ctx, dp, dqn, dkw, dlmat, daqk, _drstd):
     dlmat, daqk = (torch.zeros(cc, dtype=torch.float32, device=q.device) if g is None else g for g in (dlmat, daqk))
     dq, dk, dla, deta, dgam = intra_qk_grad_op(q, k, la, be, lm, eta, chunks, rstd, dp, dqn, dkw, dlmat, daqk,
                                                *ctx.args)
-    return dq, dk, dla, None, None, deta, dgam, None, None, None, None, None
+    return dq, dk, dla, None, None, deta, dgam, None, None, None, None, None, None, None
 
 
 intra_qk_op.register_autograd(_backward, setup_context=_setup_context)

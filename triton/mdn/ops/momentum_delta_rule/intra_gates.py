@@ -29,6 +29,7 @@ import triton.language as tl
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
 from .knobs import env_choice
+from .oplib import kernel_op, wrap_triton
 
 INTRA_GATES_MODES = ("auto", "torch", "kernel")
 
@@ -148,7 +149,12 @@ def _check(name: str, t: torch.Tensor, shape: tuple) -> torch.Tensor:
     return t.contiguous()
 
 
-@torch.library.custom_op("mdn::intra_gates", mutates_args=())
+def _intra_gates_fake(log_alpha, beta, log_mu, tf32):
+    return (*(torch.empty_like(log_alpha) for _ in range(4)),
+            log_alpha.new_empty(*log_alpha.shape, log_alpha.shape[-1]))
+
+
+@kernel_op("mdn::intra_gates", _intra_gates_fake)
 def intra_gates_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Tensor, tf32: bool) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(a, m, b, L_m[C-1], Gamma) from fp32 gates [..., C], C in 16, 32, 64 (module docstring); the [C, C]
@@ -162,15 +168,9 @@ def intra_gates_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Te
     gam = empty(*shape, C, dtype=torch.float32, device=la.device)
     n = la.numel() // C
     if n:
-        momentum_delta_rule_fwd_kernel_intra_gates[(n,)](la, be, lm, a, m, b, lm_last, gam, C=C, PREC=_prec(tf32),
-                                                         num_warps=GATE_WARPS["fwd"])
+        wrap_triton(momentum_delta_rule_fwd_kernel_intra_gates)[(n,)](
+            la, be, lm, a, m, b, lm_last, gam, C=C, PREC=_prec(tf32), num_warps=GATE_WARPS["fwd"])
     return a, m, b, lm_last, gam
-
-
-@intra_gates_op.register_fake
-def _(log_alpha, beta, log_mu, tf32):
-    return (*(torch.empty_like(log_alpha) for _ in range(4)),
-            log_alpha.new_empty(*log_alpha.shape, log_alpha.shape[-1]))
 
 
 @torch.library.custom_op("mdn::intra_gates_grad", mutates_args=())

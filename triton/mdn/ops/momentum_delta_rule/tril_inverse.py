@@ -29,6 +29,7 @@ import triton.language as tl
 from . import _triton_compat  # noqa: F401  (interpreter + NumPy >= 2.4)
 from .alloc import empty
 from .knobs import env_choice
+from .oplib import kernel_op, wrap_triton
 
 TRIL_INV_MODES = ("auto", "solve", "triton")
 TRIL_INV_FWD = ("auto", "blocks", "levels")
@@ -241,11 +242,11 @@ def tril_inverse_triton(n: torch.Tensor, variant: str | None = None, num_warps: 
     a = empty(*nf.shape, dtype=torch.float32, device=nf.device)  # NaN under MDN_POISON_OUTPUTS=1
     if nf.shape[0]:
         if variant == "blocks" and C <= 64:
-            momentum_delta_rule_fwd_kernel_tril_inverse_blocks[(nf.shape[0],)](nf, a, C=C, NB=C // 16,
-                                                                             num_warps=num_warps or BLOCKS_WARPS)
+            wrap_triton(momentum_delta_rule_fwd_kernel_tril_inverse_blocks)[(nf.shape[0],)](
+                nf, a, C=C, NB=C // 16, num_warps=num_warps or BLOCKS_WARPS)
         else:
             levels = {16: 1, 32: 2, 64: 3, 128: 4}[C]
-            momentum_delta_rule_fwd_kernel_tril_inverse[(nf.shape[0],)](
+            wrap_triton(momentum_delta_rule_fwd_kernel_tril_inverse)[(nf.shape[0],)](
                 nf, a, C=C, LEVELS=levels, NB=C // 16, num_warps=num_warps or (8 if C == 128 else 4))
     return a.view(n.shape)
 
@@ -267,15 +268,15 @@ def tril_inverse_grad(a: torch.Tensor, da: torch.Tensor, variant: str | None = N
     return dn.view(a.shape)
 
 
-@torch.library.custom_op("mdn::tril_inverse", mutates_args=())
-def tril_inverse_op(n: torch.Tensor) -> torch.Tensor:
-    """(I + n)^-1, n [..., C, C] strictly lower triangular, fp32 (see tril_inverse_triton)."""
-    return tril_inverse_triton(n)
-
-
-@tril_inverse_op.register_fake
-def _(n):
+def _tril_inverse_fake(n, variant=""):
     return torch.empty_like(n)
+
+
+@kernel_op("mdn::tril_inverse", _tril_inverse_fake)
+def tril_inverse_op(n: torch.Tensor, variant: str = "") -> torch.Tensor:
+    """(I + n)^-1, n [..., C, C] strictly lower triangular, fp32 (see tril_inverse_triton). variant: "blocks" or
+    "levels"; "" reads MDN_TRIL_INV_FWD here (callers inside torch.compile pass it, oplib.py)."""
+    return tril_inverse_triton(n, variant or None)
 
 
 @torch.library.custom_op("mdn::tril_inverse_grad", mutates_args=())
@@ -297,7 +298,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, da):
     (a,) = ctx.saved_tensors
     # d(A) = -A dN A  =>  dN = -A^T dA A^T, of which only the strictly lower part is an input
-    return tril_inverse_grad_op(a, da)
+    return tril_inverse_grad_op(a, da), None
 
 
 tril_inverse_op.register_autograd(_backward, setup_context=_setup_context)
@@ -314,6 +315,6 @@ def unit_lower_inverse(lmat: torch.Tensor, mode: str = "solve") -> torch.Tensor:
     C = lmat.shape[-1]
     if (mode == "triton" and lmat.dtype == torch.float32 and C in (16, 32, 64, 128)
             and (lmat.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")):
-        return tril_inverse_op(lmat)
+        return tril_inverse_op(lmat, _fwd_variant(C))
     eye = torch.eye(C, dtype=lmat.dtype, device=lmat.device)
     return torch.linalg.solve_triangular(lmat, eye, upper=False, unitriangular=True)
