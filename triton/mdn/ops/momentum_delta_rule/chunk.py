@@ -4,9 +4,10 @@ Pipeline (see README.md in this folder for the math):
 1. pack: pad every sequence to a multiple of the chunk size with identity gates and zero q/k/v, and lay all
    chunks out back to back as [NC, H, C, D] (varlen sequences are chunk-aligned, so no chunk straddles two);
 2. intra-chunk coefficients, triangular solve and operands in differentiable torch (chunk_intra_pqk.py; the
-   MDN_SCAN_FORM=six form: chunk_intra.py), with custom-op Triton kernels for the gate coefficients
-   (intra_gates.py), the triangular inverse (tril_inverse.py) and the key/query work (chunk_intra_qk.py, which reads
-   q and k unpacked) where they apply;
+   MDN_SCAN_FORM=six form: chunk_intra.py), with Triton kernels for the gate coefficients (intra_gates.py), the
+   triangular inverse (tril_inverse.py) and the key/query work (chunk_intra_qk.py, which reads q and k unpacked)
+   where they apply: torch.library triton_ops forward (inductor launches them inside the compiled intra part,
+   oplib.py), custom ops backward;
 3. inter-chunk scan in Triton, a torch custom op with its own backward (chunk_scan_pqk.py; six: chunk_scan.py);
 4. unpack the output.
 """
