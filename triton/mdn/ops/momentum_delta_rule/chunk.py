@@ -139,31 +139,28 @@ _DENSE_TABLES: "OrderedDict[tuple, tuple]" = OrderedDict()
 _DENSE_TABLES_MAX = 32
 
 
-def _dense_tables(B: int, T: int, C: int, device: torch.device, with_chunks: bool):
-    """(chunk_offsets [B + 1] int32, chunk table [NC, 2] int32 (chunk_intra_qk.chunk_table) or None) of a dense
-    batch. Building them takes a dozen small launches: 0.30 ms of host time per forward call at H16 K128 V128,
-    T = 2048 (one H200; the forward's kernels take 1.47 ms and it was host-bound; docs/BENCHMARKS.md §1.24), so
-    they are cached, per (B, T, C, device, stream) for the last _DENSE_TABLES_MAX keys: a table is only reused on
-    the stream that made it. Not while torch.compile traces (the graph makes its own) or a CUDA graph is captured.
-    Nothing writes them after they are built."""
+def _dense_tables(B: int, T: int, C: int, device: torch.device):
+    """(chunk_offsets [B + 1] int32, chunk table [NC, 2] int32 (chunk_intra_qk.chunk_table)) of a dense batch.
+    Building them takes a dozen small launches: 0.30 ms of host time per forward call at H16 K128 V128, T = 2048
+    (one H200; the forward's kernels take 1.47 ms and it was host-bound; docs/BENCHMARKS.md §1.24), so they are
+    cached, per (B, T, C, device, stream) for the last _DENSE_TABLES_MAX keys: a table is only reused on the stream
+    that made it. Not while torch.compile traces (the graph makes its own) or a CUDA graph is captured. Nothing
+    writes them after they are built."""
     cuda = device.type == "cuda"
-    if torch.compiler.is_compiling() or (cuda and torch.cuda.is_current_stream_capturing()):
-        key = None
-    else:
+    key = None
+    if not (torch.compiler.is_compiling() or (cuda and torch.cuda.is_current_stream_capturing())):
         key = (B, T, C, device, torch.cuda.current_stream(device).stream_id if cuda else 0)
         hit = _DENSE_TABLES.get(key)
-        if hit is not None and (hit[1] is not None or not with_chunks):
+        if hit is not None:
             _DENSE_TABLES.move_to_end(key)
-            return hit[0], (hit[1] if with_chunks else None)
+            return hit
     NT = -(-T // C)
-    offsets = torch.arange(B + 1, device=device, dtype=torch.int32) * NT
-    chunks = chunk_table(B, T, C, device, None, B * NT) if with_chunks else None
+    tables = (torch.arange(B + 1, device=device, dtype=torch.int32) * NT, chunk_table(B, T, C, device, None, B * NT))
     if key is not None:
-        _DENSE_TABLES[key] = (offsets, chunks)
-        _DENSE_TABLES.move_to_end(key)
+        _DENSE_TABLES[key] = tables
         while len(_DENSE_TABLES) > _DENSE_TABLES_MAX:
             _DENSE_TABLES.popitem(last=False)
-    return offsets, chunks
+    return tables
 
 
 _compiled_intra: dict = {}  # "dense" / "varlen" -> the torch.compile'd wrapper (_run_intra)
@@ -380,9 +377,10 @@ def chunk_momentum_delta_rule(
     if cu_seqlens is None:
         NT = -(-T // C)
         pos, NC = None, B * NT
-        chunk_offsets, _ = _dense_tables(B, T, C, q.device, False)
+        chunk_offsets, dense_chunks = _dense_tables(B, T, C, q.device)
     else:
         pos, chunk_offsets, NC = _varlen_positions(cu_seqlens, T, C)
+        dense_chunks = None
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     triton_intra = _triton_intra_wanted(q, k, v, log_alpha, beta, log_mu, eta, chunk_size=C, form=form)
@@ -404,10 +402,8 @@ def chunk_momentum_delta_rule(
         qk = form == "pqk" and not triton_intra and qk_kernel_applies(q, qk_mode, C, _bf16_gemm_wanted(op_dtype))
         if not qk:
             chunks = None
-        elif cu_seqlens is None:
-            chunks = _dense_tables(B, T, C, q.device, True)[1]
         else:
-            chunks = chunk_table(B, T, C, q.device, cu_seqlens, NC)
+            chunks = dense_chunks if cu_seqlens is None else chunk_table(B, T, C, q.device, cu_seqlens, NC)
         intra = _run_intra(q, k, v, log_alpha, beta, log_mu, eta, pos, NC, C, scale, use_qk_l2norm_in_kernel,
                            use_p_times_alpha, op_dtype, _bf16_gemm_wanted(op_dtype),
                            "pqk_triton" if triton_intra else form, tril_inv=tril_inv, v_in=v_in,
