@@ -25,8 +25,8 @@ SIGNATURES = {
         ["u", "p", "q", "kw", "a", "aqk", "r", "g", "h0", "o", "vt", "ht", "hc", "dhc", "dgp", "hb"],
         {"r", "g", "h0", "ht", "dgp", "hb"}),
     "momentum_delta_rule_bwd_kernel_scan_pqk": (
-        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp", "dx"],
-        {"r", "g", "dht", "dh0", "dgp"}),
+        ["p", "q", "kw", "a", "aqk", "r", "g", "do", "dht", "dh0", "dvt", "dob", "dvs", "dhc", "hc", "dgp", "dx",
+         "carry"], {"r", "g", "dht", "dh0", "dgp", "carry"}),
 }
 
 
@@ -39,6 +39,8 @@ def compile_scan(kernel, dtype: str, K: int, V: int, C: int, BV: int, num_warps:
     names, fp32_ptrs = SIGNATURES[kernel.fn.__name__]
     sig = {n: ("*fp32" if n in fp32_ptrs else ptr) for n in names}
     sig.update(chunk_offsets="*i32", H="i32")
+    if "sync" in kernel.arg_names:  # the persistent reverse scan's ticket and flags, and its plan
+        sig.update(sync="*i32", pe_nh="i32", pe_n="i32", pe_len="i32", pe_g="i32")
     # the strides of o / dO, and the reverse scan's segment bounds
     sig.update({n: "i32" for n in kernel.arg_names if n.startswith("s_") or n.startswith("seg_")})
     consts = dict(K=K, V=V, C=C, BK=cs._sub_k(K), BV=BV, DOT_MODE=0 if dtype == "fp32" else 1,

@@ -29,7 +29,11 @@ from .knobs import env_choice
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    return x.is_cuda or os.environ.get('TRITON_INTERPRET', '0') == '1'
+    return x.is_cuda or _interpreting()
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def _poison() -> bool:
@@ -912,8 +916,71 @@ def launch_scan_fwd(kernel, u, ops, tma, h0, chunk_offsets, *, vt=None, store_st
     return o, vt, ht, hc
 
 
+PERSIST_GAIN = 0.9  # the persistent reverse scan runs where it needs at most this share of the waves' chunk steps
+
+
+def scan_persist() -> Optional[int]:
+    """MDN_SCAN_PERSIST: how the pqk reverse scan spreads dense batches over the GPU. "auto" (unset, the default):
+    the persistent grid (momentum_delta_rule_bwd_kernel_scan_pqk's PERSIST) where it takes at most PERSIST_GAIN of
+    the chunk steps of one program per stream, with the resident programs computed from the compiled kernel
+    (registers, shared memory) and the GPU; never under the interpreter. "off": one program per stream. A positive
+    integer: the persistent grid planned for that many resident programs, wherever it is valid (tests, A/Bs).
+    Returns None for "auto", 0 for "off". Anything else is a ValueError."""
+    env = (os.environ.get("MDN_SCAN_PERSIST", "") or "auto").strip()
+    if env == "auto":
+        return None
+    if env == "off":
+        return 0
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    raise ValueError(f"MDN_SCAN_PERSIST={env!r}: expected 'auto' (default), 'off' or a positive integer (the "
+                     f"resident programs to plan for)")
+
+
+def persistent_plan(nh: int, n: int, nv: int, slots: int, forced: bool = False) -> Optional[tuple[int, int]]:
+    """(groups, chunk steps per group) of the persistent reverse scan for nh streams of n chunks in nv V-blocks
+    on `slots` resident programs, or None where it does not apply or (not forced) would not pay. Each group is nv
+    programs; the groups share the nh * n steps evenly, at least n each (a stream is cut at most once). One
+    program per stream takes ceil(nh * nv / slots) rounds of n steps."""
+    groups = slots // nv
+    if groups < 1 or nh < 1 or n < 1:
+        return None
+    length = max(-(-nh * n // groups), n)
+    groups = -(-nh * n // length)
+    waves = -(-nh * nv // slots) * n
+    if not forced and length > PERSIST_GAIN * waves:
+        return None
+    return groups, length
+
+
+_RESIDENT: dict = {}  # (kernel, constexprs, warps, stages, device) -> resident programs on the whole GPU
+
+
+def resident_programs(kernel, grid, args, consts: dict, num_warps: int, num_stages: int, device) -> int:
+    """How many programs of this compiled kernel the GPU holds at once: SMs x the blocks per SM that its
+    registers, shared memory and threads allow (CUDA's occupancy rules; registers go to warps in units of 256).
+    Compiles the kernel (Triton's cache keeps it for the launch). 0 where that fails."""
+    key = (kernel.fn.__name__, tuple(sorted(consts.items())), num_warps, num_stages, str(device))
+    if key not in _RESIDENT:
+        try:
+            ck = kernel.warmup(*args, grid=grid, **consts, num_warps=num_warps, num_stages=num_stages)
+            ck._init_handles()
+            props = torch.cuda.get_device_properties(device)
+            warp_regs = -(-max(int(ck.n_regs), 1) * 32 // 256) * 256
+            by_regs = getattr(props, "regs_per_multiprocessor", 65536) // warp_regs // num_warps
+            shared = int(ck.metadata.shared)
+            smem = getattr(props, "shared_memory_per_multiprocessor", 0)
+            by_smem = smem // (shared + 1024) if shared and smem else 32
+            by_threads = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * num_warps)
+            _RESIDENT[key] = max(0, min(by_regs, by_smem, by_threads, 32)) * props.multi_processor_count
+        except Exception:  # noqa: BLE001  (no plan then: one program per stream, as before)
+            _RESIDENT[key] = 0
+    return _RESIDENT[key]
+
+
 def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                    zero_dg=False, stacked=False, seg=None, bufs=None, dhc_q8=False, dx=None, **consts):
+                    zero_dg=False, stacked=False, seg=None, bufs=None, dhc_q8=False, dx=None, stream_chunks=None,
+                    **consts):
     """Launch a reverse scan kernel of either form: kernel(*ops, do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets, H, do's strides, ...), ops[0] a [C, K] operand; do [NC, H, C, V] with any strides but a unit last
     one (the op's dO is a token-major view); tma: LOAD_TMA; consts: extra constexprs.
@@ -928,7 +995,9 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     dhc_q8 (pqk kernel, hc None, bf16 operands; MDN_DHC=q8): dhc is returned as the pair (hi planes
     [NC, H, 2, K, V] bf16, lo planes [NC, H, 2, K, V] int8) of _store_grad_states_q8.
     dx (pqk kernel; MDN_SCAN_V=v): an [NC, H, C, V] buffer (any strides but a unit last one) the kernel fills with
-    X = A^T dVt (STORE_X)."""
+    X = A^T dVt (STORE_X).
+    stream_chunks (pqk kernel, dense batches: every sequence's chunk count): lets the kernel run persistent
+    (PERSIST, scan_persist, persistent_plan); None: one program per stream."""
     NC, H, C, V = do.shape
     x = ops[0]
     K = x.shape[-1]
@@ -987,12 +1056,30 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     elif seg is not None or dx is not None:
         raise ValueError(f"launch_scan_bwd: seg and dx are for the pqk kernel, not {kernel.fn.__name__}")
     grid = (NV, N * H)
-    _launch_pipelined(
-        kernel, grid,
-        (*ops, do, dht, dh0, dvt, dob, dvs, dhc_arg, hc, dgp, chunk_offsets, H, *do.stride()[:3], *seg_args),
-        dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None,
-             DOT_MODE=_dot_mode(x.dtype), LOAD_TMA=tma, **consts),
-        num_warps or cfg_nw, stages)
+    args = (*ops, do, dht, dh0, dvt, dob, dvs, dhc_arg, hc, dgp, chunk_offsets, H, *do.stride()[:3], *seg_args)
+    consts = dict(K=K, V=V, C=C, BK=_sub_k(K), BV=BV, USE_DHT=dht is not None, DOT_MODE=_dot_mode(x.dtype),
+                  LOAD_TMA=tma, **consts)
+    nw = num_warps or cfg_nw
+    if seg_args:  # the pqk kernel: one program per stream, or the persistent grid (PERSIST)
+        plan = None
+        if stream_chunks and seg is None and N * H and NC == N * stream_chunks:
+            forced = scan_persist()
+            pconsts = dict(consts, PERSIST=True)
+            pargs = args + (chunk_offsets, dh0, N * H, stream_chunks, stream_chunks, 1)
+            slots = forced
+            if forced is None and _use_triton(x) and not _interpreting():
+                slots = resident_programs(kernel, (1,), pargs, pconsts, nw, stages, dev)
+            if slots:
+                plan = persistent_plan(N * H, stream_chunks, NV, slots, forced=bool(forced))
+        if plan is not None:
+            groups, length = plan
+            sync = torch.zeros((1 + groups) * NV, dtype=torch.int32, device=dev)  # ticket counters, flags
+            carry = _empty((2, groups, K, V), torch.float32, dev)
+            grid, consts = (groups * NV,), pconsts
+            args = args + (sync, carry, N * H, stream_chunks, length, groups)
+        else:
+            args = args + (chunk_offsets, dh0, N * H, 1, 1, 1)  # sync, carry, pe_*: unused
+    _launch_pipelined(kernel, grid, args, consts, nw, stages)
     if bufs is not None:
         return dvo, dhc, dh0, None
     return dvo, dhc, dh0, dgp.sum((2, 4)) if dg_here else None

@@ -280,13 +280,32 @@ def _bwd_state_update_pqk(b_ds, b_dm, p_q, p_p, t_q, t_p, row, col: tl.constexpr
     return b_ds, b_dm
 
 
-@triton.jit(do_not_specialize=['H', 'seg_j0', 'seg_j1', 'seg_len'])
+@triton.jit
+def _await_flag(p_flag):
+    """Spin until the int32 flag at p_flag is set (acquire, GPU scope), then sync the block, so that every thread's
+    loads after it see what the flag's writer stored before it set the flag (CUTLASS's semaphore pattern)."""
+    flag = tl.atomic_add(p_flag, 0, sem="acquire", scope="gpu")
+    while flag == 0:
+        flag = tl.atomic_add(p_flag, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _publish_flag(p_flag):
+    """Set the int32 flag at p_flag after every thread of the block has issued its stores (barrier, then a release
+    at GPU scope)."""
+    tl.debug_barrier()
+    tl.atomic_xchg(p_flag, 1, sem="release", scope="gpu")
+
+
+@triton.jit(do_not_specialize=['H', 'seg_j0', 'seg_j1', 'seg_len', 'pe_nh', 'pe_n', 'pe_len', 'pe_g'])
 def momentum_delta_rule_bwd_kernel_scan_pqk(
     p, q, kw, a, aqk, r, g,
     do, dht, dh0, dvt, dob, dvs, dhc, hc, dgp,
     chunk_offsets,
     H, s_dc, s_dh, s_dt, seg_j0, seg_j1, seg_len,
     dx, s_xc, s_xh, s_xt,
+    sync, carry, pe_nh, pe_n, pe_len, pe_g,
     K: tl.constexpr,
     V: tl.constexpr,
     C: tl.constexpr,
@@ -301,6 +320,7 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     SEG_HC: tl.constexpr = False,
     DHC_Q8: tl.constexpr = False,
     STORE_X: tl.constexpr = False,
+    PERSIST: tl.constexpr = False,
 ):
     """Reverse scan (pqk form). Stores exactly what chunk_scan.momentum_delta_rule_bwd_kernel_scan stores (dhc,
     dVt into dvt, the chunk-major copy of dO (read through its strides) into dob, the partial sums dgp, dh0), with
@@ -319,25 +339,46 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     forward took them instead of U0 (Vt = A (V - W)).
     DHC_Q8 (MDN_DHC=q8, only with DG off and not SEGMENTED): dhc holds two bf16 hi planes per chunk and hc the
     int8 lo planes [NC, H, 2, K, V] (chunk_scan._store_grad_states_q8).
+    PERSIST (dense batches, not SEGMENTED; persistent_plan): a 1-D grid of pe_g groups of NV programs, sized to
+    the GPU's resident programs, instead of one program per (V-block, sequence, head) stream. The N * H streams of
+    pe_n chunks each lie back to back on a line of pe_nh * pe_n chunk steps; group grp takes the steps
+    [grp * pe_len, (grp + 1) * pe_len) (pe_len >= pe_n, so a stream is cut at most once), stream by stream from its
+    last one down, so its first piece is the start of a stream and its last piece the end of the stream that group
+    grp - 1 started first. That piece starts from the gradient state group grp - 1 left in carry [2, pe_g, K, V]
+    (fp32) after its first piece, published by a flag in sync[1 + ticket] (release) and awaited by spinning on it
+    (acquire). Programs take their ticket (group and V-block) from the counter sync[0] when they start, so they only
+    ever wait for a program that is already running (as CUB's decoupled look-back does). With more streams than
+    resident programs this spreads the chunk steps evenly over the GPU instead of running whole waves of streams
+    (H6 K256 V512, T = 8192: 384 streams of 128 chunks on 264 resident programs took two rounds, 256 steps; the
+    groups take 192).
     """
     tl.static_assert(K <= 4 * BK, "K > 4 * BK")
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
-    c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
-    N = tl.num_programs(1) // H
-
+    NV: tl.constexpr = (V + BV - 1) // BV
     o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, C)
     m_k1, m_k2, m_k3, m_k4 = o_k < K, o_k + BK < K, o_k + 2 * BK < K, o_k + 3 * BK < K
     m_k = (m_k1, m_k2, m_k3, m_k4)
-    m_v = o_v < V
-    st_off = (i_n.to(tl.int64) * H + i_h) * K * V
-    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
     p_ck = o_c[:, None] * K + o_k[None, :]          # [C, BK]  (sub-tile j: + j * BK)
-    p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
     p_cc = o_c[:, None] * C + o_c[None, :]          # [C, C]
+    if PERSIST:
+        # the V-block from the program id (cheap for the compiler to recompute: fewer spills than from the ticket),
+        # the group from this V-block's ticket counter sync[i_v]
+        i_v = tl.program_id(0) % NV
+        grp = tl.atomic_add(sync + i_v, 1)
+        p_flags = sync + NV + i_v                # flag of group x: p_flags + x * NV
+        N = pe_nh // H
+        l_a = grp * pe_len                       # this group's chunk steps [l_a, l_b) of the line
+        l_b = tl.minimum(l_a + pe_len, pe_nh * pe_n)
+        s_hi = tl.maximum(l_b - 1, 0) // pe_n
+        n_pieces = tl.where(l_b > l_a, s_hi - l_a // pe_n + 1, 0)
+    else:
+        i_v = tl.program_id(0)
+        N = tl.num_programs(1) // H
+        n_pieces = 1
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    p_st = o_k[:, None] * V + o_v[None, :]          # [BK, BV] (sub-tile j: + j * BK * V)
+    p_cv = o_c[:, None] * V + o_v[None, :]          # [C, BV]
     m_cv = m_v[None, :]
     if LOAD_TMA:
         NRows = (tl.load(chunk_offsets + N) * H * C).to(tl.int32)
@@ -349,93 +390,124 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
         t_q = q
         t_kw = kw
 
-    b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(dht, st_off, p_st, N, H, m_k, m_v,
-                                                                          K, V, BK, BV, USE_DHT)
-
-    if SEGMENTED:
-        j_hi = tl.minimum(c_end - c_start, seg_j1.to(tl.int64))
-        n_it = tl.maximum(j_hi - seg_j0, 0)
-    else:
-        j_hi = c_end - c_start
-        n_it = j_hi
-    for i in range(0, n_it):
-        i_c = c_start + j_hi - 1 - i  # int64
-        base = i_c * H + i_h
-        o_ck = base * C * K
-        row = (base * C).to(tl.int32)
-        o_cv = base * C * V
-        p_r = r + base * 6 * C + o_c
-        p_hc = base * 2 * K * V + p_st
-        # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
-        if SEGMENTED:  # the segment's own dhc rows (and hc's, SEG_HC: a segment-sized hc)
-            l_c = i_n.to(tl.int64) * seg_len + (j_hi - 1 - i - seg_j0)
-            p_dhc = (l_c * H + i_h) * (2 if DOT_MODE == 0 else 4) * K * V + p_st
-            if SEG_HC:
-                p_hc = (l_c * H + i_h) * 2 * K * V + p_st
+    for piece in range(0, n_pieces):
+        if PERSIST:  # stream s = n * H + h, its steps [i_lo, i_hi) (step i: the stream's chunk j_hi - 1 - i)
+            s = s_hi - piece
+            i_n, i_h = s // H, s % H
+            i_lo = tl.maximum(l_a - s * pe_n, 0)
+            i_hi = tl.minimum(l_b - s * pe_n, pe_n)
         else:
-            p_dhc = base * (2 if DOT_MODE == 0 or DHC_Q8 else 4) * K * V + p_st
-        b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
-        if DHC_Q8:
-            _store_grad_states_q8(dhc, hc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
+            i_nh = tl.program_id(1)
+            i_n, i_h = i_nh // H, i_nh % H
+        c_start = tl.load(chunk_offsets + i_n).to(tl.int64)
+        c_end = tl.load(chunk_offsets + i_n + 1).to(tl.int64)
+        st_off = (i_n.to(tl.int64) * H + i_h) * K * V
+        if PERSIST:
+            j_hi = c_end - c_start
+            if i_lo == 0:
+                b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(
+                    dht, st_off, p_st, N, H, m_k, m_v, K, V, BK, BV, USE_DHT)
+            else:  # the end of a stream group grp - 1 started: its state after that piece
+                _await_flag(p_flags + (grp - 1) * NV)
+                b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(
+                    carry, (grp - 1).to(tl.int64) * K * V, p_st, pe_g, 1, m_k, m_v, K, V, BK, BV, True)
         else:
-            _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
-        # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
-        # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
-        if DG:  # else the state recompute after this scan computes them (MDN_BWD_DG=rec), hc unused
-            p_dg = dgp + (base * tl.num_programs(0) + i_v) * 3 * K
-            _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
+            b_ds1, b_dm1, b_ds2, b_dm2, b_ds3, b_dm3, b_ds4, b_dm4 = _load_states(
+                dht, st_off, p_st, N, H, m_k, m_v, K, V, BK, BV, USE_DHT)
+            if SEGMENTED:
+                j_hi = tl.minimum(c_end - c_start, seg_j1.to(tl.int64))
+                i_hi = tl.maximum(j_hi - seg_j0, 0)
+            else:
+                j_hi = c_end - c_start
+                i_hi = j_hi
+            i_lo = 0
+        for i in range(i_lo, i_hi):
+            i_c = c_start + j_hi - 1 - i  # int64
+            base = i_c * H + i_h
+            o_ck = base * C * K
+            row = (base * C).to(tl.int32)
+            o_cv = base * C * V
+            p_r = r + base * 6 * C + o_c
+            p_hc = base * 2 * K * V + p_st
+            # dhc planes: [dS', dM'] (fp32) or [hi(dS'), hi(dM'), lo(dS'), lo(dM')] (16-bit; _store_grad_state)
+            if SEGMENTED:  # the segment's own dhc rows (and hc's, SEG_HC: a segment-sized hc)
+                l_c = i_n.to(tl.int64) * seg_len + (j_hi - 1 - i - seg_j0)
+                p_dhc = (l_c * H + i_h) * (2 if DOT_MODE == 0 else 4) * K * V + p_st
+                if SEG_HC:
+                    p_hc = (l_c * H + i_h) * 2 * K * V + p_st
+            else:
+                p_dhc = base * (2 if DOT_MODE == 0 or DHC_Q8 else 4) * K * V + p_st
+            b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
+            if DHC_Q8:
+                _store_grad_states_q8(dhc, hc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
+            else:
+                _store_grad_states(dhc, p_dhc, b_dS, b_dM, m_k, m_v, K, V, BK, DOT_MODE)
+            # gradients of the chunk's scalars gS, gSM, gM: row sums over this V-block, dgp [NC, H, NV, 3, K]
+            # (chunk_scan._bwd_dg_rows: no cross-warp reduction)
+            if DG:  # else the state recompute after this scan computes them (MDN_BWD_DG=rec), hc unused
+                p_dg = dgp + (base * NV + i_v) * 3 * K
+                _bwd_dg_states(p_dg, hc, p_hc, b_dS, b_dM, o_k, m_k, m_v, K, V, BK)
 
-        b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
-        p_cv2 = base * 2 * C * V + p_cv  # rows of dvs (STACKED)
-        if STACKED:
-            tl.store(dvs + C * V + p_cv2, b_do.to(dvs.dtype.element_ty), mask=m_cv)
-        else:
-            tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
-        # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
-        b_kds, b_kdm = _ck_dot2(kw + o_ck + p_ck, t_kw, row, b_dS, b_dM, m_k, K, BK, DOT_MODE, LOAD_TMA)
-        b_ga = tl.load(p_r + 4 * C)
-        b_rho = tl.load(p_r + 5 * C)
-        b_dvt = b_ga[:, None] * b_kds - b_rho[:, None] * b_kdm
-        b_aqk = tl.load(aqk + base * C * C + p_cc)
-        b_dvt = _dot_acc(tl.trans(b_aqk), b_do, b_dvt, DOT_MODE)  # [C, BV]
-        b_dvt = _cast(b_dvt, dvt.dtype.element_ty, DOT_MODE)
-        tl.store(dvt + o_cv + p_cv, b_dvt, mask=m_cv)
-        if STACKED:
-            tl.store(dvs + p_cv2, b_dvt, mask=m_cv)
-        # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
-        b_a = tl.load(a + base * C * C + p_cc)
-        b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
-        if STORE_X:
-            p_x = dx + i_c * s_xc + i_h * s_xh + o_c[:, None] * s_xt + o_v[None, :]  # [C, BV], dx's strides
-            tl.store(p_x, _cast(b_x, dx.dtype.element_ty, DOT_MODE), mask=m_cv)
-        b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
-        b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
-        b_dof = b_do.to(tl.float32)
-        b_sado = _cast(tl.load(p_r + 2 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
-        b_nsbdo = _cast(-tl.load(p_r + 3 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
+            b_do = tl.load(do + i_c * s_dc + i_h * s_dh + o_c[:, None] * s_dt + o_v[None, :], mask=m_cv, other=0.)
+            p_cv2 = base * 2 * C * V + p_cv  # rows of dvs (STACKED)
+            if STACKED:
+                tl.store(dvs + C * V + p_cv2, b_do.to(dvs.dtype.element_ty), mask=m_cv)
+            else:
+                tl.store(dob + o_cv + p_cv, b_do.to(dob.dtype.element_ty), mask=m_cv)
+            # dVt = D(gamma) (K_w dS') - D(rho) (K_w dM') + Aqk^T dO
+            b_kds, b_kdm = _ck_dot2(kw + o_ck + p_ck, t_kw, row, b_dS, b_dM, m_k, K, BK, DOT_MODE, LOAD_TMA)
+            b_ga = tl.load(p_r + 4 * C)
+            b_rho = tl.load(p_r + 5 * C)
+            b_dvt = b_ga[:, None] * b_kds - b_rho[:, None] * b_kdm
+            b_aqk = tl.load(aqk + base * C * C + p_cc)
+            b_dvt = _dot_acc(tl.trans(b_aqk), b_do, b_dvt, DOT_MODE)  # [C, BV]
+            b_dvt = _cast(b_dvt, dvt.dtype.element_ty, DOT_MODE)
+            tl.store(dvt + o_cv + p_cv, b_dvt, mask=m_cv)
+            if STACKED:
+                tl.store(dvs + p_cv2, b_dvt, mask=m_cv)
+            # X = A^T dVt (fp32), and the four row-scaled [C, BV] right-hand sides of this chunk's state update
+            b_a = tl.load(a + base * C * C + p_cc)
+            b_x = _dot(tl.trans(b_a), b_dvt, DOT_MODE)  # [C, BV]
+            if STORE_X:
+                p_x = dx + i_c * s_xc + i_h * s_xh + o_c[:, None] * s_xt + o_v[None, :]  # [C, BV], dx's strides
+                tl.store(p_x, _cast(b_x, dx.dtype.element_ty, DOT_MODE), mask=m_cv)
+            b_nax = _cast(-tl.load(p_r)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
+            b_bx = _cast(tl.load(p_r + C)[:, None] * b_x, dvt.dtype.element_ty, DOT_MODE)
+            b_dof = b_do.to(tl.float32)
+            b_sado = _cast(tl.load(p_r + 2 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
+            b_nsbdo = _cast(-tl.load(p_r + 3 * C)[:, None] * b_dof, dvt.dtype.element_ty, DOT_MODE)
 
-        b_g0 = tl.load(g + base * 3).to(tl.float32)
-        b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
-        b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
-        p_q = q + o_ck + p_ck
-        p_p = p + o_ck + p_ck
-        b_ds1, b_dm1 = _bwd_state_update_pqk(b_ds1, b_dm1, p_q, p_p, t_q, t_p, row, 0, m_k1,
-                                             b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
-        if K > BK:
-            b_ds2, b_dm2 = _bwd_state_update_pqk(b_ds2, b_dm2, p_q + BK, p_p + BK, t_q, t_p, row, BK, m_k2,
+            b_g0 = tl.load(g + base * 3).to(tl.float32)
+            b_g1 = tl.load(g + base * 3 + 1).to(tl.float32)
+            b_g2 = tl.load(g + base * 3 + 2).to(tl.float32)
+            p_q = q + o_ck + p_ck
+            p_p = p + o_ck + p_ck
+            b_ds1, b_dm1 = _bwd_state_update_pqk(b_ds1, b_dm1, p_q, p_p, t_q, t_p, row, 0, m_k1,
                                                  b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
-        if K > 2 * BK:
-            b_ds3, b_dm3 = _bwd_state_update_pqk(b_ds3, b_dm3, p_q + 2 * BK, p_p + 2 * BK, t_q, t_p, row, 2 * BK,
-                                                 m_k3, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
-                                                 DOT_MODE, LOAD_TMA)
-        if K > 3 * BK:
-            b_ds4, b_dm4 = _bwd_state_update_pqk(b_ds4, b_dm4, p_q + 3 * BK, p_p + 3 * BK, t_q, t_p, row, 3 * BK,
-                                                 m_k4, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
-                                                 DOT_MODE, LOAD_TMA)
+            if K > BK:
+                b_ds2, b_dm2 = _bwd_state_update_pqk(b_ds2, b_dm2, p_q + BK, p_p + BK, t_q, t_p, row, BK, m_k2,
+                                                     b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2, DOT_MODE, LOAD_TMA)
+            if K > 2 * BK:
+                b_ds3, b_dm3 = _bwd_state_update_pqk(b_ds3, b_dm3, p_q + 2 * BK, p_p + 2 * BK, t_q, t_p, row, 2 * BK,
+                                                     m_k3, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
+                                                     DOT_MODE, LOAD_TMA)
+            if K > 3 * BK:
+                b_ds4, b_dm4 = _bwd_state_update_pqk(b_ds4, b_dm4, p_q + 3 * BK, p_p + 3 * BK, t_q, t_p, row, 3 * BK,
+                                                     m_k4, b_sado, b_nsbdo, b_nax, b_bx, b_g0, b_g1, b_g2,
+                                                     DOT_MODE, LOAD_TMA)
 
-    p_dh0 = dh0 + st_off + p_st
-    _store_states(p_dh0, p_dh0 + N.to(tl.int64) * H * K * V, (b_ds1, b_ds2, b_ds3, b_ds4),
-                  (b_dm1, b_dm2, b_dm3, b_dm4), m_k, m_v, K, V, BK, 0)
+        b_dS, b_dM = (b_ds1, b_ds2, b_ds3, b_ds4), (b_dm1, b_dm2, b_dm3, b_dm4)
+        if PERSIST:
+            if i_hi < j_hi:  # the stream goes on in group grp + 1: publish the state there (fp32)
+                p_cs = carry + grp.to(tl.int64) * K * V + p_st
+                _store_states(p_cs, p_cs + pe_g.to(tl.int64) * K * V, b_dS, b_dM, m_k, m_v, K, V, BK, 0)
+                _publish_flag(p_flags + grp * NV)
+            else:
+                p_dh0 = dh0 + st_off + p_st
+                _store_states(p_dh0, p_dh0 + N.to(tl.int64) * H * K * V, b_dS, b_dM, m_k, m_v, K, V, BK, 0)
+        else:
+            p_dh0 = dh0 + st_off + p_st
+            _store_states(p_dh0, p_dh0 + N.to(tl.int64) * H * K * V, b_dS, b_dM, m_k, m_v, K, V, BK, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,13 +530,13 @@ def scan_pqk_fwd_triton(u, p, q, kw, a, aqk, r, g, h0, chunk_offsets, *, vt=None
 
 
 def scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, *, block_v=None, num_warps=None,
-                        stacked=None, dhc_q8=False, dx=None):
-    """stacked: None reads MDN_BWD_GEMM (bwd_gemm()). dhc_q8, dx: launch_scan_bwd's (MDN_DHC=q8, tail path only;
-    MDN_SCAN_V=v)."""
+                        stacked=None, dhc_q8=False, dx=None, stream_chunks=None):
+    """stacked: None reads MDN_BWD_GEMM (bwd_gemm()). dhc_q8, dx, stream_chunks: launch_scan_bwd's (MDN_DHC=q8,
+    tail path only; MDN_SCAN_V=v; dense batches' chunks per sequence, for the persistent grid)."""
     return launch_scan_bwd(momentum_delta_rule_bwd_kernel_scan_pqk, (p, q, kw, a, aqk, r, g),
                            _use_tma((p, q, kw)), do, dht, hc, chunk_offsets, block_v=block_v,
                            num_warps=num_warps, stacked=bwd_gemm() == "stacked" if stacked is None else stacked,
-                           dhc_q8=dhc_q8, dx=dx)
+                           dhc_q8=dhc_q8, dx=dx, stream_chunks=stream_chunks)
 
 
 FWD_OS = ("scan", "kernel")
@@ -733,10 +805,11 @@ def _check_bwd_knobs() -> None:
     dhc_format()
 
 
-def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=None):
+def scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=None, stream_chunks=None):
     _check_bwd_knobs()
     if _use_triton(p):
-        return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
+        return scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx,
+                                   stream_chunks=stream_chunks)
     return scan_pqk_bwd_torch(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
 
 
@@ -886,10 +959,13 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
     do = do.to(vt.dtype)
     # dx = V's gradient, token-major like the forward's u (chunk.py::_v_chunks), so that dV is a view of it
     dx = _o_like(vt) if u is not None else None
+    # dense batches: every sequence has NC / N chunks (the reverse scan may then run persistent)
+    n_dense = vt.shape[0] // max(chunk_offsets.shape[0] - 1, 1) if dense else None
     if hc is None and bwd_dg() == "rec" and _use_triton(p):
         # MDN_BWD_DG=rec: the reverse scan first (it needs no states without the dg row sums), then the state
         # recompute, which also computes the row sums from its registers and the end-state gradients dhc
-        dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dx=dx)
+        dvo, dhc, dh0, _ = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dx=dx,
+                                             stream_chunks=n_dense)
         _, _, _, hc, dg = scan_pqk_fwd_triton(vt, p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt=vt,
                                               store_states=True, dg_from=dhc)
     else:
@@ -910,7 +986,7 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             # MDN_DHC=q8: dS', dM' as bf16 hi + int8 lo planes instead of hi + lo bf16 (3 bytes instead of 4)
             q8 = dhc_format() == "q8" and vt.dtype == torch.bfloat16
             dvo, dhc, dh0, _ = scan_pqk_bwd_triton(p, q, kw, a, aqk, r, g, do, dht, None, chunk_offsets, dhc_q8=q8,
-                                                   dx=dx)
+                                                   dx=dx, stream_chunks=n_dense)
             if tail_fusion_applies(p, tail_split()):
                 # the tail computes dQ and dK_w from its xo, rr tiles for the chain kernel (chunk_chain_bwd.py)
                 xv, dg, dq_, dkw_, drp = state_gemms_fused_qk_triton(vt, dvo, hc, dhc, q, kw, r)
@@ -920,7 +996,8 @@ def _scan_pqk_bwd_body(p, q, kw, a, aqk, r, g, h0, chunk_offsets, vt, do, dht, h
             return _bwd_from_products(vt, dvo, xv, xo, rr, dg, dh0, p, q, kw, a, r, g, h0, dense, dx, u)
         # dvo [2, NC, H, C, V] = (dVt, dO); dhc [NC, H, 2 or 4, K, V] = end-state grads (hi + lo for 16-bit);
         # dg [NC, H, 3]
-        dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx)
+        dvo, dhc, dh0, dg = scan_pqk_bwd_impl(p, q, kw, a, aqk, r, g, do, dht, hc, chunk_offsets, dx=dx,
+                                              stream_chunks=n_dense)
     (xv, xo), rr, du, daqk, dh0 = scan_bwd_gemms(vt, do, dvo, hc, dhc, dh0, h0, sum_parts=False)
     if dx is not None:
         dp, dq, dkw, da, dr = _chain(xv, xo, rr, p, q, kw, a, r, dense, du, u)
