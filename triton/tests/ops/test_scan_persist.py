@@ -76,6 +76,13 @@ def test_persist_env_rejects_bad_values(monkeypatch, value):
         cs.scan_persist()
 
 
+def test_op_rejects_a_bad_persist_value_before_any_kernel(monkeypatch):
+    monkeypatch.setenv("MDN_SCAN_PERSIST", "fast")
+    inputs = make_inputs(1, 20, 1, 16, 16)
+    with pytest.raises(ValueError, match="MDN_SCAN_PERSIST='fast'"):
+        chunk_momentum_delta_rule(**inputs)
+
+
 def test_persist_env_values(monkeypatch):
     monkeypatch.delenv("MDN_SCAN_PERSIST", raising=False)
     assert cs.scan_persist() is None
@@ -118,8 +125,8 @@ def _reverse_scan_runs(monkeypatch, plans, B, T, H, K, V, C, dtype, with_dht, sl
 
 @needs_kernels
 @pytest.mark.parametrize("B,T,H,K,V,C,dtype,with_dht,slots,opts", [
-    (3, 192, 2, 32, 48, 16, torch.bfloat16, True, 5, {}),                      # 6 streams of 12 over 5 groups
-    (3, 192, 2, 32, 48, 16, torch.bfloat16, False, 2, {"q8": True}),          # 2 groups: 36 steps each
+    (3, 128, 2, 32, 48, 16, torch.bfloat16, True, 5, {}),                      # 6 streams of 8: 5 groups of 10
+    (3, 128, 2, 32, 48, 16, torch.bfloat16, False, 2, {"q8": True}),          # 2 groups: 24 steps each
     (2, 96, 3, 20, 100, 16, torch.float32, True, 8, {"dg": True, "store_x": True}),  # 2 V-blocks, row sums
     (2, 64, 2, 32, 130, 16, torch.bfloat16, True, 9, {"stacked": True}),      # 3 V-blocks, 3 groups
     (2, 64, 2, 32, 40, 16, torch.bfloat16, True, 64, {}),                      # more groups than streams: no cut
@@ -142,18 +149,17 @@ def _op_inputs(B, T, H, K, V, dtype, device, lengths=None):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_op_with_persistent_scan_equals_off_and_oracle(monkeypatch, plans, dtype):
-    # T = 130: the last chunk of each sequence is padded; 3 x 2 streams of 9 chunks (C 16) over 4 groups
-    inputs = _op_inputs(3, 130, 2, 32, 40, dtype, DEV)
-    do = torch.randn(3, 130, 2, 40, dtype=torch.float64, device=DEV)
+    # T = 100: the last chunk of each sequence is padded; 3 x 2 streams of 7 chunks (C 16) over 4 groups
+    inputs = _op_inputs(3, 100, 2, 32, 40, dtype, DEV)
+    do = torch.randn(3, 100, 2, 40, dtype=torch.float64, device=DEV)
     dht = torch.randn(2, 3, 2, 32, 40, dtype=torch.float64, device=DEV)
     out = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("off", "4"), chunk_momentum_delta_rule, inputs,
                          grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
     assert any(res is not None for _, res in plans), "the persistent plan was not taken"
     assert_same_results(out["off"], out["4"], 0.0)
-    monkeypatch.setenv("MDN_SCAN_PERSIST", "4")
-    tol = (1e-5, 1e-5, None) if dtype == torch.float32 else (5e-3, 1e-2, 1e-2)
-    compare_with_oracle(inputs, dtype=dtype, tol_o=tol[0], tol_grad=tol[1], tol_state=tol[2],
-                        op_kwargs={"chunk_size": 16})
+    if dtype == torch.float32:  # the float64 check once (the bf16 run equals "off" bit for bit, checked elsewhere)
+        monkeypatch.setenv("MDN_SCAN_PERSIST", "4")
+        compare_with_oracle(inputs, dtype=dtype, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
 
 
 @needs_kernels

@@ -27,7 +27,7 @@ from .chunk_intra_qk import chunk_table, intra_qk_mode, qk_kernel_applies
 from .chunk_intra_bwd import intra_pqk_fwd
 from .chunk_intra_fwd import chunk_mdn_intra_fwd_triton
 from .chunk_intra_fwd import fits as intra_fwd_fits
-from .chunk_scan import chunk_scan, scan_stages
+from .chunk_scan import chunk_scan, scan_persist, scan_stages
 from .chunk_scan_pqk import (bwd_dg, bwd_gemm, bwd_segments, chunk_scan_pqk, fwd_o, save_states, scan_v,
                              scan_v_dots)
 from .chunk_state_gemms import tail_config, tail_split
@@ -369,6 +369,7 @@ def chunk_momentum_delta_rule(
     scan_v_dots()  # MDN_SCAN_V_DOTS, likewise
     tail_config(q.shape[-1], v.shape[-1], int(chunk_size), q.dtype)  # and MDN_TAIL_CONFIG
     scan_stages(q.shape[-1], q.dtype, "fwd")  # MDN_SCAN_STAGES, likewise
+    scan_persist()  # MDN_SCAN_PERSIST, likewise
     B, T, H, K = q.shape
     C = int(chunk_size)
     # operands of the scan (and its stored states): bf16 for 16-bit inputs, fp32 for fp32 inputs

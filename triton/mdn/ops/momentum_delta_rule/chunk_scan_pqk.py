@@ -345,9 +345,10 @@ def momentum_delta_rule_bwd_kernel_scan_pqk(
     [grp * pe_len, (grp + 1) * pe_len) (pe_len >= pe_n, so a stream is cut at most once), stream by stream from its
     last one down, so its first piece is the start of a stream and its last piece the end of the stream that group
     grp - 1 started first. That piece starts from the gradient state group grp - 1 left in carry [2, pe_g, K, V]
-    (fp32) after its first piece, published by a flag in sync[1 + ticket] (release) and awaited by spinning on it
-    (acquire). Programs take their ticket (group and V-block) from the counter sync[0] when they start, so they only
-    ever wait for a program that is already running (as CUB's decoupled look-back does). With more streams than
+    (fp32) after its first piece, published by a flag (release) and awaited by spinning on it (acquire). A program
+    takes its V-block i_v from its program id and its group from the V-block's ticket counter sync[i_v] when it
+    starts (group x's flag: sync[NV + x * NV + i_v]), so it only ever waits for a program that is already running
+    (as CUB's decoupled look-back does), whatever order the GPU starts them in. With more streams than
     resident programs this spreads the chunk steps evenly over the GPU instead of running whole waves of streams
     (H6 K256 V512, T = 8192: 384 streams of 128 chunks on 264 resident programs took two rounds, 256 steps; the
     groups take 192).
