@@ -922,8 +922,8 @@ PERSIST_GAIN = 0.9  # the persistent reverse scan runs where it needs at most th
 def scan_persist() -> Optional[int]:
     """MDN_SCAN_PERSIST: how the pqk reverse scan spreads dense batches over the GPU. "auto" (unset, the default):
     the persistent grid (momentum_delta_rule_bwd_kernel_scan_pqk's PERSIST) where it takes at most PERSIST_GAIN of
-    the chunk steps of one program per stream, with the resident programs computed from the compiled kernel
-    (registers, shared memory) and the GPU; never under the interpreter. "off": one program per stream. A positive
+    the chunk steps of one program per stream, with the resident programs computed from the compiled (one program
+    per stream) kernel's registers and shared memory and the GPU; never under the interpreter. "off": one program per stream. A positive
     integer: the persistent grid planned for that many resident programs, wherever it is valid (tests, A/Bs).
     Returns None for "auto", 0 for "off". Anything else is a ValueError."""
     env = (os.environ.get("MDN_SCAN_PERSIST", "") or "auto").strip()
@@ -1062,23 +1062,25 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
     nw = num_warps or cfg_nw
     if seg_args:  # the pqk kernel: one program per stream, or the persistent grid (PERSIST)
         plan = None
+        plain_args = args + (chunk_offsets, dh0, N * H, 1, 1, 1)  # sync, carry, pe_*: unused
         if stream_chunks and seg is None and N * H and NC == N * stream_chunks:
             forced = scan_persist()
-            pconsts = dict(consts, PERSIST=True)
-            pargs = args + (chunk_offsets, dh0, N * H, stream_chunks, stream_chunks, 1)
             slots = forced
             if forced is None and _use_triton(x) and not _interpreting():
-                slots = resident_programs(kernel, (1,), pargs, pconsts, nw, stages, dev)
+                # the one-program-per-stream kernel's occupancy (compiled for the launch anyway), taken for the
+                # persistent kernel's: same registers (255) and shared memory in ptxas at K = 128 and 256 (README
+                # §6), and a wrong figure costs only speed (the tickets keep any launch order deadlock-free)
+                slots = resident_programs(kernel, grid, plain_args, consts, nw, stages, dev)
             if slots:
                 plan = persistent_plan(N * H, stream_chunks, NV, slots, forced=bool(forced))
         if plan is not None:
             groups, length = plan
             sync = torch.zeros((1 + groups) * NV, dtype=torch.int32, device=dev)  # ticket counters, flags
             carry = _empty((2, groups, K, V), torch.float32, dev)
-            grid, consts = (groups * NV,), pconsts
+            grid, consts = (groups * NV,), dict(consts, PERSIST=True)
             args = args + (sync, carry, N * H, stream_chunks, length, groups)
         else:
-            args = args + (chunk_offsets, dh0, N * H, 1, 1, 1)  # sync, carry, pe_*: unused
+            args = plain_args
     _launch_pipelined(kernel, grid, args, consts, nw, stages)
     if bufs is not None:
         return dvo, dhc, dh0, None
