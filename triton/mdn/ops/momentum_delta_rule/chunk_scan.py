@@ -923,8 +923,9 @@ def scan_persist() -> Optional[int]:
     """MDN_SCAN_PERSIST: how the pqk reverse scan spreads dense batches over the GPU. "auto" (unset, the default):
     the persistent grid (momentum_delta_rule_bwd_kernel_scan_pqk's PERSIST) where it takes at most PERSIST_GAIN of
     the chunk steps of one program per stream, with the resident programs computed from the compiled (one program
-    per stream) kernel's registers and shared memory and the GPU; never under the interpreter. "off": one program per stream. A positive
-    integer: the persistent grid planned for that many resident programs, wherever it is valid (tests, A/Bs).
+    per stream) kernel's registers and shared memory and the GPU; never under the interpreter. "off": one program
+    per stream. A positive integer: the persistent grid planned for that many resident programs, wherever it is
+    valid (tests, A/Bs).
     Returns None for "auto", 0 for "off". Anything else is a ValueError."""
     env = (os.environ.get("MDN_SCAN_PERSIST", "") or "auto").strip()
     if env == "auto":
