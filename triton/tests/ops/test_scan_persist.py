@@ -181,10 +181,11 @@ def test_gpu_persistent_scan_bit_identical_and_oracle(monkeypatch, plans, B, T, 
     inputs = _op_inputs(B, T, H, K, V, torch.bfloat16, "cuda")
     do = torch.randn(B, T, H, V, dtype=torch.float64, device="cuda")
     dht = torch.randn(2, B, H, K, V, dtype=torch.float64, device="cuda")
-    out = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("off", str(slots), "off", str(slots)),
-                         chunk_momentum_delta_rule, inputs, grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-    assert any(res is not None for _, res in plans), "the persistent plan was not taken"
-    assert_same_results(out["off"], out[str(slots)], 0.0)
+    for _ in range(2):  # twice: a missed flag would show as a difference that comes and goes
+        out = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("off", str(slots)), chunk_momentum_delta_rule, inputs,
+                             grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
+        assert any(res is not None for _, res in plans), "the persistent plan was not taken"
+        assert_same_results(out["off"], out[str(slots)], 0.0)
     monkeypatch.setenv("MDN_SCAN_PERSIST", str(slots))
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs={"chunk_size": 64})
 
