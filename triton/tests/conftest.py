@@ -543,6 +543,20 @@ def compile_sm90_child(module: str, kernel: str, sig: dict, consts: dict, num_wa
     return res
 
 
+def record_results(monkeypatch, owner, name: str) -> list:
+    """Wrap owner.name (a module's function) for the test: every call goes through, and its result is appended to
+    the returned list, so a test can tell what a launcher decided."""
+    results = []
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        results.append(out)
+        return out
+    monkeypatch.setattr(owner, name, spy)
+    return results
+
+
 @pytest.fixture
 def pqk_fwd_calls(monkeypatch):
     """Records the keyword-argument names of every pqk forward-scan launch (chunk_scan_pqk.scan_pqk_fwd_impl): a

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import (ALL_GRAD_NAMES, DEV, assert_same_results, compare_with_oracle, make_inputs, needs_kernels,
-                      pqk_scan_operands, run_op_per_env)
+                      pqk_scan_operands, record_results, run_op_per_env)
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule import chunk_scan_pqk as sp
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
@@ -31,17 +31,8 @@ def _pqk_tail(monkeypatch):
 
 @pytest.fixture
 def plans(monkeypatch):
-    """Every plan launch_scan_bwd asks persistent_plan for: a list of (arguments, result)."""
-    seen = []
-    real = cs.persistent_plan
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        seen.append((args, out))
-        return out
-
-    monkeypatch.setattr(cs, "persistent_plan", spy)
-    return seen
+    """Every plan launch_scan_bwd gets from persistent_plan ((groups, steps) or None), in order."""
+    return record_results(monkeypatch, cs, "persistent_plan")
 
 
 @pytest.mark.parametrize("nh,n,nv,slots,forced,expected", [
@@ -120,7 +111,7 @@ def _reverse_scan_runs(monkeypatch, plans, B, T, H, K, V, C, dtype, with_dht, sl
         res = sp.scan_pqk_bwd_triton(*args, stacked=kw.get("stacked", False), dhc_q8=kw.get("q8", False), dx=dx,
                                      stream_chunks=n)
         outs.append(_flat(res) + ([dx] if dx is not None else []))
-    return outs[0], outs[1], plans[-1][1] if plans else None
+    return outs[0], outs[1], plans[-1] if plans else None
 
 
 @needs_kernels
@@ -155,11 +146,71 @@ def test_op_with_persistent_scan_equals_off_and_oracle(monkeypatch, plans, dtype
     dht = torch.randn(2, 3, 2, 32, 40, dtype=torch.float64, device=DEV)
     out = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("off", "4"), chunk_momentum_delta_rule, inputs,
                          grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=16)
-    assert any(res is not None for _, res in plans), "the persistent plan was not taken"
+    assert any(res is not None for res in plans), "the persistent plan was not taken"
     assert_same_results(out["off"], out["4"], 0.0)
     if dtype == torch.float32:  # the float64 check once (the bf16 run equals "off" bit for bit, checked elsewhere)
         monkeypatch.setenv("MDN_SCAN_PERSIST", "4")
         compare_with_oracle(inputs, dtype=dtype, tol_o=1e-5, tol_grad=1e-5, op_kwargs={"chunk_size": 16})
+
+
+class _FakeCompiled:
+    """What resident_programs reads of a compiled Triton kernel."""
+    def __init__(self, n_regs, shared):
+        self.n_regs, self.metadata = n_regs, type("Meta", (), {"shared": shared})()
+
+    def _init_handles(self):
+        pass
+
+
+class _FakeKernel:
+    def __init__(self, compiled):
+        self.fn = type("Fn", (), {"__name__": "fake_scan_kernel"})()
+        self.compiled = compiled
+
+    def warmup(self, *args, **kwargs):
+        if self.compiled is None:
+            raise RuntimeError("does not compile")
+        return self.compiled
+
+
+@pytest.mark.parametrize("n_regs,shared,warps,expected", [
+    (255, 45056, 4, 2 * 132),   # the K = 256 reverse scan on an H100 / H200: registers allow two per SM
+    (128, 28672, 4, 4 * 132),   # 128 registers: four by registers (and threads allow 16)
+    (96, 120000, 4, 1 * 132),   # shared memory allows one
+    (32, 1024, 16, 4 * 132),    # threads: 2048 / (16 x 32) = 4
+    (None, 0, 4, 0),            # a kernel that does not compile: no plan
+])
+def test_resident_programs_follows_the_occupancy_rules(monkeypatch, n_regs, shared, warps, expected):
+    props = type("Props", (), dict(multi_processor_count=132, regs_per_multiprocessor=65536,
+                                   shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048))()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(cs, "_RESIDENT", {})
+    kernel = _FakeKernel(_FakeCompiled(n_regs, shared) if n_regs else None)
+    assert cs.resident_programs(kernel, (1,), (), {"K": 256}, warps, 1, "cuda:0") == expected
+
+
+@needs_kernels
+def test_automatic_plan_uses_the_resident_programs(monkeypatch, plans):
+    """The "auto" path of launch_scan_bwd on the CPU: never under the interpreter; with "compiled kernels on a GPU"
+    and the occupancy figure stood in for (as a GPU would give them), the plan follows resident_programs and the results
+    equal one program per stream bit for bit."""
+    monkeypatch.delenv("MDN_SCAN_PERSIST", raising=False)
+    (u, p, q, kw_, a, aqk, r, g), off = pqk_scan_operands(3, 64, 2, 32, 48, 16, torch.bfloat16, DEV)
+    _, vt, _, _ = sp.scan_pqk_fwd_triton(u, p, q, kw_, a, aqk, r, g, None, off, store_states=True)
+    do = torch.randn(vt.shape, device=DEV).to(vt.dtype)
+    args = (p, q, kw_, a, aqk, r, g, do, None, None, off)
+    ref = _flat(sp.scan_pqk_bwd_triton(*args, stacked=False, stream_chunks=4))
+    assert plans == []  # the interpreter: no occupancy figure, one program per stream
+    if DEV == "cuda":
+        pytest.skip("the GPU side: test_gpu_automatic_plan_where_it_pays")
+    asked = []
+    monkeypatch.setattr(cs, "_compiled_kernels", lambda x: True)
+    monkeypatch.setattr(cs, "resident_programs", lambda kernel, grid, *rest: asked.append(grid) or 4)
+    out = _flat(sp.scan_pqk_bwd_triton(*args, stacked=False, stream_chunks=4))
+    assert asked == [(1, 6)]          # the one-program-per-stream grid's kernel (1 V-block, 6 streams)
+    assert plans == [(4, 6)]          # 24 steps over 4 groups instead of 2 rounds of 4 (8 steps vs 6)
+    for x, y in zip(ref, out):
+        assert torch.equal(x, y)
 
 
 @needs_kernels
@@ -184,7 +235,7 @@ def test_gpu_persistent_scan_bit_identical_and_oracle(monkeypatch, plans, B, T, 
     for _ in range(2):  # twice: a missed flag would show as a difference that comes and goes
         out = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("off", str(slots)), chunk_momentum_delta_rule, inputs,
                              grads=ALL_GRAD_NAMES, do=do, dht=dht, chunk_size=64)
-        assert any(res is not None for _, res in plans), "the persistent plan was not taken"
+        assert any(res is not None for res in plans), "the persistent plan was not taken"
         assert_same_results(out["off"], out[str(slots)], 0.0)
     monkeypatch.setenv("MDN_SCAN_PERSIST", str(slots))
     compare_with_oracle(inputs, dtype=torch.bfloat16, tol_o=5e-3, tol_grad=1e-2, op_kwargs={"chunk_size": 64})
@@ -202,7 +253,7 @@ def test_gpu_automatic_plan_where_it_pays(monkeypatch, plans):
     dht = torch.randn(2, 4, 6, 256, 512, dtype=torch.float64, device="cuda")
     auto = run_op_per_env(monkeypatch, "MDN_SCAN_PERSIST", ("auto",), chunk_momentum_delta_rule, inputs,
                           grads=ALL_GRAD_NAMES, do=do, dht=dht)["auto"]
-    taken = [res for _, res in plans if res is not None]
+    taken = [res for res in plans if res is not None]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     resident = [v for k, v in cs._RESIDENT.items() if k[0] == "momentum_delta_rule_bwd_kernel_scan_pqk"]
     assert resident and all(sms <= r <= 32 * sms for r in resident), (resident, sms)

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from conftest import DEV, HAS_CUDA, INTERPRET, assert_rel, make_inputs, needs_kernels, rel_rms, run_op, to_fp64
+from conftest import (DEV, HAS_CUDA, INTERPRET, assert_rel, make_inputs, needs_kernels, record_results, rel_rms, run_op,
+                      to_fp64)
 from mdn.ops.momentum_delta_rule import chunk_scan as cs
 from mdn.ops.momentum_delta_rule.chunk import chunk_momentum_delta_rule
 from mdn.ops.naive import naive_recurrent_momentum_delta_rule
@@ -31,15 +32,7 @@ def _poison(monkeypatch):
 @pytest.fixture
 def tma_calls(monkeypatch):
     """Records what cs._use_tma decided at each scan launch (True = descriptor loads)."""
-    calls = []
-    real = cs._use_tma
-
-    def spy(ops):
-        r = real(ops)
-        calls.append(r)
-        return r
-    monkeypatch.setattr(cs, "_use_tma", spy)
-    return calls
+    return record_results(monkeypatch, cs, "_use_tma")
 
 
 def _scan_inputs(NC, H, C, K, V, dtype, offsets, device=DEV):

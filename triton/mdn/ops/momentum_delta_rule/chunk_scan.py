@@ -36,6 +36,11 @@ def _interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+def _compiled_kernels(x: torch.Tensor) -> bool:
+    """Whether kernels for x run compiled on a GPU (not under the interpreter): only then is there an occupancy."""
+    return x.is_cuda and not _interpreting()
+
+
 def _poison() -> bool:
     return poisoning() or os.environ.get('MDN_DEBUG_POISON', '0') == '1'
 
@@ -1067,7 +1072,7 @@ def launch_scan_bwd(kernel, ops, tma, do, dht, hc, chunk_offsets, *, block_v=Non
         if stream_chunks and seg is None and N * H and NC == N * stream_chunks:
             forced = scan_persist()
             slots = forced
-            if forced is None and _use_triton(x) and not _interpreting():
+            if forced is None and _compiled_kernels(x):
                 # the one-program-per-stream kernel's occupancy (compiled for the launch anyway), taken for the
                 # persistent kernel's: same registers (255) and shared memory in ptxas at K = 128 and 256 (README
                 # §6), and a wrong figure costs only speed (the tickets keep any launch order deadlock-free)
