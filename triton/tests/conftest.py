@@ -460,11 +460,15 @@ def ptxas_path() -> str:
     return path if os.path.exists(path) else (shutil.which("ptxas") or path)
 
 
-def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = True, num_stages: int = 1) -> dict:
+def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = True, num_stages: int = 1,
+                 divisible: tuple = ()) -> dict:
     """Compile a Triton kernel for sm_90 on the CPU: sig maps the runtime arguments to Triton types ("*bf16",
-    "i32", ...), consts the constexprs. Returns {"shared", "tma_loads"} and, with ptxas=True, "regs", "stack",
-    "spill_st", "spill_ld" from `ptxas -v --gpu-name sm_90a`. Every pointer is taken as 16-byte aligned, as the
-    launchers' torch allocations are."""
+    "i32", ...), consts the constexprs. Returns {"shared", "tma_loads", "ld_b16"} and, with ptxas=True, "regs",
+    "stack", "spill_st", "spill_ld" from `ptxas -v --gpu-name sm_90a`. Every pointer is taken as 16-byte aligned,
+    as the launchers' torch allocations are, and so is every integer named in ``divisible`` (arguments the
+    launchers always pass as multiples of 16, which Triton's launcher then specialises, unless the kernel lists
+    them in do_not_specialize: then not). "ld_b16" counts scalar 16-bit global loads in the PTX (one bf16 a thread
+    at a time: unaligned or uncoalesced tiles)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -478,11 +482,12 @@ def compile_sm90(kernel, sig: dict, consts: dict, num_warps: int, ptxas: bool = 
     sig = dict(sig)
     sig.update({n: "constexpr" for n in consts})
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-             if sig.get(n, "").startswith("*")}
+             if sig.get(n, "").startswith("*") or (n in divisible and not kernel.params[i].do_not_specialize)}
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     # "tma_loads": descriptor (bulk tensor) copies in the PTX, 0 on the pointer path
-    res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor")}
+    res = {"shared": k.metadata.shared, "tma_loads": k.asm["ptx"].count("cp.async.bulk.tensor"),
+           "ld_b16": len(re.findall(r"\bld\.global(?![^\s]*\.v[248]\.)[^\s]*\.[bfsu]16\s", k.asm["ptx"]))}
     if not ptxas:
         return res
     with tempfile.TemporaryDirectory() as d:
@@ -517,7 +522,8 @@ sys.path.insert(0, sys.argv[1])
 from conftest import compile_sm90
 a = json.loads(sys.argv[2])
 try:
-    res = compile_sm90(getattr(importlib.import_module(a["module"]), a["kernel"]), a["sig"], a["consts"], a["warps"])
+    res = compile_sm90(getattr(importlib.import_module(a["module"]), a["kernel"]), a["sig"], a["consts"], a["warps"],
+                       num_stages=a["stages"], divisible=tuple(a["divisible"]))
 except BaseException as e:  # pytest.skip inside compile_sm90 (a GPU machine whose ptxas rejects the PTX)
     if type(e).__name__ != "Skipped":
         raise
@@ -526,12 +532,14 @@ print(json.dumps(res))
 """
 
 
-def compile_sm90_child(module: str, kernel: str, sig: dict, consts: dict, num_warps: int) -> dict:
+def compile_sm90_child(module: str, kernel: str, sig: dict, consts: dict, num_warps: int, num_stages: int = 1,
+                       divisible: tuple = ()) -> dict:
     """compile_sm90 of ``module.kernel`` in a child Python without TRITON_INTERPRET: under the interpreter (CI) the
     test process's @triton.jit functions are interpreted ones that cannot be compiled, so resource checks that
     called compile_sm90 directly skipped there. Skips where compile_sm90 would."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    arg = json.dumps({"module": module, "kernel": kernel, "sig": sig, "consts": consts, "warps": num_warps})
+    arg = json.dumps({"module": module, "kernel": kernel, "sig": sig, "consts": consts, "warps": num_warps,
+                      "stages": num_stages, "divisible": list(divisible)})
     r = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, os.path.dirname(os.path.abspath(__file__)), arg],
                        capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(
                            os.path.abspath(__file__))))

@@ -166,14 +166,13 @@ def test_segments_refuse_gemm_split(monkeypatch):
 
 def test_tail_config_knob(monkeypatch):
     """MDN_TAIL_CONFIG overrides the tiles; a malformed value is a ValueError naming it."""
-    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 64, 4, 3)
+    assert tail_config(256, 512, 64, torch.bfloat16) == (32, 32, 4, 3)
     assert tail_config(256, 512, 64, torch.float32) == (32, 32, 4, 2)
-    # 64 < V <= 128 (16-bit): one V-block
-    assert tail_config(128, 128, 64, torch.bfloat16) == (32, 128, 4, 2)
-    assert tail_config(256, 96, 64, torch.float16) == (32, 128, 4, 2)
-    assert tail_config(128, 64, 64, torch.bfloat16) == (32, 64, 4, 3)
-    assert tail_config(128, 130, 64, torch.bfloat16) == (32, 64, 4, 3)
+    assert tail_config(128, 128, 64, torch.bfloat16) == (32, 32, 4, 3)
+    assert tail_config(256, 96, 64, torch.float16) == (32, 32, 4, 3)
+    assert tail_config(16, 16, 32, torch.bfloat16) == (16, 16, 4, 3)
     assert tail_config(20, 24, 128, torch.float32) == (32, 32, 8, 2)
+    assert tail_config(20, 24, 128, torch.bfloat16) == (32, 32, 8, 2)
     monkeypatch.setenv("MDN_TAIL_CONFIG", "32,128,4,3")
     assert tail_config(256, 512, 64, torch.bfloat16) == (32, 128, 4, 3)
     for bad in ("64,64,8", "48,64,8,2", "64,64,3,2", "64,64,8,0", "a,b,c,d"):
@@ -187,8 +186,7 @@ def test_tail_config_knob(monkeypatch):
 @needs_kernels
 def test_tail_launches_with_its_stages_through_the_fallback(monkeypatch):
     """The tail goes through chunk_scan._launch_pipelined (one stage on a GPU without the shared memory for its
-    stages, tested in test_scan_pqk.py) with tail_config's stages: bf16 at C <= 64 and V = 96 one V-block of 128 at
-    2, fp32 2."""
+    stages, tested in test_scan_pqk.py) with tail_config's stages: bf16 at C <= 64 3, fp32 2."""
     import mdn.ops.momentum_delta_rule.chunk_state_gemms as tail
     from mdn.ops.momentum_delta_rule.chunk_scan import _launch_pipelined
     seen = []
@@ -198,7 +196,7 @@ def test_tail_launches_with_its_stages_through_the_fallback(monkeypatch):
         _launch_pipelined(kernel, grid, args, consts, num_warps, num_stages)
 
     monkeypatch.setattr(tail, "_launch_pipelined", spy)
-    for dtype, want in ((torch.bfloat16, (128, 4, 2)), (torch.float32, (32, 4, 2))):
+    for dtype, want in ((torch.bfloat16, (32, 4, 3)), (torch.float32, (32, 4, 2))):
         seen.clear()
         (xv, xo), rr, dg = state_gemms_triton(*_tail_inputs(2, 1, 16, 32, 96, dtype, False)[0])
         assert seen == [("momentum_delta_rule_bwd_kernel_state_gemms",) + want], seen
@@ -237,6 +235,31 @@ def test_gpu_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacke
     test_state_gemms_match_fp64_products(monkeypatch, dtype, C, K, V, stacked, split)
 
 
+def _tail_sig(dtype: str) -> dict:
+    sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
+    sig.update(dlo="*i8", rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
+    sig.update({n: "*" + dtype for n in ("q", "kw", "dq", "dkw")}, rsc="*fp32", drp="*fp32")
+    return sig
+
+
+@pytest.mark.parametrize("K,V", [(256, 512), (128, 128)])
+def test_tail_loads_whole_tiles_three_ctas_sm90(K, V):
+    """The bf16 tail at the shipped tiles and the two benchmark shapes, compiled for sm_90 (in a child without the
+    interpreter, so CI runs it too) as the launch specialises it: no 16-bit tile loaded one element a thread at a
+    time (dO's tiles were, while its (chunk, head) stride s_dob was not specialised, 23 % of the kernel's stalls),
+    and three CTAs fit an SM (registers and shared memory: the occupancy the measured default runs at)."""
+    from conftest import compile_sm90_child
+    bk, bv, nw, ns = tail_config(K, V, 64, torch.bfloat16)
+    res = compile_sm90_child("mdn.ops.momentum_delta_rule.chunk_state_gemms",
+                             "momentum_delta_rule_bwd_kernel_state_gemms", _tail_sig("bf16"),
+                             dict(K=K, V=V, C=64, BK=bk, BV=bv, NK=-(-K // bk), P=2, DOT_MODE=1, X=True, R=True,
+                                  INDEXED=False, HC_GLOBAL=True, LO_Q8=True, FUSE_QK=True),
+                             nw, num_stages=ns, divisible=("s_dob",))
+    assert res["ld_b16"] == 0, res
+    assert 3 * (res["shared"] + 1024) <= 228 * 1024 and 3 * nw * 32 * res["regs"] <= 65536, res
+    assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("indexed,fuse", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -254,15 +277,14 @@ def test_tail_resources_sm90(monkeypatch, dtype, C, K, V, indexed, fuse):
     if triton.knobs.runtime.interpret:
         pytest.skip("compiling needs the interpreter off (run without TRITON_INTERPRET=1)")
     bk, bv, nw, ns = tail_config(K, V, C, torch.float32 if dtype == "fp32" else torch.bfloat16)
-    sig = {n: "*" + dtype for n in ("vt", "dvt", "dob", "hc", "dhc", "xv", "xo")}
-    sig.update(dlo="*i8", rr="*fp32", dgp="*fp32", s_dob="i32", idx="*i64", H="i32")
-    sig.update({n: "*" + dtype for n in ("q", "kw", "dq", "dkw")}, rsc="*fp32", drp="*fp32")
+    sig = _tail_sig(dtype)
     q8 = dtype == "bf16" and not indexed  # MDN_DHC=q8, the default for bf16 (not per segment)
     res = compile_sm90(kernel, sig, dict(K=K, V=V, C=C, BK=bk, BV=bv, NK=triton.cdiv(K, bk),
                                          P=2 if dtype == "fp32" or q8 else 4, DOT_MODE=1 if dtype == "bf16" else 0,
                                          INDEXED=indexed, HC_GLOBAL=not indexed, LO_Q8=q8, FUSE_QK=fuse),
-                       nw, num_stages=ns)
+                       nw, num_stages=ns, divisible=("s_dob",))
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["regs"] > 64, res
+    assert res["ld_b16"] == 0, res  # every 16-bit tile loaded whole (vectorised / cp.async), none a bf16 at a time
     if C <= 64:
         # the segments' indexed variant: at most 64 bytes; q8's rebuild of dS', dM' (hi + int8 lo -> fp32 -> hi +
         # lo bf16) at C = 32, K = 64, V = 48: 116 bytes (255 registers; none at the C = 64 shapes); the fp32

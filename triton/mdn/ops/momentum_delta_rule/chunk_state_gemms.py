@@ -35,7 +35,10 @@ def _tile(p, m, DOT_MODE: tl.constexpr):
     return x
 
 
-@triton.jit(do_not_specialize=["s_dob", "H"])
+# s_dob (C V or 2 C V) is specialised as Triton does by default (a multiple of 16): with do_not_specialize the
+# compiler could not tell that dO's tiles are 16-byte aligned and loaded them one bf16 at a time outside the cp.async
+# pipeline, 23 % of the kernel's stall samples (Nsight Compute, docs/BENCHMARKS.md §1.26)
+@triton.jit(do_not_specialize=["H"])
 def momentum_delta_rule_bwd_kernel_state_gemms(
     vt, dvt, dob, hc, dhc, dlo, xv, xo, rr, dgp, s_dob, idx, q, kw, rsc, dq, dkw, drp, H,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
@@ -176,22 +179,23 @@ def _pow2_clamp(n: int, lo: int, hi: int) -> int:
 
 def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BK, BV, num_warps, num_stages) of the fused kernel; MDN_TAIL_CONFIG="BK,BV,warps,stages" overrides it
-    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 64, 4 warps, 3 stages for 16-bit inputs
-    (fp32: BV 32, 2 stages; the V loop's loads do not depend on the accumulators, so the next V-blocks' tiles load
-    while this one multiplies). A GPU whose shared memory cannot hold the stages runs the loop with one
+    (a ValueError names a malformed value). Default at C <= 64: BK 32, BV 32, 4 warps, 3 stages for 16-bit inputs
+    (fp32: 2 stages; the V loop's loads do not depend on the accumulators, so the next V-blocks' tiles load while
+    this one multiplies). A GPU whose shared memory cannot hold the stages runs the loop with one
     (chunk_scan._launch_pipelined).
-    Measured at 32768 tokens on one H200 (docs/BENCHMARKS.md §1.14-§1.15), fwd+bwd ms with (BK, BV, warps, stages):
-    H6 K256 V512 (32, 64, 4, 3) 12.40-12.45, (32, 64, 4, 2) 12.78-12.96, (64, 32, 4, 3) 13.14, (32, 32, 4, 2) 13.28,
-    (64, 64, 8, 3) 14.34, (16, 64, 4, 2) 14.35, (64, 32, 8, 3) 15.25 (one CTA per SM at 216 registers x 256
-    threads), (32, 128, 4, 2) 15.81; the reverse scan's row sums (MDN_BWD_DG=rev) 13.75; H16 K128 V128 (32, 128, 4,
-    2) 9.44, (32, 64, 4, 3) 9.49, (32, 64, 4, 2) 9.57, rev 9.58. With the chain rule's epilogue (FUSE_QK, the
-    default since the seventeenth session; §1.23, same process) H16 K128 V128 (32, 128, 4, 2) 6.59 against (32, 64,
-    4, 3) 6.77, (16, 128, 4, 3) 6.86, (64, 128, 8, 2) 7.06, (32, 128, 8, 2) 7.52, (32, 64, 8, 3) 8.03: 64 < V <= 128
-    takes one V-block; H6 K256 V512 kept (32, 64, 4, 3) (10.40 against 11.81-13.67 for (64, 64, 8, 3), (32, 128, 8,
-    2 or 3), (32, 64, 8, 3), (16, 128, 4, 3)). The 3-stage tiles passed the GPU test set on an
-    H200 (docs/BENCHMARKS.md §1.15; forced on fp32 at C = 128 they need 256 KB, over Hopper's 227). ptxas for
-    sm_90a: no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow; (32, 64, 4, 3) 240
-    registers, 106 KB); at C = 128, BV 32 and 8 warps."""
+    Measured at 32768 tokens on one H200, fwd+bwd ms with (BK, BV, warps, stages). Since the twenty-first session
+    (docs/BENCHMARKS.md §1.26; dO's tiles known to be 16-byte aligned, so they go through the cp.async pipeline
+    too), two processes: H6 K256 V512 T = 8192 (32, 32, 4, 3) 9.75-9.78 (151 registers, 58 KB: three CTAs per
+    SM), (64, 32, 4, 3) 9.90, (32, 32, 4, 4) 10.00, (32, 64, 4, 2) 10.15, (32, 32, 4, 2) 10.27, (16, 64, 4, 3)
+    10.55, (32, 64, 4, 3) 10.57-10.61 (116 KB: one CTA per SM), (32, 16, 4, 4) 10.74, (16, 32, 4, 4) 11.18, (32,
+    32, 8, 3) 12.54, against 10.30-10.44 for the previous default (32, 64, 4, 3) with dO loaded a bf16 at a time;
+    H16 K128 V128 T = 4096 (32, 32, 4, 3) 6.16, (32, 32, 4, 2) 6.28, (32, 64, 4, 2) 6.31, (32, 128, 4, 2)
+    6.26-6.35, (16, 128, 4, 2) 6.43, (16, 32, 4, 3) 6.72, against 6.34-6.42 for the previous default (32, 128, 4,
+    2) with dO a bf16 at a time. Before (§1.14-§1.23, the fused epilogue FUSE_QK from §1.22 on):
+    (32, 64, 4, 3) beat (32, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 2), (64, 64, 8, 3), (16, 64, 4, 2),
+    (64, 32, 8, 3) and (32, 128, 8, 2 or 3) at H6 K256 V512, and (32, 128, 4, 2) was taken at 64 < V <= 128.
+    ptxas for sm_90a: no spills at C <= 64 (test_state_gemms.py::test_tail_resources_sm90, slow); at C = 128, BV 32
+    and 8 warps."""
     env = os.environ.get("MDN_TAIL_CONFIG", "").strip()
     if env:
         try:
@@ -204,11 +208,7 @@ def tail_config(K: int, V: int, C: int, dtype: torch.dtype) -> tuple[int, int, i
         return bk, bv, nw, ns
     bk = _pow2_clamp(K, 16, 32)
     if C <= 64:
-        if dtype == torch.float32:
-            return bk, _pow2_clamp(V, 16, 32), 4, 2
-        if 64 < V <= 128:  # one V-block: with the FUSE_QK epilogue 0.18 ms faster at H16 K128 V128 (§1.23)
-            return bk, 128, 4, 2
-        return bk, _pow2_clamp(V, 16, 64), 4, 3
+        return bk, _pow2_clamp(V, 16, 32), 4, 2 if dtype == torch.float32 else 3
     return bk, _pow2_clamp(V, 16, 32), 8, 2
 
 
