@@ -139,11 +139,14 @@ def test_output_path_resources_sm90(monkeypatch, K, V):
     bf = torch.bfloat16
     sig = {n: "*bf16" for n in ("u", "p", "q", "kw", "a", "aqk", "o", "vt", "hc", "dhc")}
     sig.update(r="*fp32", g="*fp32", h0="*fp32", ht="*fp32", dgp="*fp32", hb="*fp32", chunk_offsets="*i64",
-               H="i32", s_oc="i64", s_oh="i64", s_ot="i64", seg_j0="i32", seg_j1="i32", seg_len="i32")
+               H="i32", seg_j0="i32", seg_j1="i32", seg_len="i32")
+    # o's and u's strides (u: the values V read in place, MDN_SCAN_V=v with two dots, the default: V_IN = 2)
+    sig.update({n: "i64" for n in sp.momentum_delta_rule_fwd_kernel_scan_pqk.arg_names if n.startswith("s_")})
     bv, nw = scan_config(K, V, bf, "fwd")
     res = compile_sm90(sp.momentum_delta_rule_fwd_kernel_scan_pqk, sig,
                        dict(K=K, V=V, C=64, BK=_sub_k(K), BV=bv, USE_H0=True, RECOMPUTE=False, STORE_STATES=True,
-                            DOT_MODE=1, LOAD_TMA=False, WRITE_O=False), nw, num_stages=scan_stages(K, bf, "rec"))
+                            DOT_MODE=1, LOAD_TMA=False, WRITE_O=False, V_IN=2), nw,
+                       num_stages=scan_stages(K, bf, "rec"))
     assert 0 < res["shared"] <= HOPPER_SHARED_LIMIT and res["spill_st"] <= 64 and res["spill_ld"] <= 64, res
     bv, nw, ns = co.output_config(bf)
     sig = dict(q="*bf16", hc="*bf16", vt="*bf16", aqk="*bf16", r="*fp32", o="*bf16", H="i32", s_oc="i64",
