@@ -3,7 +3,8 @@
 # with hardware counters, the clocks left alone (--clock-control none, as the device notes ask). Writes to $OUT
 # (or results/ncu): <name>.ncu-rep, <name>_details.csv (every section of every profiled kernel) and
 # <name>_source.csv.gz (per-SASS-instruction samples: where the warps stall).
-#   OUT=... NAME=h6_t8192 KERNELS='state_gemms|bwd_kernel_scan_pqk' SET=full bash scripts/gpu_ncu.sh --shape h6k256v512 --T 8192
+#   OUT=... NAME=h6_t8192 KERNELS='state_gemms|bwd_kernel_scan_pqk' SET=full \
+#     bash scripts/gpu_ncu.sh --shape h6k256v512 --T 8192
 # Only the Python process is profiled, and inductor compiles in it (no worker pool): with ncu following the compile
 # workers too, the run ended in a segmentation fault (H200, ncu 2025.3.1, twenty-first session).
 set -uo pipefail
@@ -15,8 +16,9 @@ KERNELS=${KERNELS:-bwd_kernel_scan_pqk|state_gemms|fwd_kernel_scan_pqk|output_pq
 NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)}
 [ -n "$NCU" ] || { echo "gpu_ncu: ncu not found (set NCU=/path/to/ncu)"; exit 2; }
 "$NCU" --version | tail -1
-TORCHINDUCTOR_COMPILE_THREADS=1 timeout -k 10 "${T_NCU:-400}" "$NCU" --clock-control none --target-processes application-only --profile-from-start off --set "${SET:-full}" \
-  --import-source no -k "regex:$KERNELS" -f -o "$O/$NAME" python3 mdn/bench/profile_once.py "$@"
+TORCHINDUCTOR_COMPILE_THREADS=1 timeout -k 10 "${T_NCU:-400}" "$NCU" --clock-control none \
+  --target-processes application-only --profile-from-start off --set "${SET:-full}" --import-source no \
+  -k "regex:$KERNELS" -f -o "$O/$NAME" python3 mdn/bench/profile_once.py "$@"
 rc=$?
 echo "gpu_ncu: ncu rc $rc"
 [ -f "$O/$NAME.ncu-rep" ] || exit "$rc"
