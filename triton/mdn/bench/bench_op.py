@@ -219,6 +219,7 @@ def run_case(shape, T, tokens, dtype, chunk_size, phases, check=False, prof=Fals
     row["bwd_chain"] = cb.chain_mode()
     row["bwd_chain_config"] = os.environ.get("MDN_BWD_CHAIN_CONFIG", "") or "default"
     row["compile_mode"] = os.environ.get("MDN_CHUNK_COMPILE_MODE", "") or "default"
+    row["gates_segsum"] = os.environ.get("MDN_GATES_SEGSUM", "") or "auto"  # intra_gates.segsum_dot
     if row["intra"] == "triton":
         row["intra_dot"] = os.environ.get("MDN_INTRA_DOT", "ieee") or "ieee"
     return row

@@ -46,10 +46,13 @@ def _run(gates_mode, la, be, lm, weights, dtype, tf32=False, used=(0, 1, 2, 3, 4
 
 
 @needs_kernels
+@pytest.mark.parametrize("segsum", ["auto", "cumsum", "dot"])
 @pytest.mark.parametrize("C", [16, 32, 64])
 @pytest.mark.parametrize("kind", ["layer", "mu_small", "alpha_small"])
-def test_kernels_match_fp64_autograd(C, kind):
-    """Every output and all three gate gradients within 1e-5 of float64 (3xTF32 products)."""
+def test_kernels_match_fp64_autograd(monkeypatch, C, kind, segsum):
+    """Every output and all three gate gradients within 1e-5 of float64 (3xTF32 products; the segment sums as
+    cumulative sums or as products in two TF32 parts, MDN_GATES_SEGSUM)."""
+    monkeypatch.setenv("MDN_GATES_SEGSUM", segsum)
     la, be, lm = _gates(C, kind, seed=C)
     g = torch.Generator().manual_seed(1)
     weights = [torch.randn(3, 2, C, generator=g, dtype=torch.float64) for _ in range(4)]
@@ -126,6 +129,17 @@ def test_defaults():
         assert ig.kernel_applies(gpu, "kernel", False)
 
 
+def test_segsum_defaults(monkeypatch):
+    """MDN_GATES_SEGSUM: auto (unset or empty) takes the products in the backward only (faster there, slower in the
+    forward, docs/BENCHMARKS.md §1.27); cumsum and dot pick one form for both; anything else is a clear error."""
+    for value, fwd, bwd in (("", False, True), ("auto", False, True), ("cumsum", False, False), ("dot", True, True)):
+        monkeypatch.setenv("MDN_GATES_SEGSUM", value)
+        assert (ig.segsum_dot("fwd"), ig.segsum_dot("bwd")) == (fwd, bwd), value
+    monkeypatch.setenv("MDN_GATES_SEGSUM", "tf32")
+    with pytest.raises(ValueError, match="MDN_GATES_SEGSUM='tf32': expected one of 'auto', 'cumsum', 'dot'"):
+        ig.segsum_dot("bwd")
+
+
 @pytest.mark.parametrize("value", ["triton", "1", "Kernel"])
 def test_env_rejects_unknown_value(monkeypatch, value):
     monkeypatch.setenv("MDN_INTRA_GATES", value)
@@ -155,21 +169,22 @@ def test_fake_tensor_shapes():
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
 @pytest.mark.parametrize("C", [32, 64])
 def test_sm90_resources_without_spills(C):
-    """The shipped form (TF32, GATE_WARPS) compiles for sm_90 (ptxas, in a child process without the interpreter)
-    without register spills at C = 32 and at most 96 bytes at C = 64: the forward at 2 warps spills 56, the backward
-    at 4 warps 72, and both ran faster on an H200 than the spill-free 8-warp form (GATE_WARPS). 3xTF32 spills ~0.7 /
-    1.4 KB at C = 64 (8 warps): it runs only when asked, for fp32 inputs."""
+    """The shipped form (TF32, GATE_WARPS, segsum_dot's default) compiles for sm_90 (ptxas, in a child process
+    without the interpreter) without register spills at C = 32 and with at most 56 bytes (forward, 2 warps) and 144
+    (backward, 4 warps, segment sums as products) at C = 64: both ran faster on an H200 than the spill-free 8-warp
+    forms (GATE_WARPS, segsum_dot). The backward with cumulative sums spilled 72 bytes; 3xTF32 products, or
+    Triton's "tf32x3" for the triangle products, spill 1-4 KB at C = 64: the former runs only when asked, for fp32
+    inputs, the latter is not used (_dot_exact_b)."""
     f32 = "*fp32"
     mod = "mdn.ops.momentum_delta_rule.intra_gates"
     fwd = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_intra_gates",
                              {n: f32 for n in ("log_alpha", "beta", "log_mu", "a", "m", "b", "lm_last", "gam")},
-                             {"C": C, "PREC": "tf32"}, ig.GATE_WARPS["fwd"])
+                             {"C": C, "PREC": "tf32", "SEGSUM_DOT": ig.segsum_dot("fwd")}, ig.GATE_WARPS["fwd"])
     bwd = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_gates",
                              {n: f32 for n in ("log_alpha", "beta", "log_mu", "da", "dm", "db", "dlm_last", "dgam",
-                                               "dlog_alpha", "dbeta", "dlog_mu")}, {"C": C, "PREC": "tf32"},
-                             ig.GATE_WARPS["bwd"])
-    limit = 96 if C == 64 else 0
-    for res in (fwd, bwd):
+                                               "dlog_alpha", "dbeta", "dlog_mu")},
+                             {"C": C, "PREC": "tf32", "SEGSUM_DOT": ig.segsum_dot("bwd")}, ig.GATE_WARPS["bwd"])
+    for res, limit in ((fwd, 56 if C == 64 else 0), (bwd, 144 if C == 64 else 0)):
         assert res["spill_st"] <= limit and res["spill_ld"] <= limit, res
 
 

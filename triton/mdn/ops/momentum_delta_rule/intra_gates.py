@@ -15,7 +15,9 @@ recomputes L_a, L_m from the gates and, given da, dm, db, dl_m and dGamma:
     cumsum: dla[l] += sum_{t >= l} da[t] a[t]                        (and lm from dm m)
 
 The two [C, C] products of the backward and Gamma take 3xTF32 dots (tensor cores, ~fp32 accuracy), as the
-triangular inverse's backward does (tril_inverse.py). Checked against torch autograd of the torch graph in
+triangular inverse's backward does (tril_inverse.py), or TF32 for 16-bit inputs. The backward also forms the segment
+sums and their gradients' row prefix sums as products with 0/1 triangles (MDN_GATES_SEGSUM, segsum_dot), in two
+TF32 parts that keep ~22 bits (_dot_exact_b); the forward keeps cumulative sums, which were faster there. Checked against torch autograd of the torch graph in
 tests/ops/test_intra_gates.py.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .knobs import env_choice
 from .oplib import kernel_op, wrap_triton
 
 INTRA_GATES_MODES = ("auto", "torch", "kernel")
+SEGSUM_MODES = ("auto", "cumsum", "dot")
 
 
 def intra_gates_mode() -> str:
@@ -39,6 +42,18 @@ def intra_gates_mode() -> str:
     the CPU interpreter included), "torch" or "kernel" (the kernels wherever they can run: fp32, C <= 64, CUDA or
     the interpreter). Read when the intra part is traced: one value per process under torch.compile."""
     return env_choice("MDN_INTRA_GATES", INTRA_GATES_MODES, "auto")
+
+
+def segsum_dot(direction: str) -> bool:
+    """MDN_GATES_SEGSUM: whether the gate kernel of ``direction`` ("fwd" or "bwd") forms the [C, C] segment sums
+    (and, backward, their gradients' row prefix sums) as products with 0/1 triangles on tensor cores (_segsum_dot,
+    _dot_exact_b) instead of cumulative sums over the tile's rows or columns. "auto" (default): the backward only;
+    "cumsum": neither; "dot": both. Measured alone (one H200, C = 64, TF32, docs/BENCHMARKS.md §1.27), ms at the
+    shipped warps: backward 0.481 -> 0.422 (8192 programs) and 0.184 -> 0.164 (3072), forward 0.119 -> 0.152 (slower:
+    its two cumsums cost less than the products' layout changes). Read at each launch of the backward and when the
+    forward is traced (one value per process under torch.compile)."""
+    mode = env_choice("MDN_GATES_SEGSUM", SEGSUM_MODES, "auto")
+    return mode == "dot" or (mode == "auto" and direction == "bwd")
 
 
 def kernel_applies(x: torch.Tensor, mode: str, tf32: bool) -> bool:
@@ -52,9 +67,10 @@ def kernel_applies(x: torch.Tensor, mode: str, tf32: bool) -> bool:
 
 
 @triton.jit
-def _gate_matrices(log_alpha, beta, log_mu, p_g, C: tl.constexpr):
+def _gate_matrices(log_alpha, beta, log_mu, p_g, C: tl.constexpr, SEGSUM_DOT: tl.constexpr = False):
     """From one (chunk, head)'s gates at p_g ([C] pointers): la, beta, a, m [C] and L_a, L_m [C, C] (fp32). Shared
-    with the fused intra kernels (chunk_intra_fwd._intra_gates)."""
+    with the fused intra kernels (chunk_intra_fwd._intra_gates). SEGSUM_DOT: the segment sums as 3xTF32 products
+    (_segsum_dot) instead of [C, C] cumulative sums."""
     o_c = tl.arange(0, C)
     m_lower = o_c[:, None] >= o_c[None, :]                   # [C(t), C(i)] t >= i
     m_strict = o_c[:, None] > o_c[None, :]
@@ -63,13 +79,41 @@ def _gate_matrices(log_alpha, beta, log_mu, p_g, C: tl.constexpr):
     b_beta = tl.load(beta + p_g).to(tl.float32)
     b_a = tl.exp(tl.cumsum(b_la, 0))                         # [C] a_t
     b_m = tl.exp(tl.cumsum(b_lm, 0))                         # [C] m_t
-    # segment sums out[t, i] = sum_{i < l <= t} x_l: masked cumulative sum over l (rows), then mask before exp
-    zero_cc = tl.zeros([C, C], dtype=tl.float32)
-    s_a = tl.cumsum(tl.where(m_strict, b_la[:, None] + zero_cc, 0.), 0)   # [C(t), C(i)]
-    s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
+    # segment sums out[t, i] = sum_{i < l <= t} x_l, masked before exp (every entry of L in [0, 1])
+    if SEGSUM_DOT:
+        s_a = _segsum_dot(b_la, C)
+        s_m = _segsum_dot(b_lm, C)
+    else:  # masked cumulative sum over l (rows)
+        zero_cc = tl.zeros([C, C], dtype=tl.float32)
+        s_a = tl.cumsum(tl.where(m_strict, b_la[:, None] + zero_cc, 0.), 0)   # [C(t), C(i)]
+        s_m = tl.cumsum(tl.where(m_strict, b_lm[:, None] + zero_cc, 0.), 0)
     b_La = tl.exp(tl.where(m_lower, s_a, float('-inf')))    # [C, C] a_t / a_i, t >= i
     b_Lm = tl.exp(tl.where(m_lower, s_m, float('-inf')))    # [C, C] m_i / m_j, i >= j
     return b_la, b_beta, b_a, b_m, b_La, b_Lm
+
+
+@triton.jit
+def _dot_exact_b(a, b):
+    """a b for fp32 a and a b exact in TF32 (here 0/1 triangles) in two TF32 products: a = a_hi + a_lo with a_hi
+    a's top 11 mantissa bits (exact in TF32) and a_lo = a - a_hi (exact in fp32), so each term keeps ~22 of fp32's
+    24 bits. Triton's "tf32x3" does the same in three products, but holds more [C, C] tiles: at C = 64 it spilled
+    1-4 KB per thread on sm_90 where this does not."""
+    a_hi = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)   # clear the low 13 bits
+    acc = tl.dot(a - a_hi, b, input_precision="tf32")
+    return tl.dot(a_hi, b, acc, input_precision="tf32")
+
+
+@triton.jit
+def _segsum_dot(x, C: tl.constexpr):
+    """[C, C] segment sums s[t, i] = sum_{i < l <= t} x_l (t > i; the rest is masked by the caller) as one product
+    (D-scaled lower triangle) x (strict lower 0/1 triangle): s = (T_incl D(x)) T_strict, on tensor cores
+    (_dot_exact_b: ~22 of fp32's 24 bits per term, summed in fp32; log-gates are <= 0, so the terms of a sum share
+    their sign and nothing cancels). A [C, C] cumsum over rows (the other form) runs as warp shuffles and
+    shared-memory passes on the CUDA cores instead."""
+    o_c = tl.arange(0, C)
+    b_lx = tl.where(o_c[:, None] >= o_c[None, :], x[None, :], 0.)      # [C(t), C(l)] x_l, l <= t
+    b_tri = tl.where(o_c[:, None] > o_c[None, :], 1., 0.)              # [C(l), C(i)] l > i
+    return _dot_exact_b(b_lx, b_tri)
 
 
 @triton.jit
@@ -79,12 +123,13 @@ def momentum_delta_rule_fwd_kernel_intra_gates(
     gam,                           # [NC * H, C, C]
     C: tl.constexpr,
     PREC: tl.constexpr,            # input_precision of the [C, C] product: "tf32" or "tf32x3"
+    SEGSUM_DOT: tl.constexpr = False,  # the segment sums as products (_segsum_dot; MDN_GATES_SEGSUM)
 ):
     """a, m, b, L_m[C-1] and Gamma of one (chunk, head) per program."""
     i_n = tl.program_id(0).to(tl.int64)
     o_c = tl.arange(0, C)
     p_g = i_n * C + o_c
-    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
+    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C, SEGSUM_DOT)
     b_gam = tl.dot(b_La * b_beta[None, :], b_Lm, input_precision=PREC)   # [C, C] Gamma = L_a D(beta) L_m
     b_b = tl.sum(b_La * (b_beta * b_m)[None, :], 1)                           # [C] b = L_a (beta m)
     tl.store(a + p_g, b_a)
@@ -102,13 +147,14 @@ def momentum_delta_rule_bwd_kernel_intra_gates(
     dlog_alpha, dbeta, dlog_mu,    # [NC * H, C]
     C: tl.constexpr,
     PREC: tl.constexpr,            # input_precision of the [C, C] products: "tf32" or "tf32x3"
+    SEGSUM_DOT: tl.constexpr = False,  # the segment sums and their gradients as products (MDN_GATES_SEGSUM)
 ):
     """The gates' gradients of one (chunk, head) per program (module docstring)."""
     i_n = tl.program_id(0).to(tl.int64)
     o_c = tl.arange(0, C)
     m_lower = o_c[:, None] >= o_c[None, :]
     p_g = i_n * C + o_c
-    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C)
+    _, b_beta, b_a, b_m, b_La, b_Lm = _gate_matrices(log_alpha, beta, log_mu, p_g, C, SEGSUM_DOT)
     b_dgam = tl.load(dgam + i_n * C * C + o_c[:, None] * C + o_c[None, :]).to(tl.float32)   # [C, C]
     b_db = tl.load(db + p_g).to(tl.float32)                                                 # [C]
     b_X = b_La * b_beta[None, :]                                                            # [C, C]
@@ -116,18 +162,28 @@ def momentum_delta_rule_bwd_kernel_intra_gates(
     b_dLm = tl.dot(tl.trans(b_X), b_dgam, input_precision=PREC)                         # [C, C]
     b_dLm += tl.where(o_c[:, None] == C - 1, tl.load(dlm_last + p_g).to(tl.float32)[None, :], 0.)
     b_y = tl.sum(b_db[:, None] * b_La, 0)                                                   # [C] L_a^T db
-    b_dLa = b_dX * b_beta[None, :] + b_db[:, None] * (b_beta * b_m)[None, :]
-    b_dbeta = tl.sum(b_dX * b_La, 0) + b_m * b_y
     b_dm = tl.load(dm + p_g).to(tl.float32) + b_beta * b_y
     b_da = tl.load(da + p_g).to(tl.float32)
-    # segment sums: d x[l] = sum_{t >= l} sum_{i < l} dS[t, i] with dS = dL * L (zero above the diagonal)
-    b_dSa = b_dLa * b_La
-    b_dSm = b_dLm * b_Lm
-    b_dla = tl.sum(tl.where(m_lower, tl.cumsum(b_dSa, 1) - b_dSa, 0.), 0)
-    b_dlm = tl.sum(tl.where(m_lower, tl.cumsum(b_dSm, 1) - b_dSm, 0.), 0)
-    # cumsums: d x[l] += sum_{t >= l} d(exp(cumsum x))[t] exp(cumsum x)[t]
-    b_dla += tl.sum(tl.where(m_lower, (b_da * b_a)[:, None], 0.), 0)
-    b_dlm += tl.sum(tl.where(m_lower, (b_dm * b_m)[:, None], 0.), 0)
+    # segment sums: d x[l] = sum_{t >= l} sum_{i < l} dS[t, i] with dS = dL * L (zero above the diagonal), and
+    # the cumsums: d x[l] += sum_{t >= l} d(exp(cumsum x))[t] exp(cumsum x)[t]
+    if SEGSUM_DOT:  # the row prefix sums sum_{i < l} dS[t, i] as dS T_upper (strict upper 0/1), _dot_exact_b;
+        # the L_m branch to its end first, so that fewer [C, C] tiles are live at once
+        b_triu = tl.where(o_c[:, None] < o_c[None, :], 1., 0.)                              # [C(i), C(l)] i < l
+        b_pm = _dot_exact_b(b_dLm * b_Lm, b_triu) + (b_dm * b_m)[:, None]                   # [C(t), C(l)]
+        b_dlm = tl.sum(tl.where(m_lower, b_pm, 0.), 0)
+        b_dLa = b_dX * b_beta[None, :] + b_db[:, None] * (b_beta * b_m)[None, :]
+        b_dbeta = tl.sum(b_dX * b_La, 0) + b_m * b_y
+        b_pa = _dot_exact_b(b_dLa * b_La, b_triu) + (b_da * b_a)[:, None]
+        b_dla = tl.sum(tl.where(m_lower, b_pa, 0.), 0)
+    else:
+        b_dLa = b_dX * b_beta[None, :] + b_db[:, None] * (b_beta * b_m)[None, :]
+        b_dbeta = tl.sum(b_dX * b_La, 0) + b_m * b_y
+        b_dSa = b_dLa * b_La
+        b_dSm = b_dLm * b_Lm
+        b_dla = tl.sum(tl.where(m_lower, tl.cumsum(b_dSa, 1) - b_dSa, 0.), 0)
+        b_dlm = tl.sum(tl.where(m_lower, tl.cumsum(b_dSm, 1) - b_dSm, 0.), 0)
+        b_dla += tl.sum(tl.where(m_lower, (b_da * b_a)[:, None], 0.), 0)
+        b_dlm += tl.sum(tl.where(m_lower, (b_dm * b_m)[:, None], 0.), 0)
     tl.store(dlog_alpha + p_g, b_dla)
     tl.store(dbeta + p_g, b_dbeta)
     tl.store(dlog_mu + p_g, b_dlm)
@@ -169,7 +225,8 @@ def intra_gates_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Te
     n = la.numel() // C
     if n:
         wrap_triton(momentum_delta_rule_fwd_kernel_intra_gates)[(n,)](
-            la, be, lm, a, m, b, lm_last, gam, C=C, PREC=_prec(tf32), num_warps=GATE_WARPS["fwd"])
+            la, be, lm, a, m, b, lm_last, gam, C=C, PREC=_prec(tf32), SEGSUM_DOT=segsum_dot("fwd"),
+            num_warps=GATE_WARPS["fwd"])
     return a, m, b, lm_last, gam
 
 
@@ -188,6 +245,7 @@ def intra_gates_grad_op(log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: tor
     n = log_alpha.numel() // C
     if n:
         momentum_delta_rule_bwd_kernel_intra_gates[(n,)](*args, dgam, *outs, C=C, PREC=_prec(tf32),
+                                                         SEGSUM_DOT=segsum_dot("bwd"),
                                                          num_warps=GATE_WARPS["bwd"])
     return tuple(outs)
 
