@@ -66,6 +66,33 @@ def test_kernels_match_fp64_autograd(monkeypatch, C, kind, segsum):
 
 
 @needs_kernels
+@pytest.mark.parametrize("where", ["log_mu_all", "log_mu_some", "log_alpha_some"])
+def test_zero_gates_take_both_segsum_forms(monkeypatch, where):
+    """Log-gates of -inf (mu = 0 exactly: the gated delta rule, spec R1; alpha = 0 at some steps): the op with the
+    gate kernels gives finite outputs and gradients with either segment-sum form, and the same ones (the products'
+    -inf * 0 would be NaN without _segsum_dot's clamp)."""
+    monkeypatch.setenv("MDN_INTRA_GATES", "kernel")
+    x = make_inputs(1, 40, 2, 16, 16, dtype=torch.float32, device=DEV, gates="layer", initial_state=True)
+    name = where.rsplit("_", 1)[0]
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones_like(x[name], dtype=torch.bool) if where.endswith("all") else \
+        (torch.rand(x[name].shape, generator=g) < 0.2).to(x[name].device)
+    x[name] = x[name].masked_fill(mask, float("-inf"))
+    results = {}
+    for form in ("cumsum", "dot"):
+        monkeypatch.setenv("MDN_GATES_SEGSUM", form)
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()
+                  if torch.is_tensor(v) and v.is_floating_point()}
+        o, st = chunk_momentum_delta_rule(**{**x, **leaves}, chunk_size=16, output_final_state=True)
+        (o.sum() + st.sum()).backward()
+        results[form] = [o, st] + [leaves[k].grad for k in sorted(leaves)]
+        for t in results[form]:
+            assert torch.isfinite(t).all(), (form, where)
+    for a, b in zip(results["cumsum"], results["dot"]):
+        assert rel_rms(a.double(), b.double()) <= 1e-5
+
+
+@needs_kernels
 def test_outputs_without_a_gradient():
     """Outputs that take no part in the loss (their gradients come back as None) count as zero."""
     la, be, lm = _gates(64, "layer")
