@@ -198,10 +198,10 @@ def test_fake_tensor_shapes():
 def test_sm90_resources_without_spills(C):
     """The shipped form (TF32, GATE_WARPS, segsum_dot's default) compiles for sm_90 (ptxas, in a child process
     without the interpreter) without register spills at C = 32 and with at most 56 bytes (forward, 2 warps) and 144
-    (backward, 4 warps, segment sums as products) at C = 64: both ran faster on an H200 than the spill-free 8-warp
-    forms (GATE_WARPS, segsum_dot). The backward with cumulative sums spilled 72 bytes; 3xTF32 products, or
-    Triton's "tf32x3" for the triangle products, spill 1-4 KB at C = 64: the former runs only when asked, for fp32
-    inputs, the latter is not used (_dot_exact_b)."""
+    (backward, 4 warps, segment sums as products) at C = 64: both ran faster on an H200 than at the other warp
+    counts, where 8 warps spill 0-8 bytes (GATE_WARPS, segsum_dot). The backward with cumulative sums spills 72
+    bytes; 3xTF32 products, or Triton's "tf32x3" for the triangle products, spill 1-4 KB at C = 64: the former runs
+    only when asked, for fp32 inputs, the latter is not used (_dot_exact_b)."""
     f32 = "*fp32"
     mod = "mdn.ops.momentum_delta_rule.intra_gates"
     fwd = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_intra_gates",
