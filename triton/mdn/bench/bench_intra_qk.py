@@ -9,8 +9,8 @@ by side in one process, each set's outputs checked against the shipped tiles' (t
 A tile set is "BK,warps;BK,warps;BK,warps" (forward; backward [C, C]; backward [C, K]) or "default" (the shipped
 QK_CONFIGS). Inputs: bf16 q, k [B, T, H, K] with B = tokens / T, gates as the layer draws them at initialisation
 (mdn.bench.gates, "layer_init") packed per chunk (C = 64), upstream gradients N(0, 1) in the dtypes the op passes.
-These kernels are the backward's largest headroom against their DRAM traffic (docs/BENCHMARKS.md §1.28, op README §7
-item 7). Timing: triton.testing.do_bench median, ms. Prints JSON lines (--out appends them) and a table.
+By the profile's counters these kernels have the backward's largest headroom against their DRAM traffic (an estimate,
+docs/BENCHMARKS.md §1.28; op README §7 item 7). Timing: triton.testing.do_bench median, ms. Prints JSON lines (--out appends them) and a table.
 """
 from __future__ import annotations
 

@@ -70,8 +70,8 @@ def test_kernels_match_fp64_autograd(monkeypatch, C, kind, segsum):
 def test_zero_gates_take_both_segsum_forms(monkeypatch, where):
     """Log-gates of -inf (mu = 0 exactly: the gated delta rule, spec R1; alpha = 0 at some steps): the op with the
     gate kernels gives finite outputs and gradients with either segment-sum form, and the same ones (the products'
-    -inf * 0 would be NaN without _segsum_dot's clamp). The key/query kernels too, whose backward recomputes Gamma
-    from the gates in the same form."""
+    -inf * 0 would be NaN without _segsum_dot's clamp). The key/query kernels run too: their backward recomputes Gamma
+    from the gates (with cumulative sums, whatever the form)."""
     monkeypatch.setenv("MDN_INTRA_GATES", "kernel")
     monkeypatch.setenv("MDN_INTRA_QK", "kernel")
     x = make_inputs(1, 40, 2, 16, 16, dtype=torch.float32, device=DEV, gates="layer", initial_state=True)
