@@ -5,10 +5,10 @@ by side in one process, each set's outputs checked against the shipped tiles' (t
 
     python triton/mdn/bench/bench_intra_qk.py                                   # H16 K128 and H6 K256, T = 4096
     python triton/mdn/bench/bench_intra_qk.py --configs "default|64,4;64,4;128,8" --out rows.jsonl
-    python triton/mdn/bench/bench_intra_qk.py --configs "default|64,4;64,4;32,4,2|64,4;32,4;32,4"   # stages
+    python triton/mdn/bench/bench_intra_qk.py --configs "default|64,4;64,4;32,4,2|64,4;64,4;64,4,2"   # stages
 
-A tile set is "BK,warps[,stages];BK,warps[,stages];BK,warps[,stages]" (forward; backward [C, C]; backward [C, K])
-or "default" (the shipped QK_CONFIGS, one stage). Inputs: bf16 q, k [B, T, H, K] with B = tokens / T, gates as the layer draws them at initialisation
+A tile set is "BK,warps;BK,warps;BK,warps[,stages]" (forward; backward [C, C]; backward [C, K], whose K-block loop
+can be pipelined) or "default" (the shipped QK_CONFIGS, one stage). Inputs: bf16 q, k [B, T, H, K] with B = tokens / T, gates as the layer draws them at initialisation
 (mdn.bench.gates, "layer_init") packed per chunk (C = 64), upstream gradients N(0, 1) in the dtypes the op passes.
 By the profile's counters these kernels have the backward's largest headroom against their DRAM traffic (an estimate,
 docs/BENCHMARKS.md §1.28; op README §7 item 7). Timing: triton.testing.do_bench median, ms. Prints JSON lines (--out appends them) and a table.
@@ -131,11 +131,11 @@ def main(argv=None) -> int:
                                            ("bwd", lambda: backward(x, ref_f[5]), ref_b, got_b)):
                     ms = triton.testing.do_bench(fn, quantiles=[0.5])
                     dirs = ("fwd",) if part == "fwd" else ("bwd_cc", "bwd")
-                    tiles = [cq.qk_config(d, K) + (cq.qk_stages(d),) for d in dirs]
+                    tiles = [cq.qk_config(d, K) + ((cq.qk_stages(),) if d == "bwd" else ()) for d in dirs]
                     rows.append({"part": part, "shape": shape, "H": H, "K": K, "T": a.T, "tokens": a.tokens,
                                  "config": c, "tiles": tiles, "ms": ms, "rel_vs_shipped": max_rel(ref, got)})
     emit_rows(rows, a.out)
-    print("\n| part | shape | T | config | (BK, warps, stages) | ms | rel. diff vs shipped |\n|---|---|---|---|---|---|---|")
+    print("\n| part | shape | T | config | (BK, warps[, stages]) | ms | rel. diff vs shipped |\n|---|---|---|---|---|---|---|")
     for r in rows:
         tiles = " ".join(str(tuple(t)) for t in r["tiles"])
         print(f"| {r['part']} | {r['shape']} | {r['T']} | {r['config']} | {tiles} | {r['ms']:.4f} | "

@@ -16,7 +16,7 @@ def test_tile_sets_agree_and_the_check_can_fail():
     with bq.tile_set("default"):
         f = bq.forward(x)
         b = bq.backward(x, f[5])
-    with bq.tile_set("16,2,2;16,2;16,2,3"):
+    with bq.tile_set("16,2;16,2;16,2,3"):
         f2 = bq.forward(x)
         b2 = bq.backward(x, f2[5])
     assert all(torch.isfinite(t).all() for t in f + b + f2 + b2)  # outputs are poisoned with NaN before the kernels
@@ -36,7 +36,7 @@ def test_tile_set_sets_and_restores(monkeypatch):
 
 @pytest.mark.parametrize("args,msg", [
     (["--configs", "default|64,3;64,4;64,4"], "MDN_INTRA_QK_CONFIG"),
-    (["--configs", "64,4,9;64,4;64,4"], "stages in 1/2/3"),
+    (["--configs", "64,4;64,4;64,4,9"], "stages in 1/2/3"),
     (["--shapes", "h9k9"], "--shapes"),
     (["--T", "100"], "--T 100"),
 ])

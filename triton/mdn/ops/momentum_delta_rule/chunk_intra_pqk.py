@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from .chunk_intra import _mm, compute_dtype, gate_coefficients, intra_coefficients
-from .chunk_intra_qk import intra_qk_op, qk_config, qk_stages
+from .chunk_intra_qk import intra_qk_op, qk_config
 from .tril_inverse import unit_lower_inverse
 
 
@@ -113,8 +113,7 @@ def chunk_mdn_intra_pqk_qk(
     abar, mbar, b, lm_last, gam = gate_coefficients(la, be, lm, gates, tf32=bf16_gemm)
     p, qn, kw, lmat, aqk, _ = intra_qk_op(q, k, la.contiguous(), be.contiguous(), lm.contiguous(), et.contiguous(),
                                           gam.contiguous(), chunks, float(scale), use_qk_l2norm_in_kernel,
-                                          use_p_times_alpha, bf16_gemm, *qk_config("fwd", q.shape[-1]),
-                                          qk_stages("fwd"))
+                                          use_p_times_alpha, bf16_gemm, *qk_config("fwd", q.shape[-1]))
     A = unit_lower_inverse(lmat, tril_inv)  # [NC, H, C, C] fp32
     u = None if v_in else _mm(A, v.float(), bf16_gemm).to(out_dtype).contiguous()
     r, g = _row_scalars(abar, mbar, b, lm_last, gam, scale)

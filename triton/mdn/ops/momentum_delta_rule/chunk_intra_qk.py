@@ -328,32 +328,34 @@ def _qk_tiles(direction: str) -> tuple[int, int, int]:
         return (*QK_CONFIGS[direction], 1)
     try:
         parts = [tuple(int(x) for x in part.split(",")) for part in env.split(";")]
-        ok = len(parts) == 3 and all(len(p) in (2, 3) and p[0] in (16, 32, 64, 128) and p[1] in (1, 2, 4, 8)
-                                     and (len(p) == 2 or p[2] in (1, 2, 3)) for p in parts)
-    except ValueError:
+        ok = (len(parts) == 3 and all(p[0] in (16, 32, 64, 128) and p[1] in (1, 2, 4, 8) for p in parts)
+              and len(parts[0]) == len(parts[1]) == 2 and parts[2][2:] in ((), (1,), (2,), (3,)))
+    except (ValueError, IndexError):
         ok = False
     if not ok:
-        raise ValueError(f"MDN_INTRA_QK_CONFIG={env!r}: expected 'BK,warps[,stages];BK,warps[,stages];"
-                         f"BK,warps[,stages]' (forward; backward [C, C]; backward [C, K]) with BK in 16/32/64/128, "
-                         f"warps in 1/2/4/8 and stages in 1/2/3 (default 1), e.g. '64,4;64,4;32,4,2'")
+        raise ValueError(f"MDN_INTRA_QK_CONFIG={env!r}: expected 'BK,warps;BK,warps;BK,warps[,stages]' (forward; "
+                         f"backward [C, C]; backward [C, K]) with BK in 16/32/64/128, warps in 1/2/4/8 and stages in "
+                         f"1/2/3 (default 1; the [C, K] backward only: the other two unroll their K loops), e.g. "
+                         f"'64,4;64,4;32,4,2'")
     bk, nw, *st = parts[QK_DIRECTIONS.index(direction)]
     return bk, nw, (st or [1])[0]
 
 
 def qk_config(direction: str, K: int) -> tuple[int, int]:
     """(BK, num_warps) of one kernel ("fwd", "bwd_cc" or "bwd") for head dim K; MDN_INTRA_QK_CONFIG="BK,warps;BK,warps;
-    BK,warps" (in that order; each may add ",stages") overrides, for sweeps."""
+    BK,warps[,stages]" (in that order) overrides, for sweeps."""
     bk, nw, _ = _qk_tiles(direction)
     return min(bk, max(16, triton.next_power_of_2(K))), nw
 
 
-def qk_stages(direction: str) -> int:
-    """num_stages of one kernel: 1 (its K-block loop unpipelined: the tiles are most of its registers) unless
-    MDN_INTRA_QK_CONFIG gives a third field. Candidates from ptxas (sm_90a, bf16, C = 64): the [C, K] backward at
-    (32, 4) takes 128 registers and 32 KB of shared memory at one stage (4 CTAs per SM; the op was slower so, §1.21),
-    130 and 40 KB at two (3 per SM; not timed yet), against 239 / 48 KB (2 per SM) at the shipped (64, 4)
-    (docs/BENCHMARKS.md §1.28)."""
-    return _qk_tiles(direction)[2]
+def qk_stages() -> int:
+    """num_stages of the [C, K] backward kernel, whose K-block loops are runtime loops (the forward and [C, C] kernels
+    unroll theirs, so stages would change nothing there): 1, unpipelined (the tiles are most of its registers),
+    unless MDN_INTRA_QK_CONFIG's third field says otherwise. From ptxas (sm_90a, bf16, C = 64): at (32, 4) it takes
+    128 registers and 32 KB of shared memory at one stage (4 CTAs per SM; the op was slower so, §1.21), 130 and 40 KB
+    at two (3 per SM; not timed yet), against 239 / 48 KB (2 per SM) at the shipped (64, 4) (docs/BENCHMARKS.md
+    §1.28)."""
+    return _qk_tiles("bwd")[2]
 
 
 def _checked(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -364,7 +366,7 @@ def _checked(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None
 
 
 def _intra_qk_fake(q, k, log_alpha, beta, log_mu, eta, gam, chunks, scale, l2norm, p_times_alpha, out_bf16,
-                   block_k=0, num_warps=0, num_stages=0):
+                   block_k=0, num_warps=0):
     NC, H, C = log_alpha.shape
     K = q.shape[-1]
     dt = torch.bfloat16 if out_bf16 else torch.float32
@@ -375,16 +377,14 @@ def _intra_qk_fake(q, k, log_alpha, beta, log_mu, eta, gam, chunks, scale, l2nor
 @kernel_op("mdn::intra_qk", _intra_qk_fake)
 def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta: torch.Tensor, log_mu: torch.Tensor,
                 eta: torch.Tensor, gam: torch.Tensor, chunks: torch.Tensor, scale: float, l2norm: bool,
-                p_times_alpha: bool, out_bf16: bool, block_k: int = 0, num_warps: int = 0,
-                num_stages: int = 0) -> tuple[
+                p_times_alpha: bool, out_bf16: bool, block_k: int = 0, num_warps: int = 0) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(P, Q^, K_w, Lmat, Aqk, rstd) of the module docstring from q, k [B, T, H, K] (or [1, T, H, K] for varlen),
     the packed gates log_alpha, beta, log_mu, eta [NC, H, C] (fp32), Gamma [NC, H, C, C] (fp32; the backward
     recomputes it from the gates) and the chunk table [NC, 2] (chunk_table). P, Q^, K_w, Aqk in bf16 (``out_bf16``, bf16 products) or fp32 (ieee products); rstd [NC, H, 2,
     C] fp32 (1 / |q|, 1 / |k|; ones without ``l2norm``) is for the backward and has no gradient. block_k,
-    num_warps, num_stages: the forward kernel's (BK, warps, stages); block_k 0 reads qk_config("fwd", K) and
-    qk_stages("fwd") here (callers inside torch.compile pass them: the body's environment reads are not guarded there,
-    oplib.py); num_stages 0 is 1."""
+    num_warps: the forward kernel's (BK, warps); 0 reads qk_config("fwd", K) here (callers inside torch.compile
+    pass them: the body's environment reads are not guarded there, oplib.py)."""
     B, T, H, K = q.shape
     NC, _, C = log_alpha.shape
     if C not in (16, 32, 64):
@@ -400,12 +400,11 @@ def intra_qk_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta:
     aqk = empty(NC, H, C, C, dtype=dt, device=q.device)
     rstd = empty(NC, H, 2, C, dtype=torch.float32, device=q.device)
     if NC * H:
-        BK, num_warps, num_stages = ((block_k, num_warps, num_stages or 1) if block_k
-                                     else (*qk_config("fwd", K), qk_stages("fwd")))
+        BK, num_warps = (block_k, num_warps) if block_k else qk_config("fwd", K)
         wrap_triton(momentum_delta_rule_fwd_kernel_intra_qk)[(NC * H,)](
             q, k, la, et, gam, chunks, p, qn, kw, lmat, aqk, rstd, H, float(scale), K=K, C=C, BK=BK,
             L2NORM=l2norm, P_ALPHA=p_times_alpha, DOT_MODE=_dot_mode(dt), EPS=L2NORM_EPS, num_warps=num_warps,
-            num_stages=num_stages)
+            num_stages=1)
     return p, qn, kw, lmat, aqk, rstd
 
 
@@ -439,12 +438,12 @@ def intra_qk_grad_op(q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, 
         momentum_delta_rule_bwd_kernel_intra_qk_cc[(NC * H,)](
             q, k, la, be, lm, et, chunks, rstd, dlmat, daqk, dgam, dpk, dqk, H, float(scale), K=K, C=C, BK=BK,
             P_ALPHA=p_times_alpha, DOT_MODE=dot_mode, GAM_PREC="tf32" if out_bf16 else "tf32x3", num_warps=num_warps,
-            num_stages=qk_stages("bwd_cc"))
+            num_stages=1)
         BK, num_warps = qk_config("bwd", K)
         momentum_delta_rule_bwd_kernel_intra_qk[(NC * H,)](
             q, k, la, et, chunks, rstd, dp, dqn, dkw, dpk, dqk, dq, dk, dla, deta, H, K=K, C=C, BK=BK,
             L2NORM=l2norm, P_ALPHA=p_times_alpha, DOT_MODE=dot_mode, num_warps=num_warps,
-            num_stages=qk_stages("bwd"))
+            num_stages=qk_stages())
     return dq, dk, dla, deta, dgam
 
 
@@ -471,7 +470,7 @@ def _backward(ctx, dp, dqn, dkw, dlmat, daqk, _drstd):
     dlmat, daqk = (torch.zeros(cc, dtype=torch.float32, device=q.device) if g is None else g for g in (dlmat, daqk))
     dq, dk, dla, deta, dgam = intra_qk_grad_op(q, k, la, be, lm, eta, chunks, rstd, dp, dqn, dkw, dlmat, daqk,
                                                *ctx.args)
-    return dq, dk, dla, None, None, deta, dgam, None, None, None, None, None, None, None, None
+    return dq, dk, dla, None, None, deta, dgam, None, None, None, None, None, None, None
 
 
 intra_qk_op.register_autograd(_backward, setup_context=_setup_context)
