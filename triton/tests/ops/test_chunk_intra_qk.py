@@ -213,6 +213,9 @@ def test_config_rejects_bad_values(monkeypatch, value):
 def test_config_override(monkeypatch):
     assert cq.qk_config("bwd", 256) == cq.QK_CONFIGS["bwd"]
     assert cq.qk_config("fwd", 20) == (32, cq.QK_CONFIGS["fwd"][1])  # BK never above K's power of two
+    assert cq.qk_config("bwd_cc", 64) == cq.QK_CONFIGS["bwd_cc"] != cq.QK_CONFIGS_K128["bwd_cc"]
+    for d in cq.QK_DIRECTIONS:  # one K block of 128 for 64 < K <= 128
+        assert cq.qk_config(d, 100) == cq.qk_config(d, 128) == cq.QK_CONFIGS_K128[d] != cq.QK_CONFIGS[d]
     monkeypatch.setenv("MDN_INTRA_QK_CONFIG", "32,8;16,2;128,4")
     assert cq.qk_config("fwd", 128) == (32, 8) and cq.qk_config("bwd_cc", 128) == (16, 2)
     assert cq.qk_config("bwd", 128) == (128, 4)
@@ -295,21 +298,21 @@ def _sig(names_bf16, names_f32, scale=True):
 @pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
 @pytest.mark.parametrize("K", [128, 256])
 def test_sm90_resources_without_spills(K):
-    """The shipped tiles (QK_CONFIGS) compile for sm_90 without register spills at C = 64 with bf16 operands (ptxas,
-    in a child process without the interpreter)."""
+    """The shipped tiles (shipped_tiles: QK_CONFIGS_K128 at K = 128, QK_CONFIGS at 256) compile for sm_90 without
+    register spills at C = 64 with bf16 operands (ptxas, in a child process without the interpreter)."""
     mod = "mdn.ops.momentum_delta_rule.chunk_intra_qk"
     consts = {"K": K, "C": 64, "L2NORM": True, "P_ALPHA": True, "DOT_MODE": 1, "EPS": cq.L2NORM_EPS}
-    bk, nw = cq.QK_CONFIGS["fwd"]
+    bk, nw = cq.shipped_tiles("fwd", K)
     fwd = compile_sm90_child(mod, "momentum_delta_rule_fwd_kernel_intra_qk",
                              _sig(("q", "k", "p", "qn", "kw", "aqk"), ("la", "eta", "gam", "lmat", "rstd")),
                              {**consts, "BK": bk}, nw)
     consts.pop("EPS")
-    bk, nw = cq.QK_CONFIGS["bwd"]
+    bk, nw = cq.shipped_tiles("bwd", K)
     bwd = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_qk",
                              _sig(("q", "k", "dp", "dqn", "dkw", "dpk", "dqk", "dq", "dk"),
                                   ("la", "eta", "rstd", "dla", "deta"), scale=False), {**consts, "BK": bk}, nw)
     consts.pop("L2NORM")
-    bk, nw = cq.QK_CONFIGS["bwd_cc"]
+    bk, nw = cq.shipped_tiles("bwd_cc", K)
     bwd_cc = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_qk_cc",
                                 _sig(("q", "k", "daqk", "dpk", "dqk"),
                                      ("la", "beta", "lm", "eta", "rstd", "dlmat", "dgam")),

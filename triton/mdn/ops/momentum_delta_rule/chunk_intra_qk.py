@@ -317,15 +317,27 @@ def momentum_delta_rule_bwd_kernel_intra_qk(
 # 11.21, (64, 8) 7.82 / 11.07, (128, 8) 7.32 / 10.90; the [C, C] kernel at (64, 8) or (32, 8) and the forward at
 # (32, 4) or (32, 8) were no faster. sm_90a (ptxas -v, C = 64, bf16): none spills; registers at K 128 / 256: the
 # [C, K] kernel 239 / 238, the [C, C] one (which recomputes Gamma from the gates) 236 / 251, the forward 190 / 210.
+# These are the tiles for K > 128 (the 1.3B layer's 256) and K <= 64 (one K block of at most 64 already).
 QK_CONFIGS = {"fwd": (64, 4), "bwd_cc": (64, 4), "bwd": (64, 4)}
+# For 64 < K <= 128 one K block of 128 in every kernel: the [C, K] backward then needs no second pass for the L2
+# norm's row sums. The kernels alone at H16 K128 (§1.29, each against the table above in one process): the [C, K]
+# backward at (128, 8) 0.956 against 1.015-1.017 ms with (64, 4) and 1.117 at (128, 4); the [C, C] at (128, 4) 0.982
+# against 1.017 (1.243 at (128, 8)); the forward at (128, 8) 0.318 against 0.328-0.330 (0.344 at (128, 4)). At K 256
+# (four blocks of 64) the same tiles were slower: [C, K] (128, 8) 0.812 against 0.719, forward 0.262 against 0.205.
+QK_CONFIGS_K128 = {"fwd": (128, 8), "bwd_cc": (128, 4), "bwd": (128, 8)}
 QK_DIRECTIONS = tuple(QK_CONFIGS)
 
 
-def _qk_tiles(direction: str) -> tuple[int, int, int]:
-    """(BK, num_warps, num_stages) of one kernel from MDN_INTRA_QK_CONFIG, or the shipped QK_CONFIGS (1 stage)."""
+def shipped_tiles(direction: str, K: int) -> tuple[int, int]:
+    """(BK, num_warps) the op ships for one kernel at head dim K: QK_CONFIGS_K128 for 64 < K <= 128, else QK_CONFIGS."""
+    return (QK_CONFIGS_K128 if 64 < K <= 128 else QK_CONFIGS)[direction]
+
+
+def _env_tiles(direction: str) -> tuple[int, int, int] | None:
+    """(BK, num_warps, num_stages) of one kernel from MDN_INTRA_QK_CONFIG; None when it is unset."""
     env = os.environ.get("MDN_INTRA_QK_CONFIG", "")
     if not env:
-        return (*QK_CONFIGS[direction], 1)
+        return None
     try:
         parts = [tuple(int(x) for x in part.split(",")) for part in env.split(";")]
         ok = (len(parts) == 3 and all(p[0] in (16, 32, 64, 128) and p[1] in (1, 2, 4, 8) for p in parts)
@@ -342,20 +354,20 @@ def _qk_tiles(direction: str) -> tuple[int, int, int]:
 
 
 def qk_config(direction: str, K: int) -> tuple[int, int]:
-    """(BK, num_warps) of one kernel ("fwd", "bwd_cc" or "bwd") for head dim K; MDN_INTRA_QK_CONFIG="BK,warps;BK,warps;
-    BK,warps[,stages]" (in that order) overrides, for sweeps."""
-    bk, nw, _ = _qk_tiles(direction)
+    """(BK, num_warps) of one kernel ("fwd", "bwd_cc" or "bwd") for head dim K (shipped_tiles); MDN_INTRA_QK_CONFIG=
+    "BK,warps;BK,warps;BK,warps[,stages]" (in that order, for every K) overrides, for sweeps."""
+    bk, nw, _ = _env_tiles(direction) or (*shipped_tiles(direction, K), 1)
     return min(bk, max(16, triton.next_power_of_2(K))), nw
 
 
 def qk_stages() -> int:
     """num_stages of the [C, K] backward kernel, whose K-block loops are runtime loops (the forward and [C, C] kernels
     unroll theirs, so stages would change nothing there): 1, unpipelined (the tiles are most of its registers),
-    unless MDN_INTRA_QK_CONFIG's third field says otherwise. From ptxas (sm_90a, bf16, C = 64): at (32, 4) it takes
-    128 registers and 32 KB of shared memory at one stage (4 CTAs per SM; the op was slower so, §1.21), 130 and 40 KB
-    at two (3 per SM; not timed yet), against 239 / 48 KB (2 per SM) at the shipped (64, 4) (docs/BENCHMARKS.md
-    §1.28)."""
-    return _qk_tiles("bwd")[2]
+    unless MDN_INTRA_QK_CONFIG's third field says otherwise. Pipelining did not pay (H200, the backward op alone,
+    docs/BENCHMARKS.md §1.29): at H16 K128 (32, 4, 2) 1.089 and (64, 4, 2) 1.123 ms against 1.020 at (64, 4, 1); at
+    H6 K256 0.789 / 0.730 against 0.720."""
+    tiles = _env_tiles("bwd")
+    return tiles[2] if tiles else 1
 
 
 def _checked(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype | None = None) -> torch.Tensor:
