@@ -214,8 +214,9 @@ def test_config_override(monkeypatch):
     assert cq.qk_config("bwd", 256) == cq.QK_CONFIGS["bwd"]
     assert cq.qk_config("fwd", 20) == (32, cq.QK_CONFIGS["fwd"][1])  # BK never above K's power of two
     assert cq.qk_config("bwd_cc", 64) == cq.QK_CONFIGS["bwd_cc"] != cq.QK_CONFIGS_K128["bwd_cc"]
-    for d in cq.QK_DIRECTIONS:  # one K block of 128 for 64 < K <= 128
+    for d in ("bwd_cc", "bwd"):  # the backward takes one K block of 128 for 64 < K <= 128
         assert cq.qk_config(d, 100) == cq.qk_config(d, 128) == cq.QK_CONFIGS_K128[d] != cq.QK_CONFIGS[d]
+    assert cq.qk_config("fwd", 100) == cq.QK_CONFIGS_K128["fwd"] == cq.QK_CONFIGS["fwd"]
     monkeypatch.setenv("MDN_INTRA_QK_CONFIG", "32,8;16,2;128,4")
     assert cq.qk_config("fwd", 128) == (32, 8) and cq.qk_config("bwd_cc", 128) == (16, 2)
     assert cq.qk_config("bwd", 128) == (128, 4)

@@ -319,12 +319,13 @@ def momentum_delta_rule_bwd_kernel_intra_qk(
 # [C, K] kernel 239 / 238, the [C, C] one (which recomputes Gamma from the gates) 236 / 251, the forward 190 / 210.
 # These are the tiles for K > 128 (the 1.3B layer's 256) and K <= 64 (one K block of at most 64 already).
 QK_CONFIGS = {"fwd": (64, 4), "bwd_cc": (64, 4), "bwd": (64, 4)}
-# For 64 < K <= 128 one K block of 128 in every kernel: the [C, K] backward then needs no second pass for the L2
-# norm's row sums. The kernels alone at H16 K128 (§1.29, each against the table above in one process): the [C, K]
+# For 64 < K <= 128 the backward kernels take one K block of 128: the [C, K] one then needs no second pass for the
+# L2 norm's row sums. The kernels alone at H16 K128 (§1.29, against the table above in one process): the [C, K]
 # backward at (128, 8) 0.956 against 1.015-1.017 ms with (64, 4) and 1.117 at (128, 4); the [C, C] at (128, 4) 0.982
-# against 1.017 (1.243 at (128, 8)); the forward at (128, 8) 0.318 against 0.328-0.330 (0.344 at (128, 4)). At K 256
-# (four blocks of 64) the same tiles were slower: [C, K] (128, 8) 0.812 against 0.719, forward 0.262 against 0.205.
-QK_CONFIGS_K128 = {"fwd": (128, 8), "bwd_cc": (128, 4), "bwd": (128, 8)}
+# against 1.017 (1.243 at (128, 8)). The forward at (128, 8) was faster alone (0.320 against 0.331) but the op's
+# forward slower with it (1.527-1.533 against 1.408-1.418 ms, a process each, §1.29), so it stays at (64, 4). At K 256
+# (four blocks of 64) the 128 tiles were slower: [C, K] (128, 8) 0.812 against 0.719.
+QK_CONFIGS_K128 = {"fwd": (64, 4), "bwd_cc": (128, 4), "bwd": (128, 8)}
 QK_DIRECTIONS = tuple(QK_CONFIGS)
 
 
