@@ -101,13 +101,18 @@ def _compare(B, T, H, K, C, lengths=None, l2norm=True, p_alpha=True, used=(0, 1,
 
 
 @needs_kernels
-@pytest.mark.parametrize("B,T,H,K,C,lengths", [
-    (2, 100, 2, 32, 64, None),      # T not a multiple of C: a short last chunk per sequence
-    (1, 71, 2, 100, 16, [1, 50, 20]),  # varlen with a length-1 sequence; K = 100 (masked columns, two K blocks)
-    (2, 64, 1, 16, 32, None),
+@pytest.mark.parametrize("B,T,H,K,C,lengths,tiles", [
+    (2, 100, 2, 32, 64, None, ""),      # T not a multiple of C: a short last chunk per sequence
+    # varlen with a length-1 sequence; K = 100: masked columns, at the shipped tiles two K blocks of 64 in the
+    # forward and one of 128 in the backward, and at BK = 64 everywhere the [C, K] backward's second pass
+    (1, 71, 2, 100, 16, [1, 50, 20], ""),
+    (1, 71, 2, 100, 16, [1, 50, 20], "64,4;64,4;64,4"),
+    (2, 64, 1, 16, 32, None, ""),
 ])
-def test_kernels_match_fp64_autograd(B, T, H, K, C, lengths):
+def test_kernels_match_fp64_autograd(monkeypatch, B, T, H, K, C, lengths, tiles):
     """Every output and every gradient (q, k, log_alpha, eta, Gamma) within 1e-5 of float64 (fp32, ieee dots)."""
+    if tiles:
+        monkeypatch.setenv("MDN_INTRA_QK_CONFIG", tiles)
     _compare(B, T, H, K, C, lengths)
 
 
