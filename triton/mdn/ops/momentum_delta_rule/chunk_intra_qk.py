@@ -322,10 +322,11 @@ QK_CONFIGS = {"fwd": (64, 4), "bwd_cc": (64, 4), "bwd": (64, 4)}
 # For 64 < K <= 128 the backward kernels take one K block of 128: the [C, K] one then needs no second pass for the
 # L2 norm's row sums. The kernels alone at H16 K128 (§1.29, against the table above in one process): the [C, K]
 # backward at (128, 8) 0.956 against 1.015-1.020 ms with (64, 4) and 1.117 at (128, 4); the [C, C] at (128, 4) 0.982
-# against 1.017 (1.243 at (128, 8)). The forward at (128, 8) was faster alone (0.320 against 0.331) but the op's
-# forward slower with it (1.526-1.533 against 1.408-1.418 ms, a process each, §1.29), so it stays at (64, 4). The op
-# with these tiles: fwd+bwd 5.951-5.960 against 6.035-6.057 ms at H16 K128 V128, T 2048-8192. At K 256 (four blocks
-# of 64) the 128 tiles were slower: [C, K] (128, 8) 0.811-0.814 against 0.719-0.720.
+# against 1.017 (1.243 at (128, 8)). The forward at (128, 8) was faster alone (0.320 against 0.331) but slower inside
+# the op, launched from inductor's code (0.428 against 0.317 ms, torch profiler; op forward 1.526-1.533 against
+# 1.408-1.418, a process each, §1.29), so it stays at (64, 4). The op with these tiles: fwd+bwd 5.951-5.960 against
+# 6.035-6.057 ms at H16 K128 V128, T 2048-8192. At K 256 (four blocks of 64) the 128 tiles were slower: [C, K]
+# (128, 8) 0.811-0.814 against 0.719-0.720.
 QK_CONFIGS_K128 = {"fwd": (64, 4), "bwd_cc": (128, 4), "bwd": (128, 8)}
 QK_DIRECTIONS = tuple(QK_CONFIGS)
 
