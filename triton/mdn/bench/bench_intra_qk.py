@@ -8,10 +8,12 @@ by side in one process, each set's outputs checked against the shipped tiles' (t
     python triton/mdn/bench/bench_intra_qk.py --configs "default|64,4;64,4;32,4,2|64,4;64,4;64,4,2"   # stages
 
 A tile set is "BK,warps;BK,warps;BK,warps[,stages]" (forward; backward [C, C]; backward [C, K], whose K-block loop
-can be pipelined) or "default" (the shipped tiles, chunk_intra_qk.shipped_tiles, one stage). Inputs: bf16 q, k [B, T, H, K] with B = tokens / T, gates as the layer draws them at initialisation
-(mdn.bench.gates, "layer_init") packed per chunk (C = 64), upstream gradients N(0, 1) in the dtypes the op passes.
-By the profile's counters these kernels have the backward's largest headroom against their DRAM traffic (an estimate,
-docs/BENCHMARKS.md §1.28; op README §7 item 7). Timing: triton.testing.do_bench median, ms. Prints JSON lines (--out appends them) and a table.
+can be pipelined) or "default" (the shipped tiles, chunk_intra_qk.shipped_tiles, one stage). Inputs: bf16 q, k
+[B, T, H, K] with B = tokens / T, gates as the layer draws them at initialisation (mdn.bench.gates, "layer_init")
+packed per chunk (C = 64), upstream gradients N(0, 1) in the dtypes the op passes. Timing: triton.testing.do_bench
+median, ms. Prints JSON lines (--out appends them) and a table. Kernels alone can mislead: the forward at (128, 8) was
+faster here but slower inside the op's compiled forward (docs/BENCHMARKS.md §1.29); confirm a tile set with
+bench_op.py.
 """
 from __future__ import annotations
 

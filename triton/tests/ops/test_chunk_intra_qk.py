@@ -327,20 +327,6 @@ def test_sm90_resources_without_spills(K):
         assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
 
 
-@pytest.mark.skipif(not _have_ptxas(), reason="needs Triton's NVIDIA backend (ptxas)")
-def test_sm90_pipelined_candidate_fits_three_ctas():
-    """qk_stages' candidate, the [C, K] backward at (32, 4) with 2 stages, compiles for sm_90 without spills into
-    what 3 CTAs per SM can hold (65536 registers, 227 KB of shared memory, 1 KB of it per CTA the system's)."""
-    mod = "mdn.ops.momentum_delta_rule.chunk_intra_qk"
-    res = compile_sm90_child(mod, "momentum_delta_rule_bwd_kernel_intra_qk",
-                             _sig(("q", "k", "dp", "dqn", "dkw", "dpk", "dqk", "dq", "dk"),
-                                  ("la", "eta", "rstd", "dla", "deta"), scale=False),
-                             {"K": 128, "C": 64, "L2NORM": True, "P_ALPHA": True, "DOT_MODE": 1, "BK": 32}, 4,
-                             num_stages=2)
-    assert res["spill_st"] == 0 and res["spill_ld"] == 0, res
-    assert 3 * 4 * 32 * res["regs"] <= 65536 and 3 * (res["shared"] + 1024) <= 227 * 1024, res
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("K", [128, 256])
