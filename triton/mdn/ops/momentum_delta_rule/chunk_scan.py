@@ -101,6 +101,9 @@ def _sub_k(K: int) -> int:
 # combination itself is not timed yet. Kernel by kernel on the H100 (bench_scan.py, same call, H6 K256 V512, T = 4096):
 # recompute (32,4) 1.53 / (64,4) 1.76 ms, reverse scan (32,4) 6.92 / (64,4) 7.96 ms, so bf16 K = 256 bwd is (32, 4)
 # again; forward scan (32,4) 3.50, (64,4) 4.54, (16,4) 5.76, (32,8) 6.08 ms; MDN_SCAN_LOAD=tma slower at each.
+# The forward scan without O (MDN_FWD_O=kernel, the "rec" stages) timed again at the op level on an H200
+# (docs/BENCHMARKS.md §1.30): K = 256 (16, 4, 2) / (16, 8, 2) / (32, 8, 2) and K = 128 (32, 4, 3) / (16, 4, 2 or 3) /
+# (64, 8, 2) are all slower than the shipped (32, 4, 2) (H6 K256 V512 forward 2.62 against 2.96-4.30 ms).
 # Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
 # test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory and spills).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
