@@ -104,6 +104,7 @@ def _sub_k(K: int) -> int:
 # The forward scan without O (MDN_FWD_O=kernel, the "rec" stages) timed again at the op level on an H200
 # (docs/BENCHMARKS.md §1.30): K = 256 (16, 4, 2) / (16, 8, 2) / (32, 8, 2) and K = 128 (32, 4, 3) / (16, 4, 2 or 3) /
 # (64, 8, 2) are all slower than the shipped (32, 4, 2) (H6 K256 V512 forward 2.62 against 2.96-4.30 ms).
+# The reverse scan at (64, 8), (32, 8) and (16, 4) was slower than (32, 4) at both shapes too (fwd+bwd +0.54-2.95 ms).
 # Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
 # test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory and spills).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
