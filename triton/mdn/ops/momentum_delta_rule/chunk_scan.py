@@ -85,26 +85,18 @@ def _sub_k(K: int) -> int:
 
 
 # Tile configs of the scan, (BV, num_warps), by (BK, operand dtype, phase). S and M are 2 x BK x BV fp32 registers
-# per program; BK * BV = 8192 with 8 warps is 64 registers per thread for the states. "fwd" is the forward scan;
-# "bwd" is the backward's state recompute and reverse scan. Measured (bf16, B*T = 32768, T = 4096, op fwd /
-# fwd+bwd ms, intra compiled unless noted), all with the earlier scan kernels (whole-K state tiles, x += dot),
-# which spilled registers at most of these configs:
-#   H200, H6 K256 V512, eager intra: (16,4) 10.6/37.2, (32,4) 8.3/38.3, (32,8) 10.5/33.8, (64,8) 8.9/31.5;
-#   H100, H6 K256 V512: fwd (32,4) + bwd (64,8) 6.31/24.43, fwd (32,8) + bwd (64,8) 8.43/26.44;
-#   H100, H16 K128 V128: (64,8) 6.35/19.62, (32,4) 6.25/19.27, (64,4) 5.95/18.92, (32,8) 7.06/20.95.
-# The current kernels (K in 64-row sub-tiles, dots accumulate into the states): bf16 K = 64 bwd and K = 128 fwd/bwd
-# moved to (32, 4), the largest tiles that compile for sm_90 without spills (scripts/scan_regs.py; not timed yet).
-# At K = 256 the forward and reverse scans still spill at every BV >= 16 (README §6). Timed on an H200 (2-GPU node,
-# compiled intra with bf16 GEMMs, H6 K256 V512): 32,4;64,8 5.31/19.52, 64,4;64,4 5.93/19.08, 32,8;64,8 8.02/22.29,
-# 16,4;16,4 7.69/23.64 ms. The backward half of 64,4;64,4 is ~1.1 ms faster than with (64, 8) (by subtraction:
-# 13.15 vs 14.21 ms) although (64, 4) spills more, so bf16 K = 256 bwd is now (64, 4) with fwd (32, 4); that
-# combination itself is not timed yet. Kernel by kernel on the H100 (bench_scan.py, same call, H6 K256 V512, T = 4096):
-# recompute (32,4) 1.53 / (64,4) 1.76 ms, reverse scan (32,4) 6.92 / (64,4) 7.96 ms, so bf16 K = 256 bwd is (32, 4)
-# again; forward scan (32,4) 3.50, (64,4) 4.54, (16,4) 5.76, (32,8) 6.08 ms; MDN_SCAN_LOAD=tma slower at each.
-# The forward scan without O (MDN_FWD_O=kernel, the "rec" stages) timed again at the op level on an H200
-# (docs/BENCHMARKS.md §1.30): K = 256 (16, 4, 2) / (16, 8, 2) / (32, 8, 2) and K = 128 (32, 4, 3) / (16, 4, 2 or 3) /
-# (64, 8, 2) are all slower than the shipped (32, 4, 2) (H6 K256 V512 forward 2.62 against 2.96-4.30 ms).
-# The reverse scan at (64, 8), (32, 8) and (16, 4) was slower than (32, 4) at both shapes too (fwd+bwd +0.54-2.95 ms).
+# per program. "fwd" is the forward scan (with or without O); "bwd" the reverse scan (and the state recompute, when
+# one runs). The bf16 K >= 128 entries, (32, 4) in both phases, are the fastest measured on the current kernels (K in
+# 64-row sub-tiles, dots accumulating into the states, the pqk form), at the op level on an H200 (docs/BENCHMARKS.md
+# §1.30, bench_op.py --env-sets, 32768 tokens, bf16, T = 4096 / 8192, fwd+bwd ms):
+#   forward scan without O, K = 256: (32, 4, 2 stages) 9.69-9.75; (16, 4) 10.53-10.57, (16, 8) 11.35-11.39,
+#   (32, 8) 10.04-10.07; K = 128: 5.99-6.02; (32, 4, 3 stages) 6.14-6.17, (16, 4) 6.27-6.29, (16, 4, 3
+#   stages) 6.54, (64, 8) 6.10-6.12;
+#   reverse scan, K = 256: (32, 4) 9.63-9.71; (64, 8) 11.70-11.99, (32, 8) 12.59-12.61; K = 128: 5.96-5.97;
+#   (64, 8) 6.51, (32, 8) 7.46, (16, 4) 6.77-6.80.
+# Earlier kernels (whole-K state tiles) were swept on H100s and H200s in the first sessions (§1.1-§1.7); those
+# numbers do not carry over. The K <= 64 and fp32 entries come from those sweeps and sm_90 compile checks
+# (scripts/scan_regs.py); they are checked on the GPU for correctness, not re-timed on the current kernels.
 # Shipped configs are exactly the ones here (test_gpu_scan_tile_configs checks each on the GPU;
 # test_scan_resources.py compiles each K >= 128 config for sm_90 on the CPU and checks its shared memory and spills).
 # Override for sweeps with MDN_SCAN_CONFIG="BV,num_warps" (both phases) or "BV,nw;BV,nw" (fwd;bwd).
